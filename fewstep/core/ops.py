@@ -1,0 +1,90 @@
+"""The TensorOps protocol: the few tensor operations fewstep needs from a framework.
+
+Core code (schedulers, LoRA maths, pipelines) is written against this protocol and never imports a
+framework. Spelling follows the Array API (`permute_dims`, `concat`) so the protocol could later
+collapse into an `xp` namespace. Arithmetic is not here: tensors combine with `+ - * /` and Python
+floats, which every backend's tensors support natively and which keeps dtypes as the user gave them.
+
+Dtypes cross the boundary as strings: "float32", "float16", "bfloat16", "float64", "int64", "int32",
+"bool". A new op is added here, to all three backends and to tests/test_backend_contract.py in the
+same commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ContextManager, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+import numpy as np
+
+Tensor = Any  # a backend's native tensor type (np.ndarray, torch.Tensor, mindspore.Tensor)
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+DTYPES = FLOAT_DTYPES + ("int32", "int64", "uint8", "bool")
+
+
+def check_dtype(dtype: str) -> str:
+    """Validate a dtype name, accepting framework-style aliases such as `torch.float16`."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    aliases = {"half": "float16", "float": "float32", "double": "float64", "fp16": "float16",
+               "fp32": "float32", "bf16": "bfloat16", "long": "int64", "int": "int32"}
+    name = aliases.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    return name
+
+
+@runtime_checkable
+class TensorOps(Protocol):
+    """What a backend implements. `like` arguments place results on the device of a given tensor."""
+
+    name: str
+
+    def is_tensor(self, x: Any) -> bool:
+        """True if `x` is this backend's native tensor type."""
+
+    def from_numpy(self, a: np.ndarray, like: Optional[Tensor] = None, dtype: Optional[str] = None) -> Tensor:
+        """A native tensor with `a`'s values, on `like`'s device, cast to `dtype` (default: `like`'s
+        dtype if given, else `a`'s). Casting happens after the values are on the framework, so a
+        float32 array cast to float16 rounds as the framework rounds."""
+
+    def to_numpy(self, x: Tensor) -> np.ndarray:
+        """Values on the host. bfloat16 (which NumPy lacks) comes back as float32."""
+
+    def dtype_name(self, x: Tensor) -> str:
+        """The dtype of `x` as one of `DTYPES`."""
+
+    def shape(self, x: Tensor) -> Tuple[int, ...]:
+        """The shape of `x` as a tuple of ints."""
+
+    def cast(self, x: Tensor, dtype: str) -> Tensor:
+        """`x` converted to `dtype` (a no-op returning `x` when it already has it)."""
+
+    def reshape(self, x: Tensor, shape: Sequence[int]) -> Tensor: ...
+
+    def permute_dims(self, x: Tensor, axes: Sequence[int]) -> Tensor: ...
+
+    def concat(self, xs: Sequence[Tensor], axis: int = 0) -> Tensor: ...
+
+    def split(self, x: Tensor, sections: Union[int, Sequence[int]], axis: int = 0) -> list:
+        """`sections` an int: that many equal parts; a list: the sizes of the parts."""
+
+    def where(self, cond: Tensor, a: Tensor, b: Tensor) -> Tensor: ...
+
+    def clip(self, x: Tensor, lo: Union[float, Tensor, None], hi: Union[float, Tensor, None]) -> Tensor:
+        """Bounds are Python floats or tensors broadcastable to `x`; None means unbounded."""
+
+    def matmul(self, a: Tensor, b: Tensor) -> Tensor: ...
+
+    def resize(self, x: Tensor, size: Tuple[int, int], mode: str = "nearest") -> Tensor:
+        """Resize an NCHW tensor to `size` = (height, width); mode "nearest" or "bilinear"
+        (align_corners=False, no antialias, as torch's `interpolate`)."""
+
+    def no_grad(self) -> ContextManager:
+        """A context in which no autograd graph is recorded."""
+
+    def randn(self, shape: Sequence[int], dtype: str, generator: Any, like: Optional[Tensor] = None) -> Tensor:
+        """Standard normal noise from this framework's own generator type (`torch.Generator` on
+        torch; None means the framework's global RNG), drawn as that framework's reference library
+        draws it. Generators fewstep knows itself (`fewstep.Generator`, `np.random.Generator`) never
+        reach here: `fewstep.core.noise` turns them into NumPy first. Raises TypeError for a
+        generator type the backend does not know."""

@@ -1,0 +1,1 @@
+"""One algorithm per file: tcd.py, lcm.py, on the shared base.py."""
