@@ -108,3 +108,14 @@ def backend_of(*tensors: Any) -> TensorOps:
             f"one framework first, e.g. with fewstep.get_backend('torch').from_numpy(array)."
         )
     return get_backend(next(t for t in tensors if t is not None))
+
+
+def load_component(backend: str, name: str, library: str, class_name: str, folder: str, **kwargs):
+    """Load one pipeline component (unet, vae, text_encoder, text_encoder_2) with the backend's
+    trusted library (diffusers/transformers on torch, mindone on MindSpore), wrapped in the adapter
+    that gives every framework one call signature (`fewstep.pipelines.components`)."""
+    ops = get_backend(backend)
+    if ops.name == "numpy":
+        raise ValueError("The numpy backend runs schedulers only; load models with backend='torch' or 'mindspore'.")
+    module = importlib.import_module(f"fewstep.backends.{ops.name}_components")
+    return module.load_component(name, library, class_name, folder, **kwargs)

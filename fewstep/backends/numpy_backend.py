@@ -70,7 +70,9 @@ class Backend:
         return np.where(cond, a, b)
 
     def clip(self, x, lo, hi):
-        # np.clip with None bounds is the one-sided clip; the dtype stays x's.
+        # np.clip with one None bound is the one-sided clip (it refuses two); the dtype stays x's.
+        if lo is None and hi is None:
+            return x.copy()
         return np.clip(x, lo, hi).astype(x.dtype, copy=False)
 
     def matmul(self, a, b):
@@ -88,7 +90,7 @@ class Backend:
             raise ValueError(f"Unknown resize mode {mode!r}; use 'nearest' or 'bilinear'.")
         r0, r1, wr = _source_index(height, in_h)
         c0, c1, wc = _source_index(width, in_w)
-        xf = x.astype(np.float32, copy=False)
+        xf = x if x.dtype == np.float64 else x.astype(np.float32, copy=False)
         top = xf[..., r0, :] * (1 - wr)[:, None] + xf[..., r1, :] * wr[:, None]
         out = top[..., c0] * (1 - wc) + top[..., c1] * wc
         return out.astype(x.dtype, copy=False)

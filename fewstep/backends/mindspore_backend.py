@@ -1,0 +1,203 @@
+"""TensorOps for MindSpore tensors (PyNative mode).
+
+Ops are `mindspore.mint` where that has a CPU kernel, else the older `mindspore.ops` equivalent, so
+the same code runs on Ascend and on a laptop CPU. MindSpore's CPU kernels also lack bfloat16 for
+several ops (Select, Maximum/Minimum, MatMul, the resize kernels); on CPU only, those ops run in
+float32 and cast back, which is exact for selection ops (where, clip, nearest resize) and rounds once
+for matmul and bilinear resize. Nothing is substituted on Ascend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import mint, ops
+
+from fewstep.core.ops import check_dtype
+
+_DTYPES = {
+    "float32": ms.float32,
+    "float16": ms.float16,
+    "bfloat16": ms.bfloat16,
+    "float64": ms.float64,
+    "int64": ms.int64,
+    "int32": ms.int32,
+    "uint8": ms.uint8,
+    "bool": ms.bool_,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+_CONFIGURED = False
+_ON_CPU = False
+
+
+def _configure_once() -> None:
+    """Put MindSpore in the state fewstep runs it in, once per process.
+
+    On Ascend nothing is changed: the user's context is theirs. Elsewhere PyNative mode is required
+    (fewstep calls ops eagerly) and is set only if another mode is active. On CPU,
+    `mindspore.runtime.launch_blocking()` makes kernels run synchronously: about 5x faster on small
+    CPU workloads, and an op without a CPU kernel fails where it is called rather than later in an
+    unrelated op."""
+    global _CONFIGURED, _ON_CPU
+    if _CONFIGURED:
+        return
+    _CONFIGURED = True
+    target = ms.get_context("device_target")
+    if target == "Ascend":
+        return
+    if ms.get_context("mode") != ms.PYNATIVE_MODE:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    if target == "CPU":
+        _ON_CPU = True
+        ms.runtime.launch_blocking()
+
+
+def ms_dtype(dtype: str):
+    """The MindSpore dtype for a fewstep dtype name (or alias such as "fp16")."""
+    return _DTYPES[check_dtype(dtype)]
+
+
+def _equal_parts(length: int, sections: int, axis: int) -> int:
+    if sections <= 0 or length % sections:
+        raise ValueError(
+            f"Cannot split an axis of length {length} (axis {axis}) into {sections} equal parts; pass a "
+            f"list of part sizes instead."
+        )
+    return length // sections
+
+
+def _cpu_bf16(x) -> bool:
+    """True where x is bfloat16 on a CPU run, whose kernels for this op lack bfloat16."""
+    return _ON_CPU and isinstance(x, ms.Tensor) and x.dtype == ms.bfloat16
+
+
+def _up(x):
+    return x.astype(ms.float32) if _cpu_bf16(x) else x
+
+
+class Backend:
+    name = "mindspore"
+
+    def __init__(self):
+        _configure_once()
+
+    def is_tensor(self, x: Any) -> bool:
+        return isinstance(x, ms.Tensor)
+
+    def from_numpy(self, a, like=None, dtype: Optional[str] = None):
+        a = np.asarray(a)
+        # Tensor.from_numpy shares memory with the array; copy a read-only, strided or non-native
+        # byte-order array first so the tensor never aliases memory it must not write or read oddly.
+        if not (a.flags.writeable and a.flags.c_contiguous and a.dtype.isnative):
+            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+        t = ms.Tensor.from_numpy(a)
+        if dtype is None and like is not None:
+            target = like.dtype
+        else:
+            target = ms_dtype(dtype) if dtype is not None else t.dtype
+        # The cast is MindSpore's, so float32 -> float16/bfloat16 rounds as MindSpore rounds.
+        # No explicit device move: in PyNative mode a host tensor is placed on the device by the
+        # runtime when an op first consumes it, which is how mindone feeds NumPy noise too.
+        if target != t.dtype:
+            t = t.astype(target)
+        return t
+
+    def to_numpy(self, x) -> np.ndarray:
+        if x.dtype == ms.bfloat16:
+            x = x.astype(ms.float32)
+        return x.asnumpy()
+
+    def dtype_name(self, x) -> str:
+        try:
+            return _NAMES[x.dtype]
+        except KeyError:
+            return check_dtype(str(x.dtype).lower())  # raises ValueError naming the supported dtypes
+
+    def shape(self, x):
+        return tuple(int(d) for d in x.shape)
+
+    def cast(self, x, dtype: str):
+        target = ms_dtype(dtype)
+        return x if x.dtype == target else x.astype(target)
+
+    def reshape(self, x, shape: Sequence[int]):
+        return mint.reshape(x, tuple(int(s) for s in shape))
+
+    def permute_dims(self, x, axes: Sequence[int]):
+        return mint.permute(x, tuple(int(a) for a in axes))
+
+    def concat(self, xs, axis: int = 0):
+        return mint.cat(list(xs), dim=axis)
+
+    def split(self, x, sections, axis: int = 0):
+        if isinstance(sections, (int, np.integer)):
+            # mint.split(x, int) takes a part *size*; the protocol's int is a *number* of parts.
+            size = _equal_parts(int(x.shape[axis]), int(sections), axis)
+            return list(mint.split(x, size, dim=axis))
+        return list(mint.split(x, [int(s) for s in sections], dim=axis))
+
+    def where(self, cond, a, b):
+        if _cpu_bf16(a) or _cpu_bf16(b):
+            return mint.where(cond, _up(a), _up(b)).astype(ms.bfloat16)
+        return mint.where(cond, a, b)
+
+    def clip(self, x, lo, hi):
+        # One bound at a time, so a float bound and a tensor bound can be mixed; max-then-min is
+        # what np.clip does (also when lo > hi). Tensor bounds may promote; the result keeps x's dtype.
+        out = _up(x)
+        if lo is not None:
+            out = mint.clamp(out, min=self._bound(lo, out))
+        if hi is not None:
+            out = mint.clamp(out, max=self._bound(hi, out))
+        return out if out.dtype == x.dtype else out.astype(x.dtype)
+
+    @staticmethod
+    def _bound(b, x):
+        # MindSpore passes a Python float bound through float32 even for a float64 tensor
+        # (clip(x, 0.7) would give float64(float32(0.7))); a float64 0-d tensor cast to x's dtype
+        # rounds the bound once, as NumPy and torch do.
+        if isinstance(b, ms.Tensor):
+            return _up(b)
+        return ms.Tensor(np.array(b, dtype=np.float64)).astype(x.dtype)
+
+    def matmul(self, a, b):
+        if _cpu_bf16(a) or _cpu_bf16(b):
+            return mint.matmul(_up(a), _up(b)).astype(ms.bfloat16)
+        return mint.matmul(a, b)
+
+    def resize(self, x, size, mode: str = "nearest"):
+        size = tuple(int(s) for s in size)
+        if mode not in ("nearest", "bilinear"):
+            raise ValueError(f"Unknown resize mode {mode!r}; use 'nearest' or 'bilinear'.")
+        y = _up(x)
+        if mode == "nearest":
+            out = mint.nn.functional.interpolate(y, size=size, mode="nearest")
+        elif _ON_CPU:
+            # mint's UpsampleBilinear2D has no CPU kernel; ops.interpolate (ResizeBilinearV2 with
+            # half-pixel centres) computes the same align_corners=False bilinear.
+            out = ops.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        else:
+            out = mint.nn.functional.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return out if out.dtype == x.dtype else out.astype(x.dtype)
+
+    def no_grad(self):
+        # `mindspore._no_grad` (what mindone uses) switches the PyNative executor's grad recording
+        # off. If a future MindSpore drops it, a null context is equivalent for fewstep: PyNative
+        # only records a graph inside `mindspore.grad`/`value_and_grad`, which fewstep never calls.
+        no_grad = getattr(ms, "_no_grad", None)
+        return no_grad() if no_grad is not None else contextlib.nullcontext()
+
+    def randn(self, shape, dtype: str, generator: Any, like=None):
+        if generator is not None:
+            raise TypeError(
+                f"The mindspore backend cannot draw from a {type(generator).__name__}; pass a "
+                f"fewstep.Generator, a np.random.Generator (or a list of either, one per batch item), an "
+                f"int seed, or None."
+            )
+        # As mindone's randn with generator=None: fresh entropy, float64 standard normal, then cast.
+        draw = np.random.default_rng().standard_normal(tuple(int(s) for s in shape))
+        return self.from_numpy(draw, like=like, dtype=dtype)

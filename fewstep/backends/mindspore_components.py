@@ -1,0 +1,101 @@
+"""Loading diffusers-format components on MindSpore through mindone, behind the adapters of
+`fewstep.pipelines.components`. mindone loads the same folders diffusers writes, converting
+parameter names itself; its models return tuples by default, and its VAE's `encode` returns the raw
+posterior moments rather than a distribution object, which `MindSporeVAE.encode` splits as diffusers'
+DiagonalGaussianDistribution does."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import mint
+
+from fewstep.backends.mindspore_cpu import install_cpu_kernels
+from fewstep.core.ops import check_dtype
+
+_LIBRARIES = {"diffusers": "mindone.diffusers", "transformers": "mindone.transformers"}
+
+
+def _dtype_name(module) -> str:
+    param = next(iter(module.get_parameters()))
+    return check_dtype(str(param.dtype).lower())
+
+
+class MindSporeUNet:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
+                 cross_attention_kwargs=None):
+        t = ms.tensor(int(timestep), ms.int64)
+        return self.module(sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
+                           added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
+                           return_dict=False)[0]
+
+
+class MindSporeVAE:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+        self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
+
+    def encode(self, image):
+        moments = self.module.encode(image.astype(getattr(ms, self.dtype)))[0]
+        mean, logvar = mint.chunk(moments, 2, dim=1)
+        # the clamp and exp(0.5 * logvar) of diffusers' DiagonalGaussianDistribution
+        std = mint.exp(0.5 * mint.clamp(logvar, -30.0, 20.0))
+        return mean, std
+
+    def decode(self, latents, upcast: bool = False):
+        vae = self.module
+        if not (upcast and self.dtype == "float16" and self.config.get("force_upcast", False)):
+            return vae.decode(latents.astype(getattr(ms, self.dtype)))[0]
+        # the fp16 upcast diffusers applies to the SDXL VAE: decode in float32, then back to fp16
+        # (fp16 -> fp32 -> fp16 is exact, so the weights are unchanged afterwards)
+        for p in vae.get_parameters():
+            p.set_dtype(ms.float32)
+        try:
+            return vae.decode(latents.astype(ms.float32))[0]
+        finally:
+            for p in vae.get_parameters():
+                p.set_dtype(ms.float16)
+
+
+class MindSporeTextEncoder:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config.to_dict())
+        self.dtype = _dtype_name(module)
+        self._projected = type(module).__name__.endswith("WithProjection")
+
+    def __call__(self, input_ids: np.ndarray):
+        ids = ms.tensor(np.ascontiguousarray(input_ids, dtype=np.int64))
+        out = self.module(ids, output_hidden_states=True, return_dict=False)
+        if self._projected:  # (text_embeds, last_hidden_state, hidden_states)
+            return out[1], out[2][-2], out[0]
+        return out[0], out[2][-2], None  # (last_hidden_state, pooler_output, hidden_states)
+
+
+_ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,
+             "text_encoder_2": MindSporeTextEncoder}
+
+
+def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
+                   device: Optional[str] = None, variant: Optional[str] = None):
+    """Load one component folder with mindone's class of the name model_index.json gives."""
+    if library not in _LIBRARIES:
+        raise ValueError(f"Component {name!r} comes from {library!r}; fewstep loads diffusers and transformers components.")
+    install_cpu_kernels()  # before mindone's modules are imported: they bind mint ops at import time
+    cls = getattr(importlib.import_module(_LIBRARIES[library]), class_name)
+    kwargs = {"mindspore_dtype": getattr(ms, check_dtype(dtype))}
+    if variant:
+        kwargs["variant"] = variant
+    module = cls.from_pretrained(folder, **kwargs)
+    module.set_train(False)
+    return _ADAPTERS[name](module)

@@ -1,0 +1,188 @@
+"""CPU stand-ins for the `mindspore.mint` ops that have no CPU kernel.
+
+mindone (diffusers/transformers ported to MindSpore) is written on `mindspore.mint`; about twenty
+mint ops have no CPU kernel in MindSpore 2.7-2.10 ("RuntimeError: The kernel Arange unregistered").
+`install_cpu_kernels()` swaps the ones that Stable Diffusion / SDXL UNets (incl. 9-channel inpaint),
+the KL VAE (encoder and decoder) and CLIP text encoders reach for equivalents built on ops that do
+run on CPU, so that the same models can be checked against diffusers on any laptop. On Ascend (or
+any device target other than CPU) it does nothing.
+
+Replaced (each reached by the tiny SD/SDXL models of fewstep.testing unless said otherwise):
+mint.arange (UNet timestep embedding), mint.nn.functional.gelu (GEGLU feed-forward, CLIP "gelu"),
+mint.nn.Conv2d (every conv), mint.nn.LayerNorm (transformer blocks), mint.nn.functional.pad (the VAE
+encoder's asymmetric pad before its strided conv), mint.zeros_like (mindone's SDXL pipelines),
+mint.stack, mint.nn.functional.conv2d / layer_norm (other mindone models and LoRA convs), and
+mint.baddbmm (attention with a mask).
+
+How the swap reaches mindone: mindone modules do `from mindspore import mint` and look names up on
+the `mint` modules when they call or build a layer (`mint.arange(...)`, `mint.nn.Conv2d(...)`,
+`F.gelu` with `F = mindspore.mint.nn.functional`), so replacing the module attributes reaches them.
+Two things are bound earlier, which is why this must run before mindone is imported:
+mindone.transformers' GELUActivation stores `mint.nn.functional.gelu` when it is constructed (and
+`mindone.transformers.activations` builds some at import), and a few mindone classes *subclass*
+`mint.nn.Conv2d` / `mint.nn.LayerNorm` at import (LoRACompatibleConv, FP32LayerNorm). For the
+latter the layers are not replaced by new classes: `construct` is replaced on the original classes,
+which keeps every isinstance check and subclass working and keeps the parameter names (`weight`,
+`bias`) that mindone's from_pretrained weight conversion loads into.
+
+Each stand-in matches its torch counterpart in float32 (tests/test_mindspore_cpu.py checks each one).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import mindspore as ms
+from mindspore import mint, ops
+
+_INSTALLED = False
+_ORIGINALS = {}  # (owner, name) -> the op that was replaced; see `original`
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# --- functions ------------------------------------------------------------------------------------
+def arange(start=0, end=None, step=1, *, dtype=None):
+    """Replaces mint.arange (kernel "Arange" unregistered on CPU): ops.arange has the same dtype rules
+    (integers -> int64, any float -> float32)."""
+    return ops.arange(start, end, step, dtype=dtype)
+
+
+def stack(tensors, dim=0, *, out=None):
+    """Replaces mint.stack (kernel "StackExt" unregistered on CPU)."""
+    return ops.stack(tensors, axis=dim)
+
+
+def zeros_like(input, *, dtype=None):  # pylint: disable=redefined-builtin
+    """Replaces mint.zeros_like (kernel "ZerosLikeExt" unregistered on CPU). Not reached by the models;
+    mindone's own SDXL pipelines call it for the zeroed negative prompt embeddings."""
+    return ops.zeros_like(input, dtype=dtype)
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):  # pylint: disable=redefined-builtin
+    """Replaces mint.baddbmm (kernel "Baddbmm" unregistered on CPU): beta * input + alpha * batch1 @ batch2.
+    Not reached by the default attention processor; `Attention.get_attention_scores` uses it when an
+    attention mask is given (AttnProcessor, attention slicing). As in torch, beta=0 ignores `input`."""
+    out = mint.bmm(batch1, batch2)
+    if alpha != 1:
+        out = out * alpha
+    if beta == 0:
+        return out
+    return out + (input if beta == 1 else input * beta)
+
+
+def gelu(input, approximate="none"):  # pylint: disable=redefined-builtin
+    """Replaces mint.nn.functional.gelu (kernel "GeluExt" unregistered on CPU); erf form or tanh form."""
+    return ops.gelu(input, approximate=approximate)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # pylint: disable=redefined-builtin
+    """Replaces mint.nn.functional.conv2d (kernels "Conv2DExt" / "Conv2DPadding" unregistered on CPU).
+
+    padding: an int, a pair, or "same" / "valid" as in torch."""
+    if isinstance(padding, str):
+        pad_mode, padding = padding, 0
+    else:
+        pad_mode, padding = "pad", _pair(padding)
+    return ops.conv2d(input, weight, bias, _pair(stride), pad_mode, padding, _pair(dilation), groups)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # pylint: disable=redefined-builtin
+    """Replaces mint.nn.functional.layer_norm (kernel "LayerNormExt" cannot be created on CPU).
+
+    Biased variance over the trailing `normalized_shape` dims, computed in float32 (as torch does for
+    half inputs) and cast back."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    dims = tuple(range(-len(normalized_shape), 0))
+    dtype = input.dtype
+    x = input.astype(ms.float32) if dtype in (ms.float16, ms.bfloat16) else input
+    mean = mint.mean(x, dims, True)
+    centered = x - mean
+    y = centered * mint.rsqrt(mint.mean(centered * centered, dims, True) + eps)
+    if weight is not None:
+        y = y * weight.astype(y.dtype)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y.astype(dtype)
+
+
+def pad(input, pad, mode="constant", value=None):  # pylint: disable=redefined-builtin,redefined-outer-name
+    """Replaces mint.nn.functional.pad (kernels "ConstantPadND", "ReflectionPad2D", "ReplicationPad2D"
+    unregistered on CPU). Reached by the VAE encoder's asymmetric (0, 1, 0, 1) pad before each
+    strided downsampling conv."""
+    return ops.pad(input, tuple(pad), mode=mode, value=value)
+
+
+# --- layers: replacement `construct` methods for the original mint classes -----------------------
+def _conv2d_construct(self, input):  # pylint: disable=redefined-builtin
+    """mint.nn.Conv2d.construct, on the CPU conv2d above (Conv2DExt / Conv2DPadding have no CPU kernel)."""
+    if self.padding_mode != "zeros":
+        return conv2d(ops.pad(input, self._reversed_padding, mode=self.padding_mode),
+                      self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+    return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _layer_norm_construct(self, input):  # pylint: disable=redefined-builtin
+    """mint.nn.LayerNorm.construct, on the CPU layer_norm above (LayerNormExt has no CPU kernel)."""
+    return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+# (owner module or class, attribute, stand-in)
+def _replacements():
+    return [
+        (mint, "arange", arange),
+        (mint, "stack", stack),
+        (mint, "zeros_like", zeros_like),
+        (mint, "baddbmm", baddbmm),
+        (mint.nn.functional, "gelu", gelu),
+        (mint.nn.functional, "conv2d", conv2d),
+        (mint.nn.functional, "layer_norm", layer_norm),
+        (mint.nn.functional, "pad", pad),
+        (mint.nn.Conv2d, "construct", _conv2d_construct),
+        (mint.nn.LayerNorm, "construct", _layer_norm_construct),
+    ]
+
+
+def is_cpu() -> bool:
+    """Whether MindSpore's device target is CPU."""
+    return ms.get_context("device_target") == "CPU"
+
+
+def install_cpu_kernels() -> bool:
+    """Install the CPU stand-ins when MindSpore runs on CPU; idempotent.
+
+    Also turns on `mindspore.runtime.launch_blocking()` on CPU: about 5x faster there, and an op
+    without a kernel then fails where it is called instead of later in an unrelated op.
+    Call it before importing mindone. Returns True when the stand-ins are active, False when the
+    device target is not CPU (nothing is changed then)."""
+    global _INSTALLED
+    if not is_cpu():
+        return False
+    if _INSTALLED:
+        return True
+    if "mindone.diffusers" in sys.modules or "mindone.transformers" in sys.modules:
+        warnings.warn(
+            "install_cpu_kernels() ran after mindone.diffusers or mindone.transformers was imported; "
+            "what mindone built at import time keeps the ops that have no CPU kernel. Call "
+            "fewstep.backends.mindspore_cpu.install_cpu_kernels() before importing mindone.",
+            RuntimeWarning, stacklevel=2)
+    ms.runtime.launch_blocking()
+    for owner, name, replacement in _replacements():
+        _ORIGINALS.setdefault((owner, name), getattr(owner, name))
+        setattr(owner, name, replacement)
+    _INSTALLED = True
+    return True
+
+
+def installed() -> bool:
+    """Whether `install_cpu_kernels` has replaced the ops in this process."""
+    return _INSTALLED
+
+
+def original(owner, name):
+    """The op that a stand-in replaced (for tests); the current one when nothing was replaced."""
+    return _ORIGINALS.get((owner, name), getattr(owner, name))

@@ -1,0 +1,93 @@
+"""Loading diffusers-format components on torch through diffusers and transformers, behind the
+adapters of `fewstep.pipelines.components`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import numpy as np
+import torch
+
+from fewstep.core.ops import check_dtype
+
+# model_index.json names the library of each component; these are the ones the torch side loads.
+_LIBRARIES = {"diffusers": "diffusers", "transformers": "transformers"}
+
+
+def _dtype_name(module) -> str:
+    return check_dtype(str(module.dtype))
+
+
+class TorchUNet:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
+                 cross_attention_kwargs=None):
+        return self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                           timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
+                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+
+class TorchVAE:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+        self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
+
+    def encode(self, image):
+        dist = self.module.encode(image.to(self.module.dtype)).latent_dist
+        return dist.mean, dist.std
+
+    def decode(self, latents, upcast: bool = False):
+        vae = self.module
+        if not (upcast and vae.dtype == torch.float16 and self.config.get("force_upcast", False)):
+            return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        # diffusers' SDXL fp16 upcast: float32 for the decoder's upper blocks, while the blocks that
+        # torch 2 attention keeps stable stay in fp16; then back to fp16. Changing dtype fp16 ->
+        # fp32 -> fp16 is exact, so the weights are unchanged afterwards.
+        vae.to(dtype=torch.float32)
+        vae.post_quant_conv.to(torch.float16)
+        vae.decoder.conv_in.to(torch.float16)
+        vae.decoder.mid_block.to(torch.float16)
+        try:
+            return vae.decode(latents.to(torch.float16), return_dict=False)[0]
+        finally:
+            vae.to(dtype=torch.float16)
+
+
+class TorchTextEncoder:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config.to_dict())
+        self.dtype = _dtype_name(module)
+        self._device = next(module.parameters()).device
+
+    def __call__(self, input_ids: np.ndarray):
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self._device)
+        out = self.module(ids, output_hidden_states=True)
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else None
+        return out.last_hidden_state, out.hidden_states[-2], pooled
+
+
+_ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder}
+
+
+def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
+                   device: Optional[str] = None, variant: Optional[str] = None):
+    """Load one component folder with the class model_index.json names and wrap it in its adapter."""
+    if library not in _LIBRARIES:
+        raise ValueError(f"Component {name!r} comes from {library!r}; fewstep loads diffusers and transformers components.")
+    cls = getattr(importlib.import_module(_LIBRARIES[library]), class_name)
+    kwargs = {"torch_dtype": getattr(torch, check_dtype(dtype))}
+    if variant:
+        kwargs["variant"] = variant
+    module = cls.from_pretrained(folder, **kwargs)
+    module.eval().requires_grad_(False)
+    if device:
+        module.to(device)
+    return _ADAPTERS[name](module)

@@ -1,0 +1,199 @@
+"""LCM: multistep consistency sampling for Latent Consistency Models.
+
+Luo et al. (2023), "Latent Consistency Models", arXiv 2310.04378, Alg. 1 (after Song et al. 2023,
+"Consistency Models", Alg. 1). The consistency function maps x_t straight to a clean estimate,
+
+    x0       from the model output (epsilon / sample / v parameterisation), then clip or threshold
+    denoised = c_out(t) * x0 + c_skip(t) * x_t          (boundary condition: f(x, 0) = x)
+    x_prev   = sqrt(a_prev) * denoised + sqrt(1 - a_prev) * z      on every step but the last
+    x_prev   = denoised                                            on the last step
+
+with a = alphas_cumprod and the scalings evaluated at the discrete timestep times timestep_scaling
+(LCM paper eq. 7 with sigma_data = 0.5). Away from t = 0, c_skip ~ 0 and c_out ~ 1, so `denoised`
+is essentially x0. Without clip/thresholding, denoised is linear in (sample, model_output), so a step
+is two linear combinations with Python-float coefficients computed once in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fewstep.backends import backend_of
+from fewstep.core.noise import randn_like
+from fewstep.core.schedulers.base import (
+    ConsistencyScheduler,
+    StepOutput,
+    linear_combination,
+    x0_and_eps_coefficients,
+)
+
+SIGMA_DATA = 0.5  # the data standard deviation the consistency parameterisation assumes
+
+
+@dataclass
+class LCMSchedulerOutput(StepOutput):
+    """`prev_sample`: input of the next step. `denoised`: the clean estimate (decode it after the last step)."""
+
+    prev_sample: Any
+    denoised: Any = None
+
+
+def boundary_condition_scalings(timestep: float, timestep_scaling: float = 10.0) -> Tuple[float, float]:
+    """(c_skip, c_out) of the consistency parameterisation f(x, t) = c_skip(t) x + c_out(t) F(x, t).
+
+    c_skip = sd^2 / (u^2 + sd^2), c_out = u / sqrt(u^2 + sd^2) with u = t * timestep_scaling, so that
+    f(x, 0) = x exactly and the skip term vanishes quickly for t > 0 (t=999: c_skip = 2.5e-9)."""
+    u = timestep * timestep_scaling
+    c_skip = SIGMA_DATA**2 / (u**2 + SIGMA_DATA**2)
+    c_out = u / math.sqrt(u**2 + SIGMA_DATA**2)
+    return c_skip, c_out
+
+
+def lcm_coefficients(
+    alphas_cumprod: Sequence[float],
+    timestep: int,
+    prev_timestep: int,
+    prediction_type: str = "epsilon",
+    timestep_scaling: float = 10.0,
+    add_noise: bool = True,
+    final_alpha_cumprod: float = 1.0,
+) -> Tuple[float, ...]:
+    """(x0_sample, x0_model, c_skip, c_out, den_sample, den_model, prev_den, prev_noise).
+
+    x0 = x0_sample * sample + x0_model * model_output; with no clipping, denoised = den_sample * sample +
+    den_model * model_output; x_prev = prev_den * denoised + prev_noise * z ((1.0, 0.0) without noise)."""
+    (x0_s, x0_m), _ = x0_and_eps_coefficients(float(alphas_cumprod[timestep]), prediction_type)
+    c_skip, c_out = boundary_condition_scalings(float(timestep), timestep_scaling)
+    den_s, den_m = c_out * x0_s + c_skip, c_out * x0_m
+    if not add_noise:
+        return x0_s, x0_m, c_skip, c_out, den_s, den_m, 1.0, 0.0
+    alpha_prev = np.float64(alphas_cumprod[prev_timestep]) if prev_timestep >= 0 else np.float64(final_alpha_cumprod)
+    return x0_s, x0_m, c_skip, c_out, den_s, den_m, float(np.sqrt(alpha_prev)), float(np.sqrt(1.0 - alpha_prev))
+
+
+def dynamic_threshold(ops, x0: Any, ratio: float = 0.995, max_value: float = 1.0) -> Any:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): per batch item, s = the `ratio`
+    quantile of |x0|, clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s.
+
+    The quantile has no TensorOps op, so x0 makes one host round trip (thresholding is meant for
+    pixel-space models and is off by default); the clip and division run on the backend. Lower
+    precisions are computed in float32 and cast back, as the reference does."""
+    dtype = ops.dtype_name(x0)
+    work = x0 if dtype in ("float32", "float64") else ops.cast(x0, "float32")
+    host = ops.to_numpy(work)
+    batch = host.shape[0]
+    s = np.quantile(np.abs(host.reshape(batch, -1)), ratio, axis=1)  # linear interpolation, as torch.quantile
+    s = np.minimum(np.maximum(s, 1.0), max_value)  # clamp(min=1, max=max_value); max wins if max < 1
+    s = ops.from_numpy(s.astype(host.dtype).reshape((batch,) + (1,) * (host.ndim - 1)), like=work)
+    out = ops.clip(work, -s, s) / s
+    return out if dtype in ("float32", "float64") else ops.cast(out, dtype)
+
+
+def _apply(ops, model_output, sample, coefficients, noisy: bool, generator, config) -> Tuple[Any, Any]:
+    """denoised and x_prev as tensors."""
+    x0_s, x0_m, c_skip, c_out, den_s, den_m, prev_den, prev_noise = coefficients
+    if config["thresholding"]:
+        x0 = linear_combination(sample, x0_s, model_output, x0_m)
+        x0 = dynamic_threshold(ops, x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
+        denoised = linear_combination(x0, c_out, sample, c_skip)
+    elif config["clip_sample"]:
+        bound = float(config["clip_sample_range"])
+        x0 = ops.clip(linear_combination(sample, x0_s, model_output, x0_m), -bound, bound)
+        denoised = linear_combination(x0, c_out, sample, c_skip)
+    else:
+        denoised = linear_combination(sample, den_s, model_output, den_m)
+    if not noisy:
+        return denoised, denoised
+    noise = randn_like(ops, ops.shape(model_output), ops.dtype_name(denoised), generator, like=sample)
+    return linear_combination(denoised, prev_den, noise, prev_noise), denoised
+
+
+_DEFAULT_OPTIONS = {
+    "thresholding": False,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+}
+
+
+def lcm_step(
+    model_output: Any,
+    timestep: int,
+    sample: Any,
+    *,
+    timesteps: Sequence[int],
+    step_index: int,
+    alphas_cumprod: Sequence[float],
+    prediction_type: str = "epsilon",
+    timestep_scaling: float = 10.0,
+    generator: Any = None,
+    num_inference_steps: Optional[int] = None,
+    **options,
+) -> Tuple[Any, Any]:
+    """One LCM step with the step index given explicitly (no scheduler state).
+
+    Returns (prev_sample, denoised). `options` are the config's clip_sample, clip_sample_range,
+    thresholding, dynamic_thresholding_ratio, sample_max_value. The step at index
+    num_inference_steps - 1 (default len(timesteps) - 1) is the last one and draws no noise."""
+    unknown = set(options) - set(_DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"Unknown LCM options {sorted(unknown)}; use {sorted(_DEFAULT_OPTIONS)}.")
+    config = {**_DEFAULT_OPTIONS, **options}
+    steps = len(timesteps) if num_inference_steps is None else num_inference_steps
+    t = int(timestep)
+    prev_t = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else t
+    noisy = step_index != steps - 1
+    coefficients = lcm_coefficients(alphas_cumprod, t, prev_t, prediction_type, timestep_scaling, noisy)
+    ops = backend_of(model_output, sample)
+    return _apply(ops, model_output, sample, coefficients, noisy, generator, config)
+
+
+class LCMScheduler(ConsistencyScheduler):
+    """LCM sampler with diffusers' `LCMScheduler` interface and numbers, on NumPy, torch or MindSpore tensors.
+
+    Constructor arguments and defaults are diffusers'. LCM (unlike TCD) applies clip_sample /
+    thresholding to x0 and the boundary-condition scalings (timestep_scaling). Differences from
+    diffusers: invalid configs and arguments raise ValueError up front; `timesteps` is a NumPy int64
+    array; custom timesteps with strength < 1 set num_inference_steps to the kept length, so the last
+    step returns `denoised` without re-noising it (see `set_timesteps`)."""
+
+    def step(self, model_output: Any, timestep: Any, sample: Any, generator: Any = None, return_dict: bool = True):
+        """Advance one timestep.
+
+        Args:
+            model_output: the UNet's output for (sample, timestep); NumPy array, torch or MindSpore tensor.
+            timestep: the current timestep (an element of `timesteps`): int, NumPy integer, or one-element tensor.
+            sample: the current noisy sample x_t, same framework as model_output.
+            generator: noise source for every step but the last: a `fewstep.Generator`,
+                `np.random.Generator`, `torch.Generator` (drawn as diffusers draws), a list of them, or None.
+            return_dict: False returns the tuple (prev_sample, denoised).
+
+        Returns `LCMSchedulerOutput(prev_sample, denoised)` of the input's type and dtype."""
+        t, index = self._begin_step(timestep)
+        schedule = self._timestep_list
+        prev_t = schedule[index + 1] if index + 1 < len(schedule) else t  # last step: prev = t (unused)
+        noisy = index != self.num_inference_steps - 1
+        config = self.config
+        coefficients = self._coefficients_for(
+            (t, prev_t, noisy),
+            lambda: lcm_coefficients(
+                self._alpha_list,
+                t,
+                prev_t,
+                config["prediction_type"],
+                float(config["timestep_scaling"]),
+                noisy,
+                self.final_alpha_cumprod,
+            ),
+        )
+        ops = backend_of(model_output, sample)
+        prev_sample, denoised = _apply(ops, model_output, sample, coefficients, noisy, generator, config)
+        self._step_index = index + 1
+        if not return_dict:
+            return prev_sample, denoised
+        return LCMSchedulerOutput(prev_sample=prev_sample, denoised=denoised)

@@ -1,0 +1,178 @@
+"""TCD: Strategic Stochastic Sampling from Trajectory Consistency Distillation.
+
+Zheng et al. (2024), "Trajectory Consistency Distillation", arXiv 2402.19159, Alg. 4. From timestep
+t the model's prediction jumps *along the trajectory* to an intermediate time s = floor((1 - eta) *
+t_prev) (a DDIM step t -> s), then fresh noise diffuses the result forward from s back to t_prev:
+
+    x0, eps  from the model output (epsilon / sample / v parameterisation)
+    x_s      = sqrt(a_s) * x0 + sqrt(1 - a_s) * eps                        "pred_noised_sample"
+    x_prev   = sqrt(a_prev / a_s) * x_s + sqrt(1 - a_prev / a_s) * z       (eta > 0, not the last step)
+    x_prev   = x_s                                                          (otherwise; no noise drawn)
+
+with a = alphas_cumprod. eta (the paper's gamma) = 0 is deterministic DDIM between the schedule's
+timesteps; eta = 1 jumps to s = 0 and re-noises, i.e. LCM-style multistep consistency sampling. After
+the last timestep t_prev = 0, so the final output is x_s at s = 0 (not exactly x0). TCD never clips
+or thresholds x0 (clip_sample and thresholding are in its config only for compatibility).
+
+Because x0 and eps are linear in (sample, model_output), each step is two linear combinations with
+Python-float coefficients computed once in float64 (`tcd_coefficients`).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fewstep.backends import backend_of
+from fewstep.core.noise import randn_like
+from fewstep.core.schedulers.base import (
+    ConsistencyScheduler,
+    StepOutput,
+    linear_combination,
+    x0_and_eps_coefficients,
+)
+
+
+@dataclass
+class TCDSchedulerOutput(StepOutput):
+    """`prev_sample`: input of the next step. `pred_noised_sample`: x_s, the model's jump to time s."""
+
+    prev_sample: Any
+    pred_noised_sample: Any = None
+
+
+def intermediate_timestep(prev_timestep: int, eta: float) -> int:
+    """s = floor((1 - eta) * t_prev), with the product in float32 as torch computes it on an int64
+    tensor: float64 would give e.g. 62 instead of 63 for eta=0.3, t_prev=90 (reference §8 P4).
+    `1 - eta` is formed in Python double first, then rounded to float32, as torch does."""
+    return int(np.floor(np.float32(1.0 - eta) * np.float32(prev_timestep)))
+
+
+def tcd_coefficients(
+    alphas_cumprod: Sequence[float],
+    timestep: int,
+    prev_timestep: int,
+    eta: float,
+    prediction_type: str = "epsilon",
+    add_noise: bool = True,
+    final_alpha_cumprod: float = 1.0,
+) -> Tuple[float, float, float, float]:
+    """(xs_sample, xs_model, prev_xs, prev_noise): x_s = xs_sample * sample + xs_model * model_output and
+    x_prev = prev_xs * x_s + prev_noise * z. Without noise (eta == 0 or the last step) x_prev = x_s,
+    returned as (1.0, 0.0) so callers can skip the draw. Computed in float64 from the float32 table."""
+    s = intermediate_timestep(prev_timestep, eta)
+    alpha_t = float(alphas_cumprod[timestep])
+    alpha_s = np.float64(alphas_cumprod[s])
+    (x0_s, x0_m), (eps_s, eps_m) = x0_and_eps_coefficients(alpha_t, prediction_type)
+    root_s, root_1s = float(np.sqrt(alpha_s)), float(np.sqrt(1.0 - alpha_s))
+    xs_sample = root_s * x0_s + root_1s * eps_s
+    xs_model = root_s * x0_m + root_1s * eps_m
+    if not add_noise:
+        return xs_sample, xs_model, 1.0, 0.0
+    # The previous timestep is never negative in a schedule; final_alpha_cumprod mirrors the reference.
+    alpha_prev = np.float64(alphas_cumprod[prev_timestep]) if prev_timestep >= 0 else np.float64(final_alpha_cumprod)
+    ratio = alpha_prev / alpha_s  # <= 1 because s <= t_prev, so the noise scale is real
+    return xs_sample, xs_model, float(np.sqrt(ratio)), float(np.sqrt(1.0 - ratio))
+
+
+def _check_eta(eta: Any) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
+        raise ValueError(
+            f"eta must be a number in [0, 1], got {eta!r}: 0 is deterministic, 1 fully stochastic; TCD's "
+            f"recommended value is 0.3 (pass it explicitly to diffusers pipelines, whose default is 0.0)."
+        )
+    return float(eta)
+
+
+def _apply(ops, model_output, sample, coefficients, noisy: bool, generator):
+    """x_s and x_prev as tensors: two linear combinations and at most one noise draw."""
+    xs_sample, xs_model, prev_xs, prev_noise = coefficients
+    pred_noised = linear_combination(sample, xs_sample, model_output, xs_model)
+    if not noisy:
+        return pred_noised, pred_noised
+    noise = randn_like(ops, ops.shape(model_output), ops.dtype_name(pred_noised), generator, like=sample)
+    return linear_combination(pred_noised, prev_xs, noise, prev_noise), pred_noised
+
+
+def tcd_step(
+    model_output: Any,
+    timestep: int,
+    sample: Any,
+    *,
+    timesteps: Sequence[int],
+    step_index: int,
+    alphas_cumprod: Sequence[float],
+    prediction_type: str = "epsilon",
+    eta: float = 0.3,
+    generator: Any = None,
+    num_inference_steps: Optional[int] = None,
+) -> Tuple[Any, Any]:
+    """One TCD step with the step index given explicitly (no scheduler state).
+
+    Returns (prev_sample, pred_noised_sample). `num_inference_steps` defaults to len(timesteps); the step
+    at index num_inference_steps - 1 is the last one and draws no noise."""
+    eta = _check_eta(eta)
+    steps = len(timesteps) if num_inference_steps is None else num_inference_steps
+    prev_t = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else 0
+    noisy = eta > 0 and step_index != steps - 1
+    coefficients = tcd_coefficients(alphas_cumprod, int(timestep), prev_t, eta, prediction_type, noisy)
+    return _apply(backend_of(model_output, sample), model_output, sample, coefficients, noisy, generator)
+
+
+class TCDScheduler(ConsistencyScheduler):
+    """TCD sampler with diffusers' `TCDScheduler` interface and numbers, on NumPy, torch or MindSpore tensors.
+
+    Constructor arguments and defaults are diffusers' (num_train_timesteps=1000, beta_start=0.00085,
+    beta_end=0.012, beta_schedule="scaled_linear", original_inference_steps=50, prediction_type="epsilon",
+    ...). Differences: invalid configs and arguments raise ValueError up front (unknown beta_schedule,
+    unknown prediction_type, rescale_betas_zero_snr with epsilon prediction, eta outside [0, 1], a
+    timestep not in the schedule); `timesteps` is a NumPy int64 array; custom timesteps with strength < 1
+    set num_inference_steps to the kept length (see `set_timesteps`).
+
+    As in diffusers, passing `original_inference_steps` to `set_timesteps` explicitly (even 50) selects
+    timesteps from the full 0..T-1 range instead of the distillation grid: set_timesteps(4) gives
+    [999, 759, 499, 259] but set_timesteps(4, original_inference_steps=50) gives [999, 749, 499, 249]."""
+
+    _full_range_if_explicit = True
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        eta: float = 0.3,
+        generator: Any = None,
+        return_dict: bool = True,
+    ):
+        """Advance one timestep.
+
+        Args:
+            model_output: the UNet's output for (sample, timestep); NumPy array, torch or MindSpore tensor.
+            timestep: the current timestep (an element of `timesteps`): int, NumPy integer, or one-element tensor.
+            sample: the current noisy sample x_t, same framework as model_output.
+            eta: the paper's gamma in [0, 1]; 0 deterministic, 0.3 recommended.
+            generator: noise source for eta > 0: a `fewstep.Generator`, `np.random.Generator`,
+                `torch.Generator` (drawn as diffusers draws), a list of them (one per batch item), or None.
+            return_dict: False returns the tuple (prev_sample, pred_noised_sample).
+
+        Returns `TCDSchedulerOutput(prev_sample, pred_noised_sample)` of the input's type and dtype."""
+        eta = _check_eta(eta)
+        t, index = self._begin_step(timestep)
+        schedule = self._timestep_list
+        prev_t = schedule[index + 1] if index + 1 < len(schedule) else 0
+        noisy = eta > 0 and index != self.num_inference_steps - 1
+        coefficients = self._coefficients_for(
+            (t, prev_t, eta, noisy),
+            lambda: tcd_coefficients(
+                self._alpha_list, t, prev_t, eta, self.config["prediction_type"], noisy, self.final_alpha_cumprod
+            ),
+        )
+        ops = backend_of(model_output, sample)
+        prev_sample, pred_noised = _apply(ops, model_output, sample, coefficients, noisy, generator)
+        self._step_index = index + 1
+        if not return_dict:
+            return prev_sample, pred_noised
+        return TCDSchedulerOutput(prev_sample=prev_sample, pred_noised_sample=pred_noised)

@@ -1,0 +1,233 @@
+"""The one denoising loop every fewstep pipeline shares.
+
+A pipeline class combines a conditioning (SD: one text encoder; SDXL: two, plus pooled embeddings
+and time ids, see `conditioning.py`) with a task (text-to-image, img2img, inpainting: how the
+latents start and what changes after each step, see `tasks.py`). Everything here is written against
+TensorOps and the component adapters, so the same code runs on torch and MindSpore.
+
+Host round-trips: token ids and the initial noise go to the device once, the final image comes back
+once; inside the loop only the Python-int timestep crosses, as in diffusers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from fewstep.backends import _framework_of, get_backend
+from fewstep.core.guidance import guidance_scale_embedding
+from fewstep.core.noise import randn_like
+from fewstep.core.random import Generator
+from fewstep.pipelines import image_processing, loading
+
+
+@dataclass
+class PipelineOutput:
+    """`.images` as diffusers has it (a list of PIL images, an NHWC array, or latents), plus the
+    seeds that made them so every image can be made again."""
+
+    images: Any
+    seeds: Optional[List[int]] = None
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def as_backend_tensor(ops, x, name: str, dtype: Optional[str] = None, like=None):
+    """A user-given tensor on this pipeline's backend: NumPy arrays are moved over, a tensor of the
+    other framework is refused rather than silently copied between frameworks and devices."""
+    if x is None:
+        return None
+    if ops.is_tensor(x):
+        return ops.cast(x, dtype) if dtype else x
+    if isinstance(x, np.ndarray):
+        return ops.from_numpy(x, like=like, dtype=dtype)
+    framework = _framework_of(x) or type(x).__name__
+    raise ValueError(
+        f"{name} is a {framework} tensor but this pipeline runs on {ops.name}; pass a {ops.name} tensor or a "
+        f"NumPy array, or load the pipeline with backend={framework!r}."
+    )
+
+
+def resolve_generators(generator, batch: int):
+    """The user's generator argument as something `randn_like` draws from, and the seeds to report.
+
+    int -> fewstep.Generator(int); list -> one per image (its length must equal the batch);
+    None -> a fresh random seed, reported in the output."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(
+                f"{len(generator)} generators were passed for {batch} images (prompts x num_images_per_prompt); "
+                f"pass one generator per image, or a single generator."
+            )
+        gens = [Generator(g) if isinstance(g, (int, np.integer)) else g for g in generator]
+        seeds = [g.initial_seed() for g in gens if isinstance(g, Generator)]
+        return gens, seeds or None
+    if generator is None or isinstance(generator, (int, np.integer)):
+        generator = Generator(None if generator is None else int(generator))
+    seeds = [generator.initial_seed()] if isinstance(generator, Generator) else None
+    return generator, seeds
+
+
+class DiffusionPipeline:
+    """Shared machinery: loading, the scheduler, progress bar, and `__call__` with one loop.
+
+    Subclasses set `_components` and mix in a conditioning and a task."""
+
+    _components: Sequence[str] = ()
+    _default_strength = 1.0
+    _default_guidance = 7.5
+
+    def __init__(self, backend, scheduler, **components):
+        self.ops = get_backend(backend)
+        self.scheduler = scheduler
+        for name in self._components:
+            if components.get(name) is None:
+                raise ValueError(f"{type(self).__name__} needs a {name!r} component.")
+        for name, value in components.items():
+            setattr(self, name, value)
+        self._progress_config: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, backend: str = "torch", dtype: str = "float32",
+                        device: Optional[str] = None, variant: Optional[str] = None, scheduler=None):
+        """Load a diffusers-format pipeline folder (or hub id) on `backend` with its trusted library."""
+        folder = loading.resolve_folder(pretrained_model_name_or_path, variant)
+        names = [n for n in cls._components if n != "scheduler"]
+        components = loading.load_components(folder, names, backend, dtype=dtype, device=device, variant=variant)
+        if scheduler is None:
+            scheduler = loading.load_scheduler(folder)
+        pipe = cls(backend, scheduler, **components)
+        pipe.name_or_path = pretrained_model_name_or_path
+        return pipe
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae.scale_factor
+
+    @property
+    def dtype(self) -> str:
+        return self.unet.dtype
+
+    # ------------------------------------------------------------------ progress
+    def set_progress_bar_config(self, **kwargs):
+        """Options for the tqdm progress bar (`disable=True` to hide it), as in diffusers."""
+        self._progress_config = dict(kwargs)
+
+    def progress_bar(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, **self._progress_config)
+
+    # ------------------------------------------------------------------ call
+    def _do_cfg(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1 and self.unet.config.get("time_cond_proj_dim") is None
+
+    def _step_kwargs(self, eta: float, generator) -> Dict[str, Any]:
+        params = inspect.signature(self.scheduler.step).parameters
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    def _timesteps(self, num_inference_steps, timesteps, strength: float) -> np.ndarray:
+        """The schedule, cut by `strength` for img2img and inpainting as diffusers' pipelines cut it."""
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=list(timesteps))
+        else:
+            self.scheduler.set_timesteps(num_inference_steps)
+        schedule = np.asarray(self.scheduler.timesteps)
+        if strength == 1.0:
+            return schedule
+        n = len(schedule)
+        t_start = max(n - min(int(n * strength), n), 0)
+        if t_start >= n:
+            raise ValueError(
+                f"strength={strength} with {n} steps leaves no step to run; raise strength or num_inference_steps."
+            )
+        self.scheduler.set_begin_index(t_start)
+        return schedule[t_start:]
+
+    def _as_tensor(self, x, name: str, dtype: Optional[str] = None):
+        return as_backend_tensor(self.ops, x, name, dtype)
+
+    def _randn(self, shape, dtype, generator, like=None):
+        return randn_like(self.ops, shape, dtype, generator, like=like)
+
+    def __call__(self, prompt=None, image=None, mask_image=None, height: Optional[int] = None,
+                 width: Optional[int] = None, num_inference_steps: int = 4, timesteps=None,
+                 guidance_scale: Optional[float] = None, negative_prompt=None, eta: float = 0.0,
+                 strength: Optional[float] = None, generator=None, latents=None, prompt_embeds=None,
+                 negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                 num_images_per_prompt: int = 1, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end: Optional[Callable] = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 original_size=None, target_size=None, crops_coords_top_left=(0, 0),
+                 cross_attention_kwargs=None):
+        ops = self.ops
+        guidance_scale = self._default_guidance if guidance_scale is None else float(guidance_scale)
+        strength = self._default_strength if strength is None else float(strength)
+        if output_type not in ("pil", "np", "latent"):
+            raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np' or 'latent'.")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1]; got {strength}. Use 1.0 to ignore the input image.")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1; got {num_images_per_prompt}.")
+        self._check_task_inputs(image, mask_image)
+        height, width = self._output_size(height, width, image)
+        image_processing.check_size(height, width, self.vae_scale_factor)
+        timings: Dict[str, float] = {}
+
+        with ops.no_grad():
+            do_cfg = self._do_cfg(guidance_scale)
+            cond = self._encode(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, do_cfg,
+                                height, width, original_size, target_size, crops_coords_top_left)
+            batch = cond.batch
+            generator, seeds = resolve_generators(generator, batch)
+            schedule = self._timesteps(num_inference_steps, timesteps, strength)
+            state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
+                                          schedule, strength, do_cfg)
+            latents = state.latents
+
+            timestep_cond = None
+            proj_dim = self.unet.config.get("time_cond_proj_dim")
+            if proj_dim is not None:
+                w = np.full((batch,), guidance_scale - 1.0)
+                timestep_cond = ops.from_numpy(guidance_scale_embedding(w, proj_dim), like=latents, dtype=cond.dtype)
+
+            step_kwargs = self._step_kwargs(eta, generator)
+            start = time.perf_counter()
+            with self.progress_bar(total=len(schedule)) as bar:
+                for i, t in enumerate(schedule):
+                    t = int(t)
+                    model_in = ops.concat([latents, latents], axis=0) if do_cfg else latents
+                    model_in = self._unet_input(model_in, state)
+                    noise_pred = self.unet(model_in, t, cond.hidden, timestep_cond=timestep_cond,
+                                           added_cond=cond.added, cross_attention_kwargs=cross_attention_kwargs)
+                    if do_cfg:
+                        uncond, text = ops.split(noise_pred, 2, axis=0)
+                        noise_pred = uncond + guidance_scale * (text - uncond)
+                    latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
+                    latents = self._after_step(latents, i, schedule, state)
+                    if callback_on_step_end is not None:
+                        values = {"latents": latents, "prompt_embeds": cond.hidden}
+                        result = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                        latents = (result or {}).get("latents", latents)
+                    bar.update()
+            timings["denoise_s"] = time.perf_counter() - start
+            timings["per_step_s"] = timings["denoise_s"] / max(len(schedule), 1)
+
+            if output_type == "latent":
+                images = latents
+            else:
+                decoded = self.vae.decode(latents / float(self.vae.config["scaling_factor"]), **self._decode_kwargs)
+                images = image_processing.postprocess(ops.to_numpy(decoded), output_type)
+        if not return_dict:
+            return (images,)
+        return PipelineOutput(images=images, seeds=seeds, timings=timings)

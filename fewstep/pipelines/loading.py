@@ -1,0 +1,99 @@
+"""Reading a diffusers-format pipeline folder (or hub id): which components, and loading them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, Iterable, Optional
+
+from fewstep.backends import load_component
+from fewstep.core.schedulers.lcm import LCMScheduler
+from fewstep.core.schedulers.tcd import TCDScheduler
+
+logger = logging.getLogger("fewstep")
+
+_MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+_TOKENIZERS = ("tokenizer", "tokenizer_2")
+
+
+def resolve_folder(path_or_id: str, variant: Optional[str] = None) -> str:
+    """A local folder for a path or a hub id (through huggingface_hub's cache, which works offline
+    when the snapshot is already there)."""
+    if os.path.isdir(path_or_id):
+        return path_or_id
+    if os.path.exists(path_or_id):
+        raise ValueError(f"{path_or_id!r} is a file; pass the pipeline folder that holds model_index.json.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
+        raise ValueError(f"{path_or_id!r} is not a folder, and huggingface_hub is not installed to fetch it.") from err
+    try:
+        return snapshot_download(path_or_id)
+    except Exception as err:
+        raise ValueError(
+            f"{path_or_id!r} is neither a local folder nor a hub repository that could be fetched ({err}). "
+            f"Pass the path of a diffusers-format pipeline folder, or download it first with "
+            f"`huggingface-cli download {path_or_id}`."
+        ) from err
+
+
+def read_model_index(folder: str) -> dict:
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ValueError(
+            f"{folder!r} has no model_index.json: it is not a diffusers-format pipeline folder. Save one with "
+            f"diffusers' `pipe.save_pretrained(path)`, or pass the folder that holds model_index.json."
+        )
+    with open(index_path) as f:
+        return json.load(f)
+
+
+def _component_spec(index: dict, folder: str, name: str):
+    spec = index.get(name)
+    if not spec or spec[0] is None or not os.path.isdir(os.path.join(folder, name)):
+        raise ValueError(
+            f"The pipeline folder {folder!r} is missing its {name!r} component (model_index.json entry "
+            f"{spec!r}, folder {name}/). This pipeline needs it: use a complete pipeline folder."
+        )
+    return spec
+
+
+def load_tokenizer(folder: str, name: str):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(os.path.join(folder, name))
+
+
+def load_scheduler(folder: str):
+    """The folder's scheduler as a fewstep scheduler. fewstep samples in few steps, so a folder whose
+    scheduler is neither TCD nor LCM (SD's PNDM, Euler, DDIM...) gets TCD with that folder's
+    beta schedule and prediction type; its `.config` keeps what the folder said."""
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"The pipeline folder {folder!r} is missing scheduler/scheduler_config.json.")
+    with open(path) as f:
+        config = json.load(f)
+    cls = LCMScheduler if config.get("_class_name") == "LCMScheduler" else TCDScheduler
+    if config.get("_class_name") not in ("TCDScheduler", "LCMScheduler"):
+        logger.info("Scheduler %s in %s replaced by TCDScheduler with its config.", config.get("_class_name"), folder)
+    return cls.from_config(config)
+
+
+def load_components(folder: str, names: Iterable[str], backend: str, dtype: str = "float32",
+                    device: Optional[str] = None, variant: Optional[str] = None) -> Dict[str, object]:
+    """Load the named components of a pipeline folder; checks every one is present before loading any."""
+    index = read_model_index(folder)
+    names = list(names)
+    specs = {name: _component_spec(index, folder, name) for name in names}
+    loaded = {}
+    for name in names:
+        library, class_name = specs[name]
+        if name in _TOKENIZERS:
+            loaded[name] = load_tokenizer(folder, name)
+        elif name == "scheduler":
+            loaded[name] = load_scheduler(folder)
+        else:
+            loaded[name] = load_component(backend, name, library, class_name, os.path.join(folder, name),
+                                          dtype=dtype, device=device, variant=variant)
+    return loaded

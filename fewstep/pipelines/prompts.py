@@ -1,0 +1,89 @@
+"""Prompts to UNet conditioning, for SD (one CLIP encoder) and SDXL (two, plus pooled and time ids).
+
+Tokenizers are transformers' (framework-free, NumPy ids); encoders are the backend's adapters. The
+arithmetic follows diffusers' `encode_prompt`, so the same prompt gives the same embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+
+def as_prompt_list(prompt, what: str = "prompt") -> List[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt) and prompt:
+        return list(prompt)
+    raise ValueError(f"{what} must be a string or a non-empty list of strings; got {type(prompt).__name__}.")
+
+
+def token_ids(tokenizer, prompts: Sequence[str], max_length: Optional[int] = None) -> np.ndarray:
+    return tokenizer(list(prompts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                     truncation=True, return_tensors="np").input_ids.astype(np.int64)
+
+
+def repeat_rows(ops, x, times: int):
+    """Each batch row repeated `times` times in place (p0, p0, p1, p1), as diffusers' repeat + view."""
+    if times == 1:
+        return x
+    rows = ops.split(x, ops.shape(x)[0], axis=0)
+    return ops.concat([r for r in rows for _ in range(times)], axis=0)
+
+
+def negative_prompts(negative_prompt, batch: int) -> List[str]:
+    if negative_prompt is None:
+        return [""] * batch
+    negatives = as_prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1 and batch > 1:
+        negatives = negatives * batch
+    if len(negatives) != batch:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}; pass one per prompt.")
+    return negatives
+
+
+def encode_sd(ops, tokenizer, text_encoder, prompts, negatives, dtype: str):
+    """(prompt_embeds, negative_prompt_embeds or None): the last hidden state of the CLIP encoder."""
+    embeds = ops.cast(text_encoder(token_ids(tokenizer, prompts))[0], dtype)
+    if negatives is None:
+        return embeds, None
+    length = ops.shape(embeds)[1]
+    negative = ops.cast(text_encoder(token_ids(tokenizer, negatives, length))[0], dtype)
+    return embeds, negative
+
+
+def encode_sdxl(ops, tokenizers, text_encoders, prompts, negatives, zero_negatives: bool, dtype: str):
+    """((embeds, pooled), (negative embeds, negative pooled) or None) from SDXL's two encoders:
+    penultimate hidden states concatenated on the feature axis, pooled from the projection encoder.
+    With no negative prompt and `force_zeros_for_empty_prompt`, the negatives are zeros."""
+
+    def encode(texts, length=None):
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(tokenizers, text_encoders):
+            _, penultimate, projected = encoder(token_ids(tokenizer, texts, length))
+            hidden.append(penultimate)
+            pooled = projected if projected is not None else pooled
+        return ops.cast(ops.concat(hidden, axis=-1), dtype), ops.cast(pooled, dtype)
+
+    embeds, pooled = encode(prompts)
+    if negatives is None:
+        return (embeds, pooled), None
+    if zero_negatives:
+        zeros = [ops.from_numpy(np.zeros(ops.shape(x), np.float32), like=x) for x in (embeds, pooled)]
+        return (embeds, pooled), tuple(zeros)
+    return (embeds, pooled), encode(negatives, ops.shape(embeds)[1])
+
+
+def sdxl_time_ids(original_size, crops_coords_top_left, target_size, unet_config, projection_dim: int) -> np.ndarray:
+    """SDXL's micro-conditioning vector, checked against what the UNet's add_embedding expects."""
+    ids = list(original_size) + list(crops_coords_top_left) + list(target_size)
+    expected = unet_config.get("projection_class_embeddings_input_dim")
+    passed = unet_config["addition_time_embed_dim"] * len(ids) + projection_dim
+    if expected is not None and expected != passed:
+        raise ValueError(
+            f"The UNet expects an added time embedding of {expected} values but {passed} were built "
+            f"(addition_time_embed_dim x {len(ids)} + text encoder projection {projection_dim}): the "
+            f"UNet and text_encoder_2 configs do not belong together."
+        )
+    return np.asarray([ids], dtype=np.float32)

@@ -1,0 +1,367 @@
+"""MindSpore on CPU: the stand-ins for mint ops without a CPU kernel, and mindone models loaded from
+the tiny diffusers folders, each compared with its torch counterpart in float32.
+
+Bounds are the smallest that hold with some headroom, measured on a 2-core x86_64 CPU with
+MindSpore 2.10 / torch 2.13; each assert says what was seen.
+"""
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.mindspore]
+
+
+@pytest.fixture(scope="module")
+def ms():
+    from fewstep.backends.mindspore_cpu import install_cpu_kernels
+
+    install_cpu_kernels()
+    import mindspore
+
+    return mindspore
+
+
+def _np(t):
+    if hasattr(t, "asnumpy"):
+        return t.asnumpy()
+    return t.detach().cpu().numpy()
+
+
+def _maxdiff(a, b):
+    a, b = _np(a), _np(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+# --- installation ---------------------------------------------------------------------------------
+def test_install_is_idempotent_and_replaces_the_ops(ms):
+    from mindspore import mint
+
+    from fewstep.backends import mindspore_cpu as mc
+
+    if not mc.is_cpu():
+        pytest.skip("device target is not CPU: nothing is replaced there")
+    assert mc.install_cpu_kernels() is True and mc.install_cpu_kernels() is True and mc.installed()
+    assert mint.arange is mc.arange and mint.stack is mc.stack and mint.zeros_like is mc.zeros_like
+    assert mint.baddbmm is mc.baddbmm and mint.nn.functional.gelu is mc.gelu and mint.nn.functional.conv2d is mc.conv2d
+    assert mint.nn.functional.layer_norm is mc.layer_norm and mint.nn.functional.pad is mc.pad
+    import mindspore.mint.nn.functional as F  # how mindone imports it: the same module object
+
+    assert F.gelu is mc.gelu
+    # the layers keep their class (isinstance checks, subclasses such as FP32LayerNorm) and get a CPU construct
+    assert mint.nn.Conv2d.construct is mc._conv2d_construct
+    assert mint.nn.LayerNorm.construct is mc._layer_norm_construct
+    assert mc.original(mint, "arange") is not mc.arange
+
+
+def test_install_does_nothing_off_cpu(ms, monkeypatch):
+    from mindspore import mint
+
+    from fewstep.backends import mindspore_cpu as mc
+
+    before = (mint.arange, mint.nn.functional.conv2d, mint.nn.Conv2d.construct)
+    monkeypatch.setattr(mc, "_INSTALLED", False)
+    monkeypatch.setattr(mc, "is_cpu", lambda: False)  # as on Ascend
+    monkeypatch.setattr(mc, "_replacements", lambda: pytest.fail("must not replace anything off CPU"))
+    assert mc.install_cpu_kernels() is False
+    assert (mint.arange, mint.nn.functional.conv2d, mint.nn.Conv2d.construct) == before
+
+
+# --- each stand-in against torch ------------------------------------------------------------------
+@pytest.mark.parametrize("args,kwargs", [((5,), {}), ((2, 11, 3), {}), ((0.0, 1.0, 0.125), {}),
+                                         ((0, 10), {"dtype": "float32"}), ((-3, 3), {"dtype": "int32"})])
+@pytest.mark.parity
+@pytest.mark.torch
+def test_arange(ms, args, kwargs):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import arange
+
+    got = arange(*args, **{k: getattr(ms, v) for k, v in kwargs.items()})
+    want = torch.arange(*args, **{k: getattr(torch, v) for k, v in kwargs.items()})
+    assert str(got.dtype).lower() == str(want.dtype).replace("torch.", "")
+    np.testing.assert_array_equal(_np(got), _np(want))  # exact
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_stack(ms, dim):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import stack
+
+    arrays = [np.random.RandomState(i).randn(2, 3).astype(np.float32) for i in range(3)]
+    got = stack([ms.Tensor(a) for a in arrays], dim=dim)
+    np.testing.assert_array_equal(_np(got), _np(torch.stack([torch.tensor(a) for a in arrays], dim=dim)))
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+def test_zeros_like(ms):
+    from fewstep.backends.mindspore_cpu import zeros_like
+
+    x = ms.Tensor(np.ones((2, 3), np.float32))
+    assert zeros_like(x).dtype == ms.float32 and zeros_like(x, dtype=ms.int32).dtype == ms.int32
+    np.testing.assert_array_equal(_np(zeros_like(x)), np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("beta,alpha", [(1, 1), (0.5, 2.0), (0, 1)])
+def test_baddbmm(ms, beta, alpha):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import baddbmm
+
+    rng = np.random.RandomState(0)
+    x, a, b = rng.randn(3, 4, 5), rng.randn(3, 4, 6), rng.randn(3, 6, 5)
+    x[0, 0, 0] = np.nan if beta == 0 else x[0, 0, 0]  # torch ignores input when beta == 0
+    x, a, b = (v.astype(np.float32) for v in (x, a, b))
+    got = baddbmm(ms.Tensor(x), ms.Tensor(a), ms.Tensor(b), beta=beta, alpha=alpha)
+    want = torch.baddbmm(torch.tensor(x), torch.tensor(a), torch.tensor(b), beta=beta, alpha=alpha)
+    assert _maxdiff(got, want) < 2e-6  # seen 9.5e-7 on values up to ~14 (bmm then add vs fused)
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(ms, approximate):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import gelu
+
+    x = np.random.RandomState(0).randn(4, 1000).astype(np.float32) * 4
+    diff = _maxdiff(gelu(ms.Tensor(x), approximate=approximate),
+                    torch.nn.functional.gelu(torch.tensor(x), approximate=approximate))
+    assert diff < 2e-6  # seen 9.5e-7 ("none", 1 ulp at |x| ~15) and 1.5e-7 ("tanh")
+
+
+CONV_CASES = [
+    dict(stride=1, padding=1), dict(stride=2, padding=1), dict(stride=2, padding=0), dict(stride=1, padding=(1, 0)),
+    dict(stride=1, padding="same"), dict(stride=1, padding="valid"), dict(stride=1, padding=2, dilation=2),
+    dict(stride=1, padding=1, groups=2), dict(stride=1, padding=1, bias=False),
+]
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(c) for c in CONV_CASES])
+def test_conv2d(ms, case):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import conv2d
+
+    case = dict(case)
+    rng = np.random.RandomState(0)
+    groups = case.get("groups", 1)
+    x = rng.randn(2, 4, 9, 8).astype(np.float32)
+    w = rng.randn(6, 4 // groups, 3, 3).astype(np.float32)
+    b = rng.randn(6).astype(np.float32) if case.pop("bias", True) else None
+    got = conv2d(ms.Tensor(x), ms.Tensor(w), None if b is None else ms.Tensor(b), **case)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b), **case)
+    assert _maxdiff(got, want) < 1e-5  # seen <= 2.9e-6 on outputs up to ~24 (a few ulps)
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate"])
+def test_conv2d_layer(ms, padding_mode):
+    import torch
+    from mindspore import mint
+
+    conv = mint.nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode=padding_mode)
+    assert sorted(name for name, _ in conv.parameters_and_names()) == ["bias", "weight"]  # mindone loads by name
+    ref = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode=padding_mode)
+    conv.weight.set_data(ms.Tensor(_np(ref.weight)))
+    conv.bias.set_data(ms.Tensor(_np(ref.bias)))
+    x = np.random.RandomState(1).randn(2, 4, 9, 9).astype(np.float32)
+    with torch.no_grad():
+        assert _maxdiff(conv(ms.Tensor(x)), ref(torch.tensor(x))) < 1e-6  # seen 2.4e-7 (outputs up to ~1.7)
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("shape,affine", [((8,), True), ((8,), False), ((5, 8), True)])
+def test_layer_norm(ms, shape, affine):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import layer_norm
+
+    rng = np.random.RandomState(0)
+    x = (rng.randn(3, 5, 8) * 10 + 3).astype(np.float32)
+    w = rng.randn(*shape).astype(np.float32) if affine else None
+    b = rng.randn(*shape).astype(np.float32) if affine else None
+    got = layer_norm(ms.Tensor(x), shape, None if w is None else ms.Tensor(w), None if b is None else ms.Tensor(b))
+    want = torch.nn.functional.layer_norm(torch.tensor(x), shape, None if w is None else torch.tensor(w),
+                                          None if b is None else torch.tensor(b))
+    assert _maxdiff(got, want) < 2e-6  # seen <= 4.8e-7 (outputs up to ~5)
+    half = layer_norm(ms.Tensor(x).astype(ms.float16), shape)  # computed in float32, returned in float16
+    assert half.dtype == ms.float16
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+def test_layer_norm_layer(ms):
+    import torch
+    from mindspore import mint
+
+    norm = mint.nn.LayerNorm(8, eps=1e-6)
+    assert sorted(name for name, _ in norm.parameters_and_names()) == ["bias", "weight"]
+    ref = torch.nn.LayerNorm(8, eps=1e-6)
+    rng = np.random.RandomState(2)
+    w, b = rng.randn(8).astype(np.float32), rng.randn(8).astype(np.float32)
+    norm.weight.set_data(ms.Tensor(w))
+    norm.bias.set_data(ms.Tensor(b))
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(w))
+        ref.bias.copy_(torch.tensor(b))
+        x = rng.randn(2, 7, 8).astype(np.float32)
+        assert _maxdiff(norm(ms.Tensor(x)), ref(torch.tensor(x))) < 2e-6  # seen 4.8e-7 (outputs up to ~4.9)
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("mode,value", [("constant", None), ("constant", 2.5), ("reflect", None), ("replicate", None)])
+def test_pad(ms, mode, value):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import pad
+
+    x = np.random.RandomState(0).randn(2, 3, 5, 6).astype(np.float32)
+    widths = (0, 1, 0, 1) if mode == "constant" else (1, 2, 2, 1)
+    kwargs = {} if value is None else {"value": value}
+    got = pad(ms.Tensor(x), widths, mode=mode, **kwargs)
+    np.testing.assert_array_equal(_np(got), _np(torch.nn.functional.pad(torch.tensor(x), widths, mode=mode, **kwargs)))
+
+
+# --- mindone models from the tiny folders against diffusers/transformers --------------------------
+@pytest.fixture(scope="module")
+def libs(ms):
+    """mindone (imported after the stand-ins are installed) and the torch libraries, once per module."""
+    import diffusers
+    import mindone.diffusers
+    import mindone.transformers
+    import torch
+    import transformers
+
+    return dict(md=mindone.diffusers, mt=mindone.transformers, diffusers=diffusers, transformers=transformers,
+                torch=torch)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from fewstep.testing import tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-ms")
+    return {kind: tiny_pipeline(kind, path=root / kind)
+            for kind in ("sd15", "sd21", "sdxl", "sd15-inpaint", "sdxl-inpaint")}
+
+
+# seen: sd15 1.0e-5, sd21 9.6e-6, sdxl 8.0e-6, sd15-inpaint 7.4e-6, sdxl-inpaint 1.2e-5 (outputs up to ~1.8)
+UNET_BOUND = 3e-5
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["sd15", "sd21", "sdxl", "sd15-inpaint", "sdxl-inpaint"])
+def test_unet_matches_diffusers(libs, folders, ms, kind):
+    torch = libs["torch"]
+    ref = libs["diffusers"].UNet2DConditionModel.from_pretrained(folders[kind], subfolder="unet").eval()
+    unet = libs["md"].UNet2DConditionModel.from_pretrained(folders[kind], subfolder="unet")
+    cfg = ref.config
+    rng = np.random.RandomState(1)
+    sample = rng.randn(2, cfg.in_channels, 32, 32).astype(np.float32)
+    timesteps = np.array([999, 1], np.int64)
+    context = rng.randn(2, 77, cfg.cross_attention_dim).astype(np.float32)
+    extra_t, extra_m = {}, {}
+    if cfg.addition_embed_type == "text_time":
+        pooled = rng.randn(2, cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim)
+        time_ids = np.array([[64, 64, 0, 0, 64, 64], [128, 96, 8, 0, 64, 64]], np.float32)
+        extra_t = {"added_cond_kwargs": {"text_embeds": torch.tensor(pooled.astype(np.float32)),
+                                         "time_ids": torch.tensor(time_ids)}}
+        extra_m = {"added_cond_kwargs": {"text_embeds": ms.Tensor(pooled.astype(np.float32)),
+                                         "time_ids": ms.Tensor(time_ids)}}
+    with torch.no_grad():
+        want = ref(torch.tensor(sample), torch.tensor(timesteps), torch.tensor(context), **extra_t).sample
+    got = unet(ms.Tensor(sample), ms.Tensor(timesteps), ms.Tensor(context), **extra_m)[0]  # mindone: tuples
+    assert _maxdiff(got, want) < UNET_BOUND
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+def test_vae_matches_diffusers(libs, folders, ms):
+    torch = libs["torch"]
+    ref = libs["diffusers"].AutoencoderKL.from_pretrained(folders["sd15"], subfolder="vae").eval()
+    vae = libs["md"].AutoencoderKL.from_pretrained(folders["sd15"], subfolder="vae")
+    rng = np.random.RandomState(2)
+    image = rng.uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    latents = rng.randn(2, 4, 32, 32).astype(np.float32)
+    with torch.no_grad():
+        moments = ref.encode(torch.tensor(image)).latent_dist.parameters
+        decoded = ref.decode(torch.tensor(latents)).sample
+    # mindone's encode returns the raw moments (mean and logvar stacked on channels), not a distribution
+    got_moments = vae.encode(ms.Tensor(image))[0]
+    assert got_moments.shape == (2, 8, 32, 32)  # VAE factor 2: 64x64 images <-> 32x32 latents
+    assert _maxdiff(got_moments, moments) < 5e-6  # seen 1.3e-6 (values up to ~1)
+    assert _maxdiff(vae.decode(ms.Tensor(latents))[0], decoded) < 1e-5  # seen 3.7e-6 (values up to ~2.6)
+
+
+def _ids(libs, folder, subfolder):
+    tok = libs["transformers"].CLIPTokenizer.from_pretrained(folder, subfolder=subfolder)
+    return tok(["a photo of an astronaut riding a horse on mars", ""], padding="max_length",
+               max_length=tok.model_max_length, truncation=True, return_tensors="np").input_ids
+
+
+# seen <= 1.9e-6 on last_hidden_state (values up to ~3.7), 1.1e-6 pooled / penultimate layer
+TEXT_BOUND = 5e-6
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["sd15", "sd21"])  # quick_gelu + eos padding; gelu + "!" padding
+def test_text_encoder_matches_transformers(libs, folders, ms, kind):
+    torch = libs["torch"]
+    ids = _ids(libs, folders[kind], "tokenizer")
+    ref = libs["transformers"].CLIPTextModel.from_pretrained(folders[kind], subfolder="text_encoder").eval()
+    enc = libs["mt"].CLIPTextModel.from_pretrained(folders[kind], subfolder="text_encoder")
+    with torch.no_grad():
+        want = ref(torch.tensor(ids), output_hidden_states=True)
+    got = enc(ms.Tensor(ids), output_hidden_states=True)  # (last_hidden_state, pooler_output, hidden_states)
+    assert _maxdiff(got[0], want.last_hidden_state) < TEXT_BOUND
+    assert _maxdiff(got[1], want.pooler_output) < TEXT_BOUND
+    assert _maxdiff(got[2][-2], want.hidden_states[-2]) < TEXT_BOUND
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+def test_sdxl_second_text_encoder_matches_transformers(libs, folders, ms):
+    torch = libs["torch"]
+    ids = _ids(libs, folders["sdxl"], "tokenizer_2")
+    ref = libs["transformers"].CLIPTextModelWithProjection.from_pretrained(
+        folders["sdxl"], subfolder="text_encoder_2").eval()
+    enc = libs["mt"].CLIPTextModelWithProjection.from_pretrained(folders["sdxl"], subfolder="text_encoder_2")
+    with torch.no_grad():
+        want = ref(torch.tensor(ids), output_hidden_states=True)
+    got = enc(ms.Tensor(ids), output_hidden_states=True)  # (text_embeds, last_hidden_state, hidden_states)
+    assert got[0].shape == (2, 40) and got[2][-2].shape == (2, 77, 48)
+    assert _maxdiff(got[0], want.text_embeds) < TEXT_BOUND
+    assert _maxdiff(got[1], want.last_hidden_state) < TEXT_BOUND
+    assert _maxdiff(got[2][-2], want.hidden_states[-2]) < TEXT_BOUND
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("kind,cls", [
+    ("sd15", "StableDiffusionPipeline"), ("sd15-inpaint", "StableDiffusionInpaintPipeline"),
+    ("sdxl", "StableDiffusionXLPipeline"), ("sdxl-inpaint", "StableDiffusionXLInpaintPipeline"),
+])
+def test_mindone_pipelines_load_the_folders(libs, folders, ms, kind, cls):
+    pipe = libs["md"].DiffusionPipeline.from_pretrained(folders[kind])
+    assert type(pipe).__name__ == cls
+    assert getattr(pipe, "safety_checker", None) is None and pipe.feature_extractor is None
+    if kind == "sdxl":  # mindone's own pipeline runs end to end on CPU too (reaches mint.zeros_like)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe("a squirrel", num_inference_steps=2, output_type="np",
+                      generator=np.random.Generator(np.random.PCG64(0)))[0]  # mindone returns a tuple
+        assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()

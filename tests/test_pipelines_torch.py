@@ -1,0 +1,131 @@
+"""fewstep's pipelines on torch against diffusers' own pipelines, loaded from the same tiny folders.
+
+diffusers gets `torch.manual_seed(s)` (a CPU generator) and fewstep gets `fewstep.Generator(s)`; both
+then draw the same noise in the same order, so the images agree up to float32 rounding.
+"""
+
+import numpy as np
+import pytest
+
+import fewstep
+from fewstep import pipelines
+from fewstep.testing import tiny_pipeline
+from tests.pipeline_cases import CASES, SIZE, mask, picture
+
+pytestmark = pytest.mark.torch
+
+# Images are floats in [0, 1]. The schedulers multiply by Python-float coefficients where diffusers
+# multiplies by float32 0-dim tensors (<= 1 ulp per step), and the VAE decoder carries that to the
+# pixels; 1e-4 leaves a margin of about 10x over what we measured.
+IMAGE_ATOL = 1e-4
+
+# (fewstep/diffusers class name, tiny kind, extra call arguments)
+PIPELINES = [
+    ("StableDiffusionPipeline", "sd15", {}),
+    ("StableDiffusionPipeline", "sd21-v", {}),
+    ("StableDiffusionImg2ImgPipeline", "sd15", {"image": picture(1), "strength": 0.6}),
+    ("StableDiffusionInpaintPipeline", "sd15-inpaint", {"image": picture(2), "mask_image": mask()}),
+    ("StableDiffusionInpaintPipeline", "sd15", {"image": picture(2), "mask_image": mask(), "strength": 0.99}),
+    ("StableDiffusionXLPipeline", "sdxl", {}),
+    ("StableDiffusionXLImg2ImgPipeline", "sdxl", {"image": picture(3), "strength": 0.6}),
+    ("StableDiffusionXLInpaintPipeline", "sdxl-inpaint", {"image": picture(4), "mask_image": mask(), "strength": 0.99}),
+]
+
+_loaded = {}
+
+
+def _pair(class_name, kind, scheduler):
+    """(fewstep pipeline, diffusers pipeline) on one folder, cached across tests."""
+    import diffusers
+
+    key = (class_name, kind)
+    if key not in _loaded:
+        folder = tiny_pipeline(kind)
+        ours = getattr(pipelines, class_name).from_pretrained(folder, backend="torch")
+        ours.set_progress_bar_config(disable=True)
+        ref = getattr(diffusers, class_name).from_pretrained(folder, safety_checker=None, requires_safety_checker=False) \
+            if not class_name.startswith("StableDiffusionXL") else getattr(diffusers, class_name).from_pretrained(folder)
+        ref.set_progress_bar_config(disable=True)
+        _loaded[key] = (ours, ref)
+    ours, ref = _loaded[key]
+    ours_cls = fewstep.TCDScheduler if scheduler == "tcd" else fewstep.LCMScheduler
+    ref_cls = diffusers.TCDScheduler if scheduler == "tcd" else diffusers.LCMScheduler
+    ours.scheduler = ours_cls.from_config(ours.scheduler.config)
+    ref.scheduler = ref_cls.from_config(ref.scheduler.config)
+    return ours, ref
+
+
+def _run_both(class_name, kind, extra, scheduler, eta, guidance, negative, seed=0, **more):
+    import torch
+
+    ours, ref = _pair(class_name, kind, scheduler)
+    kwargs = dict(prompt="a red fox in the snow", num_inference_steps=4, guidance_scale=guidance,
+                  negative_prompt=negative, output_type="np", **extra, **more)
+    if not class_name.endswith(("Img2ImgPipeline", "InpaintPipeline")):
+        kwargs.update(height=SIZE, width=SIZE)
+    if scheduler == "tcd":
+        kwargs["eta"] = eta
+    got = ours(generator=fewstep.Generator(seed), **kwargs).images
+    want = ref(generator=torch.Generator().manual_seed(seed), **kwargs).images
+    return got, want
+
+
+@pytest.mark.parametrize("class_name,kind,extra", PIPELINES, ids=[f"{c}-{k}" for c, k, _ in PIPELINES])
+def test_pipeline_matches_diffusers(class_name, kind, extra):
+    for scheduler, eta, guidance, negative in CASES:
+        got, want = _run_both(class_name, kind, extra, scheduler, eta, guidance, negative)
+        assert got.shape == want.shape
+        err = np.abs(got - want).max()
+        assert err <= IMAGE_ATOL, f"{scheduler} eta={eta} gs={guidance}: max |fewstep - diffusers| = {err:.3g}"
+
+
+def test_batch_of_prompts_with_generator_list_and_images_per_prompt():
+    import torch
+
+    ours, ref = _pair("StableDiffusionPipeline", "sd15", "tcd")
+    kwargs = dict(prompt=["a cat", "a dog"], num_inference_steps=2, guidance_scale=0.0, eta=0.3,
+                  num_images_per_prompt=2, height=SIZE, width=SIZE, output_type="np")
+    got = ours(generator=[fewstep.Generator(s) for s in range(4)], **kwargs).images
+    want = ref(generator=[torch.Generator().manual_seed(s) for s in range(4)], **kwargs).images
+    assert np.abs(got - want).max() <= IMAGE_ATOL
+
+
+def test_latent_output_callback_and_return_tuple():
+    ours, _ = _pair("StableDiffusionPipeline", "sd15", "tcd")
+    seen = []
+
+    def callback(pipe, i, t, values):
+        seen.append((i, t))
+        return {"latents": values["latents"] * 1.0}
+
+    latents = ours("a cat", num_inference_steps=4, guidance_scale=0.0, generator=7, output_type="latent",
+                   callback_on_step_end=callback, height=SIZE, width=SIZE).images
+    assert [i for i, _ in seen] == [0, 1, 2, 3] and [t for _, t in seen] == [999, 759, 499, 259]
+    assert tuple(latents.shape)[0] == 1
+    (images,) = ours("a cat", num_inference_steps=1, guidance_scale=0.0, generator=7, return_dict=False,
+                     height=SIZE, width=SIZE)
+    assert images[0].size == (SIZE, SIZE)
+
+
+def test_fewstep_scheduler_inside_diffusers_pipeline():
+    """The scheduler facade behaves like diffusers' own: dropped into a diffusers pipeline, it gives
+    diffusers' result."""
+    import diffusers
+    import torch
+
+    _, ref = _pair("StableDiffusionPipeline", "sd15", "tcd")
+    kwargs = dict(prompt="a cat", num_inference_steps=4, guidance_scale=0.0, eta=0.3, height=SIZE, width=SIZE,
+                  output_type="np")
+    ref.scheduler = diffusers.TCDScheduler.from_config(ref.scheduler.config)
+    want = ref(generator=torch.Generator().manual_seed(3), **kwargs).images
+    ref.scheduler = fewstep.TCDScheduler.from_config(ref.scheduler.config)
+    got = ref(generator=torch.Generator().manual_seed(3), **kwargs).images
+    assert np.abs(got - want).max() <= IMAGE_ATOL
+
+
+def test_seed_none_is_reported_and_reproducible():
+    ours, _ = _pair("StableDiffusionPipeline", "sd15", "tcd")
+    first = ours("a cat", num_inference_steps=2, guidance_scale=0.0, eta=0.3, output_type="np", height=SIZE, width=SIZE)
+    again = ours("a cat", num_inference_steps=2, guidance_scale=0.0, eta=0.3, output_type="np", height=SIZE, width=SIZE,
+                 generator=first.seeds[0])
+    np.testing.assert_array_equal(first.images, again.images)
