@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pipeline_class(model_folder: str, image: Optional[str], mask: Optional[str]):
     from fewstep import pipelines
+    from fewstep.pipelines.loading import read_model_index
 
-    with open(os.path.join(model_folder, "model_index.json")) as f:
-        xl = "XL" in json.load(f).get("_class_name", "")
+    xl = "XL" in read_model_index(model_folder).get("_class_name", "")
     if mask and not image:
         raise SystemExit("--mask needs --image: the picture to inpaint.")
     task = "Inpaint" if mask else "Img2Img" if image else ""

@@ -11,6 +11,9 @@ import os
 
 import pytest
 
+# No model hub is reachable in tests: fail fast instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 _REQUIRED = os.environ.get("FEWSTEP_REQUIRE_BACKENDS", "") not in ("", "0")
 _FRAMEWORKS = {"torch": ("torch", "diffusers"), "mindspore": ("mindspore", "mindone")}
 _available = {}

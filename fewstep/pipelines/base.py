@@ -102,6 +102,11 @@ class DiffusionPipeline:
             scheduler = loading.load_scheduler(folder)
         pipe = cls(backend, scheduler, **components)
         pipe.name_or_path = pretrained_model_name_or_path
+        # pipeline-level settings model_index.json carries beside the components (SDXL's choice of
+        # zero negative embeddings when no negative prompt is given)
+        index = loading.read_model_index(folder)
+        if "force_zeros_for_empty_prompt" in index and hasattr(pipe, "force_zeros_for_empty_prompt"):
+            pipe.force_zeros_for_empty_prompt = bool(index["force_zeros_for_empty_prompt"])
         return pipe
 
     @property
