@@ -1,10 +1,11 @@
 """One TCD step (eta 0.3) on a (1, 4, 128, 128) float32 torch CPU tensor: fewstep vs diffusers.
 
 Both schedulers run in the same process on the same tensors, each with its own torch.Generator (so
-both draw the same noise with diffusers' randn_tensor). Each repeat re-arms the step index with
-set_begin_index(0) outside the timed region, so every timed call is the first, noisy step of a
-4-step schedule (t = 999 -> 759), the common case. Prints the medians over the repeats and the ratio
-fewstep / diffusers.
+both draw the same noise through diffusers' randn_tensor). Each repeat calls set_timesteps(4) on both
+outside the timed region, so every timed call is the first, noisy step of a 4-step schedule
+(t = 999 -> 759), the common case. The two are timed alternately within each repeat (order swapped
+every repeat) so machine load affects both alike. Prints the medians and the ratio fewstep/diffusers,
+and, for context, the median of the noise draw alone, which both steps share and neither can avoid.
 
     python benchmarks/bench_tcd_step.py [--repeats 400] [--threads N]
 """
@@ -17,20 +18,17 @@ import time
 
 import torch
 from diffusers import TCDScheduler as DiffusersTCD
+from diffusers.utils.torch_utils import randn_tensor
 
 import fewstep
 
+SHAPE = (1, 4, 128, 128)
 
-def median_step_seconds(scheduler, model_output, sample, timestep, generator, repeats: int, warmup: int) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        scheduler.set_begin_index(0)
-        start = time.perf_counter()
-        scheduler.step(model_output, timestep, sample, eta=0.3, generator=generator)
-        elapsed = time.perf_counter() - start
-        if i >= warmup:
-            times.append(elapsed)
-    return statistics.median(times)
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -42,52 +40,42 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    shape = (1, 4, 128, 128)
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(shape, generator=g)
-    model_output = torch.randn(shape, generator=g)
-
+    sample = torch.randn(SHAPE, generator=g)
+    model_output = torch.randn(SHAPE, generator=g)
     ours, ref = fewstep.TCDScheduler(), DiffusersTCD()
+
+    # Same inputs and the same noise: check the two agree before timing them.
     ours.set_timesteps(4)
     ref.set_timesteps(4)
     t_ours, t_ref = int(ours.timesteps[0]), ref.timesteps[0]
-
-    # Same inputs and noise: check the two agree before timing them.
-    ours.set_begin_index(0)
-    ref.set_begin_index(0)
     a = ours.step(model_output, t_ours, sample, eta=0.3, generator=torch.Generator().manual_seed(1)).prev_sample
     b = ref.step(model_output, t_ref, sample, eta=0.3, generator=torch.Generator().manual_seed(1)).prev_sample
     rel = ((a - b).abs().max() / b.abs().max()).item()
 
-    gen_ours, gen_ref = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
-    # Interleave the two measurements in rounds so drift in machine load affects both alike.
-    ours_times, ref_times = [], []
-    rounds = 4
-    per_round = max(args.repeats // rounds, 1)
-    for _ in range(rounds):
-        ref_times.append(median_step_seconds(ref, model_output, sample, t_ref, gen_ref, per_round, args.warmup))
-        ours_times.append(median_step_seconds(ours, model_output, sample, t_ours, gen_ours, per_round, args.warmup))
-    m_ours, m_ref = statistics.median(ours_times), statistics.median(ref_times)
-
-    # The noise draw is the same call (diffusers' randn_tensor) on both sides; time it alone too.
-    noise_gen = torch.Generator().manual_seed(3)
-    from diffusers.utils.torch_utils import randn_tensor
-
-    noise_times = []
+    gen_ours, gen_ref, gen_noise = (torch.Generator().manual_seed(s) for s in (2, 2, 3))
+    step_ours = lambda: ours.step(model_output, t_ours, sample, eta=0.3, generator=gen_ours)  # noqa: E731
+    step_ref = lambda: ref.step(model_output, t_ref, sample, eta=0.3, generator=gen_ref)  # noqa: E731
+    draw = lambda: randn_tensor(SHAPE, generator=gen_noise, device=sample.device, dtype=sample.dtype)  # noqa: E731
+    times = {"ours": [], "ref": [], "noise": []}
     for i in range(args.warmup + args.repeats):
-        start = time.perf_counter()
-        randn_tensor(shape, generator=noise_gen, device=sample.device, dtype=sample.dtype)
-        if i >= args.warmup:
-            noise_times.append(time.perf_counter() - start)
-    m_noise = statistics.median(noise_times)
+        ours.set_timesteps(4)
+        ref.set_timesteps(4)
+        order = (("ours", step_ours), ("ref", step_ref)) if i % 2 else (("ref", step_ref), ("ours", step_ours))
+        for name, fn in order + (("noise", draw),):
+            elapsed = _timed(fn)
+            if i >= args.warmup:
+                times[name].append(elapsed)
+    m_ours, m_ref, m_noise = (statistics.median(times[k]) for k in ("ours", "ref", "noise"))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {shape}, float32, eta 0.3, t=999 (noisy step)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {SHAPE}, float32, eta 0.3, "
+          f"t=999 (noisy step), {args.repeats} repeats")
     print(f"max |fewstep - diffusers| / max |diffusers| = {rel:.2e}")
     print(f"diffusers TCDScheduler.step median: {m_ref * 1e6:8.1f} us")
     print(f"fewstep   TCDScheduler.step median: {m_ours * 1e6:8.1f} us")
-    print(f"  of which the shared noise draw:   {m_noise * 1e6:8.1f} us (randn_tensor alone)")
+    print(f"shared noise draw (randn_tensor):   {m_noise * 1e6:8.1f} us")
     print(f"ratio fewstep / diffusers: {m_ours / m_ref:.3f}")
-    print(f"ratio without the shared noise draw: {(m_ours - m_noise) / (m_ref - m_noise):.3f}")
+    print(f"ratio excluding the shared noise draw: {(m_ours - m_noise) / (m_ref - m_noise):.3f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def guidance_scale_embedding(
     products must be the same float32 numbers). exp/sin/cos are evaluated in float64 and rounded once,
     within an ulp or two of torch's float32 kernels. float16/bfloat16 are computed in float32 and cast."""
     dtype = check_dtype(dtype)
-    w = np.asarray(w, dtype=np.float64).reshape(-1) if np.ndim(w) == 0 else np.asarray(w, dtype=np.float64)
+    w = np.atleast_1d(np.asarray(w, dtype=np.float64))
     if w.ndim != 1:
         raise ValueError(f"w must be a number or a 1-D sequence (one value per batch item), got shape {w.shape}.")
     embedding_dim = int(embedding_dim)

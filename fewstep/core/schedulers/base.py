@@ -16,6 +16,7 @@ The numbers follow diffusers' TCDScheduler/LCMScheduler; shared/reference/tcd-lc
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -71,13 +72,7 @@ class SchedulerConfig(dict):
         return self
 
     def __deepcopy__(self, memo):
-        return SchedulerConfig({k: _deepcopy_value(v) for k, v in self.items()})
-
-
-def _deepcopy_value(value):
-    import copy
-
-    return copy.deepcopy(value)
+        return SchedulerConfig({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
 
 def _json_ready(value):
@@ -455,7 +450,6 @@ class ConsistencyScheduler:
 
         self.num_inference_steps: Optional[int] = None
         self.timesteps = np.arange(T, dtype=np.int64)[::-1].copy()
-        self._timestep_list = self.timesteps.tolist()
         self.custom_timesteps = False
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
@@ -592,11 +586,22 @@ class ConsistencyScheduler:
             order=self.order,
         )
         self.timesteps = plan.timesteps
-        self._timestep_list = plan.timesteps.tolist()
         self.num_inference_steps = plan.num_inference_steps
         self.custom_timesteps = plan.custom_timesteps
         self._step_index = None
         self._begin_index = None
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """The inference timesteps, descending, as a host NumPy int64 array."""
+        return self._timesteps
+
+    @timesteps.setter
+    def timesteps(self, value) -> None:
+        # Kept with a Python-list copy: step() indexes it once per call, and list indexing is cheap.
+        values = value.tolist() if hasattr(value, "tolist") else list(value)
+        self._timesteps = np.asarray(values, dtype=np.int64).reshape(-1)
+        self._timestep_list = self._timesteps.tolist()
 
     @property
     def step_index(self) -> Optional[int]:
