@@ -129,3 +129,46 @@ def test_seed_none_is_reported_and_reproducible():
     again = ours("a cat", num_inference_steps=2, guidance_scale=0.0, eta=0.3, output_type="np", height=SIZE, width=SIZE,
                  generator=first.seeds[0])
     np.testing.assert_array_equal(first.images, again.images)
+
+
+def test_torch_generator_is_honoured_as_diffusers_honours_it():
+    import torch
+
+    ours, ref = _pair("StableDiffusionXLPipeline", "sdxl", "lcm")
+    kwargs = dict(prompt="a cat", num_inference_steps=4, guidance_scale=0.0, height=SIZE, width=SIZE, output_type="np")
+    got = ours(generator=torch.Generator().manual_seed(9), **kwargs).images
+    want = ref(generator=torch.Generator().manual_seed(9), **kwargs).images
+    assert np.abs(got - want).max() <= IMAGE_ATOL
+
+
+def test_sdxl_float16_with_vae_upcast_matches_diffusers():
+    """In float16 diffusers decodes SDXL latents with the VAE partly upcast to float32 (config
+    force_upcast); fewstep does the same and leaves the VAE's fp16 weights unchanged afterwards."""
+    import diffusers
+    import torch
+
+    folder = tiny_pipeline("sdxl")
+    ours = pipelines.StableDiffusionXLPipeline.from_pretrained(folder, backend="torch", dtype="float16")
+    ref = diffusers.StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float16)
+    assert ours.vae.config["force_upcast"]
+    for p in (ours, ref):
+        p.set_progress_bar_config(disable=True)
+    ours.scheduler = fewstep.TCDScheduler.from_config(ours.scheduler.config)
+    ref.scheduler = diffusers.TCDScheduler.from_config(ref.scheduler.config)
+    before = {k: v.clone() for k, v in ours.vae.module.state_dict().items()}
+    kwargs = dict(prompt="a cat", num_inference_steps=4, guidance_scale=0.0, eta=0.3, height=SIZE, width=SIZE)
+    got = ours(generator=fewstep.Generator(2), output_type="np", **kwargs).images
+    want = ref(generator=torch.Generator().manual_seed(2), output_type="np", **kwargs).images
+    # fewstep folds x0, eps and x_s into one linear combination per step where diffusers rounds each
+    # to fp16 (ulp 1e-3 at 1.0), so the latents differ by fp16 ulps per step; measured 1.2e-3 on pixels.
+    assert np.abs(got - want).max() <= 5e-3
+    after = ours.vae.module.state_dict()
+    assert all(after[k].dtype == torch.float16 and torch.equal(after[k], v) for k, v in before.items())
+
+    # The decode itself, on identical latents, is diffusers' upcast path exactly.
+    latents = ref(generator=torch.Generator().manual_seed(2), output_type="latent", **kwargs).images
+    scaled = latents / ref.vae.config.scaling_factor
+    ours_image = ours.vae.decode(scaled, upcast=True)
+    ref.upcast_vae()
+    ref_image = ref.vae.decode(scaled.to(next(iter(ref.vae.post_quant_conv.parameters())).dtype), return_dict=False)[0]
+    assert torch.equal(ours_image, ref_image)

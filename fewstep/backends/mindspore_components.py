@@ -37,6 +37,21 @@ class MindSporeUNet:
                            added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
                            return_dict=False)[0]
 
+    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
+    def lora_targets(self) -> dict:
+        """Weight shape of every module a LoRA may change, by module path: Linear/Dense (out, in),
+        Conv2d (out, in, kh, kw)."""
+        return {name: tuple(int(d) for d in cell.weight.shape) for name, cell in _lora_cells(self).items()}
+
+    def named_weight(self, path: str):
+        """The current weight of the module at `path` as a Tensor sharing the Parameter's data (no copy)."""
+        return ms.Tensor(_lora_cells(self)[path].weight)
+
+    def set_weight(self, path: str, tensor) -> None:
+        """Make `tensor` (same shape and dtype) the weight of the module at `path`, without writing into
+        the tensor that held the weight before."""
+        _set_weight(_lora_cells(self)[path].weight, path, tensor)
+
 
 class MindSporeVAE:
     def __init__(self, module):
@@ -80,6 +95,46 @@ class MindSporeTextEncoder:
         if self._projected:  # (text_embeds, last_hidden_state, hidden_states)
             return out[1], out[2][-2], out[0]
         return out[0], out[2][-2], None  # (last_hidden_state, pooler_output, hidden_states)
+
+    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
+    def lora_targets(self) -> dict:
+        """Weight shape of every module a LoRA may change, by module path: Linear/Dense (out, in),
+        Conv2d (out, in, kh, kw)."""
+        return {name: tuple(int(d) for d in cell.weight.shape) for name, cell in _lora_cells(self).items()}
+
+    def named_weight(self, path: str):
+        """The current weight of the module at `path` as a Tensor sharing the Parameter's data (no copy)."""
+        return ms.Tensor(_lora_cells(self)[path].weight)
+
+    def set_weight(self, path: str, tensor) -> None:
+        """Make `tensor` (same shape and dtype) the weight of the module at `path`, without writing into
+        the tensor that held the weight before."""
+        _set_weight(_lora_cells(self)[path].weight, path, tensor)
+
+
+# --- named-weight access for LoRA fusion (fewstep.pipelines.lora) ----------------------------------
+def _lora_cells(adapter) -> dict:
+    """path -> Linear / Dense / ungrouped Conv2d cell of the adapter's model (mindone uses mint.nn.Linear
+    and mint.nn.Conv2d in its diffusers port, nn.Dense in its transformers port)."""
+    cache = adapter.__dict__.get("_lora_cell_cache")
+    if cache is None:
+        linear = (ms.nn.Dense, mint.nn.Linear)
+        conv = (ms.nn.Conv2d, mint.nn.Conv2d)
+        cache = adapter._lora_cell_cache = {
+            name: cell for name, cell in adapter.module.cells_and_names()
+            if isinstance(cell, linear)
+            or (isinstance(cell, conv) and getattr(cell, "groups", getattr(cell, "group", 1)) == 1)
+        }
+    return cache
+
+
+def _set_weight(param, path: str, tensor) -> None:
+    if tuple(tensor.shape) != tuple(param.shape) or tensor.dtype != param.dtype:
+        raise ValueError(f"New weight for {path!r} is {tuple(tensor.shape)} {tensor.dtype}; the module's is "
+                         f"{tuple(param.shape)} {param.dtype}.")
+    # Parameter.set_data rebinds the parameter to the new tensor's data; a tensor that held the previous
+    # values (a saved base weight) is left as it was.
+    param.set_data(tensor)
 
 
 _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,

@@ -31,6 +31,21 @@ class TorchUNet:
                            timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
                            cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
 
+    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
+    def lora_targets(self) -> dict:
+        """Weight shape of every module a LoRA may change, by module path: Linear (out, in),
+        Conv2d (out, in, kh, kw)."""
+        return {name: tuple(m.weight.shape) for name, m in _lora_modules(self).items()}
+
+    def named_weight(self, path: str):
+        """The current weight tensor of the module at `path` (the tensor itself, not a copy)."""
+        return _lora_modules(self)[path].weight.data
+
+    def set_weight(self, path: str, tensor) -> None:
+        """Make `tensor` (same shape, dtype, device) the weight of the module at `path`, without
+        copying it and without writing into the tensor that held the weight before."""
+        _set_weight(_lora_modules(self)[path].weight, path, tensor)
+
 
 class TorchVAE:
     def __init__(self, module):
@@ -72,6 +87,42 @@ class TorchTextEncoder:
         out = self.module(ids, output_hidden_states=True)
         pooled = out.text_embeds if hasattr(out, "text_embeds") else None
         return out.last_hidden_state, out.hidden_states[-2], pooled
+
+    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
+    def lora_targets(self) -> dict:
+        """Weight shape of every module a LoRA may change, by module path: Linear (out, in),
+        Conv2d (out, in, kh, kw)."""
+        return {name: tuple(m.weight.shape) for name, m in _lora_modules(self).items()}
+
+    def named_weight(self, path: str):
+        """The current weight tensor of the module at `path` (the tensor itself, not a copy)."""
+        return _lora_modules(self)[path].weight.data
+
+    def set_weight(self, path: str, tensor) -> None:
+        """Make `tensor` (same shape, dtype, device) the weight of the module at `path`, without
+        copying it and without writing into the tensor that held the weight before."""
+        _set_weight(_lora_modules(self)[path].weight, path, tensor)
+
+
+# --- named-weight access for LoRA fusion (fewstep.pipelines.lora) ----------------------------------
+def _lora_modules(adapter) -> dict:
+    """path -> Linear / ungrouped Conv2d of the adapter's model: the modules a LoRA may change."""
+    cache = adapter.__dict__.get("_lora_module_cache")
+    if cache is None:
+        cache = adapter._lora_module_cache = {
+            name: m for name, m in adapter.module.named_modules()
+            if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)
+        }
+    return cache
+
+
+def _set_weight(param, path: str, tensor) -> None:
+    if tensor.shape != param.shape or tensor.dtype != param.dtype or tensor.device != param.device:
+        raise ValueError(f"New weight for {path!r} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}; the "
+                         f"module's is {tuple(param.shape)} {param.dtype} on {param.device}.")
+    # Rebinding .data swaps the storage without a copy; the tensor that held the previous values (a
+    # saved base weight) is left as it was.
+    param.data = tensor
 
 
 _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder}

@@ -1,0 +1,73 @@
+"""The LoRA maths: W' = W + sum_i s_i * (up_i @ down_i), with s_i = weight_i * alpha_i / rank_i * lora_scale.
+
+A conv LoRA (down: (r, in, kh, kw), up: (out, r, 1, 1)) is the same product on the flattened
+kernel: delta[o, i, y, x] = sum_r up[o, r] * down[r, i, y, x], i.e. up (out, r) @ down (r, in*kh*kw)
+reshaped to (out, in, kh, kw). PEFT computes the 3x3 case as a convolution, which sums the same r
+terms; the 1x1 case and Linear layers it computes exactly as here.
+
+Arithmetic follows PEFT's LoraLayer.get_delta_weight / merge, so that float32 results agree bit for
+bit where the product is the same call: the scale is a Python float evaluated as PEFT does,
+((weight * alpha) / rank) * lora_scale; delta = (up @ down) * scale in the weight dtype; adapters
+are added to the base one after another, in the order they are active. Half-precision weights are
+combined in float32 and rounded once at the end (PEFT on CPU also computes the product in float32,
+but rounds each delta to half before adding it).
+
+The result is always computed from the saved base weight, never from a previously fused one, so a
+fused weight depends only on (base, active adapters, their scales) and never on history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+
+HALF = ("float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One module's LoRA as read from a file: down (r, in) or (r, in, kh, kw); up (out, r) or
+    (out, r, 1, 1); alpha; rslora: scale by alpha / sqrt(r) instead of alpha / r."""
+
+    down: np.ndarray
+    up: np.ndarray
+    alpha: float
+    rslora: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def scaling(self, weight: float = 1.0, lora_scale: float = 1.0) -> float:
+        divisor = math.sqrt(self.rank) if self.rslora else self.rank
+        return weight * self.alpha / divisor * lora_scale
+
+    def device_factors(self, ops, like, weight_dtype: str):
+        """(up (out, r), down (r, in*kh*kw)) as tensors on `like`'s device in the dtype the product is
+        computed in: first rounded to the weight's dtype, as PEFT stores factors in the base layer's
+        dtype, then widened to float32 for half-precision weights."""
+        compute = compute_dtype(weight_dtype)
+        up = ops.from_numpy(self.up.reshape(self.up.shape[0], -1), like=like, dtype=weight_dtype)
+        down = ops.from_numpy(self.down.reshape(self.down.shape[0], -1), like=like, dtype=weight_dtype)
+        return ops.cast(up, compute), ops.cast(down, compute)
+
+
+def compute_dtype(weight_dtype: str) -> str:
+    return "float32" if weight_dtype in HALF else weight_dtype
+
+
+def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]]):
+    """base + sum(scale * up @ down) for terms (up, down, scale) from `LoraLayer.device_factors`, in
+    base's shape and dtype. `base` itself is not modified."""
+    dtype = ops.dtype_name(base)
+    shape = ops.shape(base)
+    acc = ops.reshape(ops.cast(base, compute_dtype(dtype)), (shape[0], int(np.prod(shape[1:]))))
+    for up, down, scale in terms:
+        delta = ops.matmul(up, down)
+        if scale != 1.0:  # x * 1.0 == x exactly: skipping it saves a pass over the weight
+            delta = delta * float(scale)
+        acc = acc + delta
+    return ops.cast(ops.reshape(acc, shape), dtype)
