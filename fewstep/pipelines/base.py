@@ -113,6 +113,11 @@ class DiffusionPipeline:
     def vae_scale_factor(self) -> int:
         return self.vae.scale_factor
 
+    def _default_size(self):
+        """diffusers' default output size: the UNet's sample size in pixels."""
+        size = self.unet.config["sample_size"] * self.vae_scale_factor
+        return size, size
+
     @property
     def dtype(self) -> str:
         return self.unet.dtype

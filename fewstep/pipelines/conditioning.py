@@ -32,10 +32,6 @@ class SDConditioning:
     _components = ("unet", "vae", "text_encoder", "tokenizer")
     _decode_kwargs: dict = {}
 
-    def _default_size(self):
-        size = self.unet.config["sample_size"] * self.vae_scale_factor
-        return size, size
-
     def _encode(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, pooled, negative_pooled,
                 num_images, do_cfg, height, width, original_size, target_size, crops):
         ops = self.ops
@@ -66,10 +62,6 @@ class SDXLConditioning:
     _decode_kwargs = {"upcast": True}
     force_zeros_for_empty_prompt = True
     _default_guidance = 5.0
-
-    def _default_size(self):
-        size = self.unet.config["sample_size"] * self.vae_scale_factor
-        return size, size
 
     def _encode(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, pooled, negative_pooled,
                 num_images, do_cfg, height, width, original_size, target_size, crops):

@@ -25,6 +25,11 @@ class LatentState:
 
 
 class _ImageTaskMixin:
+    def _output_size(self, height, width, image):
+        # diffusers' default: the input image's own size, rounded down to the VAE factor
+        default_h, default_w = image_processing.default_size(image, self.vae_scale_factor)
+        return height or default_h, width or default_w
+
     def _encode_image(self, pixels, generator, batch: int, dtype: str, like):
         """Scaled VAE latents of an NCHW [-1, 1] image, sampled from the posterior with the user's
         generator (diffusers' `retrieve_latents` default), repeated to the batch."""
@@ -84,10 +89,6 @@ class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
         if mask_image is not None:
             raise ValueError("mask_image belongs to the Inpaint pipelines; Img2Img changes the whole image.")
 
-    def _output_size(self, height, width, image):
-        default_h, default_w = image_processing.default_size(image, self.vae_scale_factor)
-        return height or default_h, width or default_w
-
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
                          strength, do_cfg):
         ops = self.ops
@@ -105,10 +106,6 @@ class InpaintTask(_ImageTaskMixin, Text2ImageTask):
         if image is None or mask_image is None:
             raise ValueError(f"{type(self).__name__} needs image= and mask_image= (white = repaint).")
         image_processing.check_mask_matches(image, mask_image)
-
-    def _output_size(self, height, width, image):
-        default_h, default_w = image_processing.default_size(image, self.vae_scale_factor)
-        return height or default_h, width or default_w
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
                          strength, do_cfg):
