@@ -172,3 +172,29 @@ def test_sdxl_float16_with_vae_upcast_matches_diffusers():
     ref.upcast_vae()
     ref_image = ref.vae.decode(scaled.to(next(iter(ref.vae.post_quant_conv.parameters())).dtype), return_dict=False)[0]
     assert torch.equal(ours_image, ref_image)
+
+
+def test_custom_timesteps_match_diffusers():
+    got, want = _run_both("StableDiffusionPipeline", "sd15", {}, "lcm", 0.0, 0.0, None, seed=4,
+                          timesteps=[999, 499, 259])
+    assert np.abs(got - want).max() <= IMAGE_ATOL
+
+
+def test_prompt_embeds_give_the_prompt_result():
+    import torch
+
+    for class_name, kind in (("StableDiffusionPipeline", "sd15"), ("StableDiffusionXLPipeline", "sdxl")):
+        ours, ref = _pair(class_name, kind, "tcd")
+        kwargs = dict(num_inference_steps=2, guidance_scale=3.0, eta=0.3, height=SIZE, width=SIZE, output_type="np")
+        if kind == "sdxl":
+            embeds, negative, pooled, negative_pooled = ref.encode_prompt("a cat", negative_prompt="dark")
+            extra = dict(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        else:
+            embeds, negative = ref.encode_prompt("a cat", "cpu", 1, True, negative_prompt="dark")
+            extra = {}
+        from_embeds = ours(prompt_embeds=embeds, negative_prompt_embeds=negative, generator=1, **extra, **kwargs).images
+        from_text = ours("a cat", negative_prompt="dark", generator=1, **kwargs).images
+        want = ref(prompt_embeds=embeds, negative_prompt_embeds=negative, generator=torch.Generator().manual_seed(1),
+                   **extra, **kwargs).images
+        assert np.abs(from_embeds - from_text).max() <= IMAGE_ATOL
+        assert np.abs(from_embeds - want).max() <= IMAGE_ATOL
