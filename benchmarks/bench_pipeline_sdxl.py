@@ -14,7 +14,8 @@ The images are compared once before anything is timed.
 Time. After `--warmup` calls of each, `--repeats` calls of each, alternating which goes first, so
 machine load hits both alike; the median wall time of the whole `pipe(...)` call is reported, and
 the ratio fewstep/diffusers (target <= 1.0). On a shared or small machine torch's OpenMP threads can
-spin against other processes and inflate both sides by 100x: pass `--threads 1` there.
+spin against other processes and inflate calls 100-fold at random (the quartiles printed beside
+the medians show it, and the script warns): pass `--threads 1` there.
 
 Memory. Each side runs in a fresh subprocess that loads exactly what the timing process loads (the
 diffusers pipeline plus the fewstep wrappers around its modules, so the baseline is the same) and
@@ -27,9 +28,10 @@ otherwise keep freed blocks resident and move its mmap threshold between calls, 
 smears what a call needs, so the workers run with a fixed `MALLOC_MMAP_THRESHOLD_=65536` and
 `MALLOC_TRIM_THRESHOLD_=131072` (the same for both sides): every large buffer is mmapped and returned
 on free, and RSS follows what is live. The reported figure is the median of the 3 calls; the ratio
-fewstep/diffusers has target <= 1.1. Where /proc/self/clear_refs cannot be written, the fallback is
-the cruder `ru_maxrss` after the first call minus `ru_maxrss` after loading (0 when loading peaked
-higher than the call).
+fewstep/diffusers has target <= 1.1. At 64 px a call needs only ~2 MiB, so that ratio is coarse;
+`--size 256` (~30 MiB a call) measures it properly. Where /proc/self/clear_refs cannot be written,
+the fallback is the cruder `ru_maxrss` after the first call minus `ru_maxrss` after loading (0 when
+loading peaked higher than the call).
 
 MindSpore. fewstep's pipeline loaded separately from the same folder with backend="mindspore"
 (mindone modules), in its own subprocess, median of max(3, repeats // 3) calls after one warm-up;
@@ -48,6 +50,7 @@ import io
 import json
 import os
 import pstats
+import re
 import resource
 import statistics
 import subprocess
@@ -181,17 +184,25 @@ def run_worker(args, *extra) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- main
-def _profile(name, fn, calls: int, top: int = 18) -> None:
+# Where each side's own code (not the shared torch modules) spends its time, cumulative.
+OWN_CODE = {"fewstep": r"fewstep/", "diffusers": r"pipeline_stable_diffusion_xl\.py|scheduling_tcd|image_processor|torch_utils"}
+
+
+def _profile(name, fn, calls: int, top: int = 15) -> None:
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
         fn()
     prof.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out).strip_dirs()
-    stats.sort_stats("tottime").print_stats(top)
-    print(f"\n--- cProfile, {name}, {calls} calls, top {top} by own time ---")
-    print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
+    for title, sort, restrict in (("own time, everything", "tottime", ()),
+                                  ("cumulative time, the pipeline's own code", "cumulative", (OWN_CODE[name],))):
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats(sort).print_stats(*restrict, top)
+        lines = out.getvalue().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        print(f"\n--- cProfile {name}, {calls} calls: top {top} by {title} ---")
+        print("\n".join(re.sub(r"\S*(site-packages|lib/python3\.\d+)/", "", line).replace(os.getcwd() + "/", "")
+                        for line in lines[start:] if line.strip()))
 
 
 def main() -> None:
@@ -240,9 +251,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{args.repeats} timed calls per side after {args.warmup} warm-up, order alternating")
     print(f"max |fewstep - diffusers| over the image (values in [0, 1]): {diff:.2e}")
-    print(f"diffusers StableDiffusionXLPipeline median: {med['diffusers'] * 1e3:9.2f} ms")
-    print(f"fewstep   StableDiffusionXLPipeline median: {med['fewstep'] * 1e3:9.2f} ms")
+    for side in ("diffusers", "fewstep"):
+        q1, _, q3 = statistics.quantiles(times[side], n=4)
+        print(f"{side:9s} StableDiffusionXLPipeline median: {med[side] * 1e3:9.2f} ms   "
+              f"(min {min(times[side]) * 1e3:.2f}, quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f})")
     print(f"time ratio fewstep / diffusers: {med['fewstep'] / med['diffusers']:.3f}   (target <= 1.0)")
+    if any(statistics.quantiles(t, n=4)[2] > 1.25 * statistics.quantiles(t, n=4)[0] for t in times.values()):
+        print("warning: the quartiles are far apart, so other load on this machine is distorting the medians. "
+              "Compare the minimums, or rerun with --threads 1 and more --repeats.")
 
     if args.profile:
         for side in ("fewstep", "diffusers"):

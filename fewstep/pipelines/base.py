@@ -163,8 +163,8 @@ class DiffusionPipeline:
         self.scheduler.set_begin_index(t_start)
         return schedule[t_start:]
 
-    def _as_tensor(self, x, name: str, dtype: Optional[str] = None):
-        return as_backend_tensor(self.ops, x, name, dtype)
+    def _as_tensor(self, x, name: str, dtype: Optional[str] = None, like=None):
+        return as_backend_tensor(self.ops, x, name, dtype, like=like)
 
     def _randn(self, shape, dtype, generator, like=None):
         return randn_like(self.ops, shape, dtype, generator, like=like)
@@ -201,8 +201,9 @@ class DiffusionPipeline:
             batch = cond.batch
             generator, seeds = resolve_generators(generator, batch)
             schedule = self._timesteps(num_inference_steps, timesteps, strength)
+            # the text embeddings already sit on the models' device: new tensors are placed beside them
             state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
-                                          schedule, strength, do_cfg)
+                                          schedule, strength, like=cond.hidden)
             latents = state.latents
 
             timestep_cond = None

@@ -325,6 +325,7 @@ def _from_hub(repo_id: str, weight_name: Optional[str], hub_kwargs: dict) -> str
     """A local path for a LoRA on the hub (huggingface_hub's cache; works offline once cached)."""
     try:
         from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError as err:  # pragma: no cover - comes with transformers
         raise LoraError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to fetch it.") from err
     hub_kwargs = dict(hub_kwargs)
@@ -334,12 +335,15 @@ def _from_hub(repo_id: str, weight_name: Optional[str], hub_kwargs: dict) -> str
             return hf_hub_download(repo_id, filename=weight_name, subfolder=subfolder, **hub_kwargs)
         try:
             return hf_hub_download(repo_id, filename=DEFAULT_WEIGHT_NAME, subfolder=subfolder, **hub_kwargs)
-        except Exception:  # no file of the default name: the repository's only .safetensors file
+        except EntryNotFoundError as err:  # no file of the default name: the repository's only .safetensors file
+            if isinstance(err, LocalEntryNotFoundError):  # offline and not cached: nothing else to try
+                raise
             pattern = f"{subfolder}/*.safetensors" if subfolder else "*.safetensors"
             folder = snapshot_download(repo_id, allow_patterns=[pattern], **hub_kwargs)
             return find_weight_file(os.path.join(folder, subfolder or ""))
     except LoraError:
         raise
     except Exception as err:
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         raise LoraError(f"{repo_id!r} is neither a local file or folder nor a hub repository whose LoRA could be "
-                        f"fetched ({type(err).__name__}: {err}).") from err
+                        f"fetched ({type(err).__name__}: {reason}).") from err

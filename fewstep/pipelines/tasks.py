@@ -61,15 +61,15 @@ class Text2ImageTask:
         return height or default_h, width or default_w
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, do_cfg):
+                         strength, like):
         ops = self.ops
         shape = (batch, self.unet.config["in_channels"], height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is not None:
-            latents = self._as_tensor(latents, "latents", dtype)
+            latents = self._as_tensor(latents, "latents", dtype, like=like)
             if tuple(ops.shape(latents)) != shape:
                 raise ValueError(f"latents have shape {ops.shape(latents)} but {shape} is needed for this size and batch.")
         else:
-            latents = self._randn(shape, dtype, generator)
+            latents = self._randn(shape, dtype, generator, like=like)
         return LatentState(latents=latents * float(self.scheduler.init_noise_sigma))
 
     def _unet_input(self, model_in, state):
@@ -90,10 +90,10 @@ class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
             raise ValueError("mask_image belongs to the Inpaint pipelines; Img2Img changes the whole image.")
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, do_cfg):
+                         strength, like):
         ops = self.ops
         pixels = image_processing.preprocess_image(image, height, width)
-        init = self._encode_image(pixels, generator, batch, dtype, like=None)
+        init = self._encode_image(pixels, generator, batch, dtype, like=like)
         noise = self._randn(ops.shape(init), dtype, generator, like=init)
         start = np.full((batch,), schedule[0], dtype=np.int64)
         return LatentState(latents=self.scheduler.add_noise(init, noise, start))
@@ -108,7 +108,7 @@ class InpaintTask(_ImageTaskMixin, Text2ImageTask):
         image_processing.check_mask_matches(image, mask_image)
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, do_cfg):
+                         strength, like):
         ops = self.ops
         channels = self.unet.config["in_channels"]
         if channels not in (4, 9):
@@ -118,13 +118,13 @@ class InpaintTask(_ImageTaskMixin, Text2ImageTask):
         full_strength = strength == 1.0
         image_latents = None
         if channels == 4 or not full_strength:
-            image_latents = self._encode_image(pixels, generator, batch, dtype, like=None)
+            image_latents = self._encode_image(pixels, generator, batch, dtype, like=like)
         shape = (batch, self.vae.config["latent_channels"], height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is not None:
-            noise = self._as_tensor(latents, "latents", dtype)
+            noise = self._as_tensor(latents, "latents", dtype, like=like)
             latents = noise * float(self.scheduler.init_noise_sigma)
         else:
-            noise = self._randn(shape, dtype, generator)
+            noise = self._randn(shape, dtype, generator, like=like)
             if full_strength:
                 latents = noise * float(self.scheduler.init_noise_sigma)
             else:
