@@ -355,6 +355,33 @@ def test_matmul(ops, shapes):
         assert (np.abs(got - expected) <= bound).all(), (dtype, np.max(np.abs(got - expected) / bound))
 
 
+# x + scale * (a @ b): torch fuses the scale and the addition into the GEMM (alpha * acc + x), NumPy
+# and MindSpore round the product, the scaled product and the sum separately; each rounding is at
+# most half an ulp of |x| + |scale| * |a| @ |b|, so 2 ulps of that bound every backend.
+MATMUL_ADD_ULPS = 2
+
+
+@covers("matmul_add")
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_matmul_add(ops, scale):
+    a, b, x = data(6, 8, seed=13), data(8, 5, seed=14), data(6, 5, seed=15)
+    for dtype in float_dtypes(ops):
+        ta, tb, tx = (ops.from_numpy(v, dtype=dtype) for v in (a, b, x))
+        t = ops.matmul_add(tx, ta, tb, scale)
+        assert ops.dtype_name(t) == dtype
+        np.testing.assert_array_equal(ops.to_numpy(tx), host(x, dtype))  # x is not modified
+        got = ops.to_numpy(t).astype(np.float64)
+        hx, ha, hb = (host(v, dtype).astype(np.float64) for v in (x, a, b))
+        expected = hx + scale * (ha @ hb)
+        bound = ulp_bound(dtype, np.abs(hx) + abs(scale) * (np.abs(ha) @ np.abs(hb)), MATMUL_ADD_ULPS)
+        assert (np.abs(got - expected) <= bound).all(), (dtype, np.max(np.abs(got - expected) / bound))
+        # with `out` = x: the same values, written in place where the framework can
+        again = ops.matmul_add(tx, ta, tb, scale, out=tx)
+        np.testing.assert_array_equal(ops.to_numpy(again), ops.to_numpy(t))
+        if ops.name != "mindspore":
+            np.testing.assert_array_equal(ops.to_numpy(tx), ops.to_numpy(t))
+
+
 # Bilinear resize is not bitwise: torch and MindSpore compute the source coordinate and weights in
 # float32, NumPy in float64, and each blends in its own order; a weight off by an ulp of the
 # coordinate moves the result by a few ulps of the data. Measured worst (ulps of max|x|): float32

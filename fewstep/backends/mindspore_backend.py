@@ -169,6 +169,15 @@ class Backend:
             return mint.matmul(_up(a), _up(b)).astype(ms.bfloat16)
         return mint.matmul(a, b)
 
+    def matmul_add(self, x, a, b, scale: float = 1.0, out=None):
+        # mint.addmm has no CPU kernel; matmul, scale, add is the same sum. `out` is not written:
+        # MindSpore allocates from its own memory pool, so a new tensor costs no fresh memory.
+        product = _up(self.matmul(a, b))
+        if scale != 1.0:
+            # as a tensor of the product's dtype: MindSpore would pass a Python float through float32
+            product = product * ms.Tensor(np.array(scale, dtype=np.float64)).astype(product.dtype)
+        return (_up(x) + product).astype(x.dtype) if _cpu_bf16(x) else x + product
+
     def resize(self, x, size, mode: str = "nearest"):
         size = tuple(int(s) for s in size)
         if mode not in ("nearest", "bilinear"):

@@ -78,6 +78,12 @@ class Backend:
     def matmul(self, a, b):
         return np.matmul(a, b)
 
+    def matmul_add(self, x, a, b, scale: float = 1.0, out=None):
+        product = np.matmul(a, b)
+        if scale != 1.0:
+            product *= scale  # a Python float keeps the array's dtype
+        return np.add(x, product, out=out)
+
     def resize(self, x, size, mode: str = "nearest"):
         height, width = (int(s) for s in size)
         in_h, in_w = x.shape[-2:]

@@ -117,6 +117,12 @@ class Backend:
     def matmul(self, a, b):
         return torch.matmul(a, b)
 
+    def matmul_add(self, x, a, b, scale: float = 1.0, out=None):
+        # addmm applies scale and adds x in the GEMM's own epilogue: one pass over the result.
+        if out is None:
+            return torch.addmm(x, a, b, alpha=scale)
+        return torch.addmm(x, a, b, alpha=scale, out=out)
+
     def resize(self, x, size, mode: str = "nearest"):
         size = tuple(int(s) for s in size)
         if mode == "nearest":

@@ -75,6 +75,13 @@ class TensorOps(Protocol):
 
     def matmul(self, a: Tensor, b: Tensor) -> Tensor: ...
 
+    def matmul_add(self, x: Tensor, a: Tensor, b: Tensor, scale: float = 1.0, out: Optional[Tensor] = None) -> Tensor:
+        """`x + scale * (a @ b)` for 2-D `a`, `b` and `x` of shape (rows of a, columns of b), all of
+        one dtype. With `out` (x's shape and dtype, may be `x` itself) the result is written into it
+        where the framework can (torch, NumPy; MindSpore returns a new tensor): use the returned
+        tensor either way. LoRA fusion needs it: one fused kernel (torch.addmm) makes one pass over
+        a large weight and, with `out`, allocates nothing."""
+
     def resize(self, x: Tensor, size: Tuple[int, int], mode: str = "nearest") -> Tensor:
         """Resize an NCHW tensor to `size` = (height, width); mode "nearest" or "bilinear"
         (align_corners=False, no antialias, as torch's `interpolate`)."""

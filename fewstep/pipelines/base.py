@@ -166,6 +166,10 @@ class DiffusionPipeline:
     def _as_tensor(self, x, name: str, dtype: Optional[str] = None, like=None):
         return as_backend_tensor(self.ops, x, name, dtype, like=like)
 
+    def _apply_lora_scale(self, cross_attention_kwargs):
+        """cross_attention_kwargs for the UNet; the LoRA mixin takes "scale" out and re-fuses at it."""
+        return cross_attention_kwargs
+
     def _randn(self, shape, dtype, generator, like=None):
         return randn_like(self.ops, shape, dtype, generator, like=like)
 
@@ -194,6 +198,7 @@ class DiffusionPipeline:
         timings: Dict[str, float] = {}
 
         with ops.no_grad():
+            cross_attention_kwargs = self._apply_lora_scale(cross_attention_kwargs)
             do_cfg = self._do_cfg(guidance_scale)
             cond = self._encode(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                 pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, do_cfg,

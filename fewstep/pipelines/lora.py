@@ -13,9 +13,11 @@ weights are recomputed from it whenever it changes:
   is computed from the saved tensor, and `unfuse_lora` / `unload_lora_weights` put the saved tensor
   itself back. So a fused weight never depends on what was fused before (switching adapters 20
   times ends bit for bit where one fusion does), and unfusing restores the base bit for bit. The
-  cost is one extra copy of every weight a loaded LoRA touches, for as long as it is fused (a LoRA
-  on every attention, feed-forward and resnet layer of the SD 1.5 UNet: about 3.3 GB in float32,
-  1.7 GB in float16); nothing is saved for modules no LoRA touches, and unfusing frees it.
+  cost is one extra copy of every weight a loaded LoRA touches, for as long as it is fused: an
+  LCM/TCD-LoRA touches nearly every UNet weight, so one more UNet's worth (SD 1.5: 1.7 GB in
+  float16, 3.4 GB in float32; SDXL: 5.1 GB / 10.2 GB); nothing is kept for modules no LoRA
+  touches, and unfusing or unloading frees it. A re-fusion (set_adapters, a new scale) writes into
+  the fused tensor it replaces, so switching allocates nothing.
 
 Differences from diffusers, all following from "always fused": loading an adapter applies it at
 once (diffusers: applied unfused); after `unfuse_lora()` the pipeline runs the base model until
@@ -32,24 +34,34 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from fewstep.backends import get_backend
-from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraLayer, LoraSource, find_weight_file,
-                               fused_weight, normalise, read_lora)
+from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraSource, find_weight_file, fused_weight,
+                               normalise, read_lora)
+from fewstep.core.lora.fusion import scaling
 
 __all__ = ["LoraError", "LoraMixin"]
 
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# huggingface_hub options load_lora_weights takes (as diffusers does); `subfolder` also applies to a local folder
+_HUB_KWARGS = ("revision", "subfolder", "cache_dir", "local_files_only", "token", "force_download", "proxies")
+
+
+class _Factors(NamedTuple):
+    up: Any       # (out, rank) on the weight's device, in the dtype the product is computed in
+    down: Any     # (rank, in * kh * kw)
+    alpha: float
+    rank: int
+    rslora: bool
 
 
 @dataclass
 class _Adapter:
-    token: int                                            # unique per load: a reused name is a new adapter
-    layers: Dict[str, Dict[str, LoraLayer]]               # component -> module path -> factors as read
-    factors: Dict[str, Dict[str, Tuple[Any, Any]]]        # component -> path -> (up, down) device tensors
+    token: int                                  # unique per load: a reused name is a new adapter
+    layers: Dict[str, Dict[str, _Factors]]      # component -> module path -> factors on the device
 
 
 @dataclass
@@ -121,16 +133,17 @@ class LoraMixin:
         unet_config = getattr(components.get("unet"), "config", None)
         layers = normalise(source.tensors, targets, unet_config=unet_config, metadata=source.metadata,
                            origin=source.origin)
-        factors: Dict[str, Dict[str, Tuple[Any, Any]]] = {}
+        factors: Dict[str, Dict[str, _Factors]] = {}
         with self.ops.no_grad():
             for name, paths in layers.items():
                 comp = components[name]
                 factors[name] = {}
                 for path, layer in paths.items():
                     weight = comp.named_weight(path)
-                    factors[name][path] = layer.device_factors(self.ops, weight, self.ops.dtype_name(weight))
+                    up, down = layer.device_factors(self.ops, weight, self.ops.dtype_name(weight))
+                    factors[name][path] = _Factors(up, down, layer.alpha, layer.rank, layer.rslora)
         state.loads += 1
-        state.adapters[adapter_name] = _Adapter(token=state.loads, layers=layers, factors=factors)
+        state.adapters[adapter_name] = _Adapter(token=state.loads, layers=factors)
         state.weights[adapter_name] = {name: 1.0 for name in components}
         state.active = [adapter_name]
         if not state.applied:
@@ -149,10 +162,14 @@ class LoraMixin:
                 except (ValueError, TypeError) as err:
                     raise LoraError(f"State dict entry {key!r} is a {type(value).__name__}, not a tensor.") from err
             return read_lora(arrays)
+        unknown = sorted(set(hub_kwargs) - set(_HUB_KWARGS))
+        if unknown:
+            raise TypeError(f"load_lora_weights() got unexpected keyword arguments {unknown}; it takes weight_name, "
+                            f"adapter_name and the hub options {list(_HUB_KWARGS)}.")
         if isinstance(source, (str, os.PathLike)) and not os.path.exists(os.fspath(source)):
             return read_lora(_from_hub(os.fspath(source), weight_name, hub_kwargs))
-        if hub_kwargs:
-            raise LoraError(f"Options {sorted(hub_kwargs)} apply to hub ids only; {source!r} is a local path.")
+        if hub_kwargs.get("subfolder") and isinstance(source, (str, os.PathLike)):
+            source = os.path.join(os.fspath(source), hub_kwargs["subfolder"])
         return read_lora(source, weight_name)
 
     # ------------------------------------------------------------------ combining
@@ -231,13 +248,17 @@ class LoraMixin:
             raise LoraError("fuse_lora's first argument is `components` (as in diffusers); pass lora_scale=... by name.")
         names = self._components_arg(components)
         state = self._lora_state()
+        active = state.active
         if adapter_names is not None:
             active = _names(adapter_names)
             self._check_known(active)
-            state.active = active
-        state.lora_scale = float(lora_scale)
-        state.applied = set(names)
-        self._lora_refresh(check_finite=safe_fusing)
+        before = (state.active, state.lora_scale, state.applied)
+        state.active, state.lora_scale, state.applied = active, float(lora_scale), set(names)
+        try:
+            self._lora_refresh(check_finite=safe_fusing)
+        except LoraError:  # safe fusing found NaN/inf and wrote nothing: the state stays as the weights are
+            state.active, state.lora_scale, state.applied = before
+            raise
 
     def unfuse_lora(self, components: Optional[Sequence[str]] = None):
         """Put the saved base weights of `components` (default: all) back, bit for bit. The adapters stay
@@ -283,10 +304,9 @@ class LoraMixin:
                 weight = state.weights[name].get(component, 1.0)
                 if weight == 0.0:  # no term at all: the weight stays the base, bit for bit
                     continue
-                for path, layer in adapter.layers.get(component, {}).items():
-                    up, down = adapter.factors[component][path]
+                for path, f in adapter.layers.get(component, {}).items():
                     wanted.setdefault((component, path), []).append(
-                        (adapter.token, up, down, layer.scaling(weight, scale)))
+                        (adapter.token, f.up, f.down, scaling(f.alpha, f.rank, f.rslora, weight, scale)))
         ops = self.ops
         with ops.no_grad():
             updates = []
@@ -296,9 +316,12 @@ class LoraMixin:
                     continue
                 component, path = key
                 base = state.saved.get(key)
+                # a weight fused before is ours: re-fuse into it rather than into new memory (not
+                # under safe fusing, which writes nothing until every weight is checked)
+                current = None if base is None or check_finite else components[component].named_weight(path)
                 if base is None:
                     base = components[component].named_weight(path)
-                fused = fused_weight(ops, base, [(up, down, s) for _, up, down, s in terms])
+                fused = fused_weight(ops, base, [(up, down, s) for _, up, down, s in terms], out=current)
                 if check_finite and not np.isfinite(ops.to_numpy(fused)).all():
                     raise LoraError(f"Fusing gives NaN or inf in {component} module {path!r}; no weight was changed. "
                                     f"The adapter is broken, or lora_scale/adapter_weights are too large.")

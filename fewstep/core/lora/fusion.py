@@ -5,12 +5,14 @@ kernel: delta[o, i, y, x] = sum_r up[o, r] * down[r, i, y, x], i.e. up (out, r) 
 reshaped to (out, in, kh, kw). PEFT computes the 3x3 case as a convolution, which sums the same r
 terms; the 1x1 case and Linear layers it computes exactly as here.
 
-Arithmetic follows PEFT's LoraLayer.get_delta_weight / merge, so that float32 results agree bit for
-bit where the product is the same call: the scale is a Python float evaluated as PEFT does,
-((weight * alpha) / rank) * lora_scale; delta = (up @ down) * scale in the weight dtype; adapters
-are added to the base one after another, in the order they are active. Half-precision weights are
-combined in float32 and rounded once at the end (PEFT on CPU also computes the product in float32,
-but rounds each delta to half before adding it).
+Arithmetic follows PEFT's LoraLayer.get_delta_weight / merge: the scale is a Python float evaluated
+as PEFT does, ((weight * alpha) / rank) * lora_scale; the product is computed in the weight dtype;
+adapters are added to the base one after another, in the order they are active. One difference in
+rounding: `ops.matmul_add` lets torch apply the scale and the addition inside the GEMM (addmm), where
+PEFT rounds (up @ down), then its scaled copy, then the sum: an ulp apart at most (bit-identical on
+every weight the tests and the benchmark compare).
+Half-precision weights are combined in float32 and rounded once at the end (PEFT on CPU also
+computes the product in float32, but rounds each delta to half before adding it).
 
 The result is always computed from the saved base weight, never from a previously fused one, so a
 fused weight depends only on (base, active adapters, their scales) and never on history.
@@ -42,8 +44,7 @@ class LoraLayer:
         return int(self.down.shape[0])
 
     def scaling(self, weight: float = 1.0, lora_scale: float = 1.0) -> float:
-        divisor = math.sqrt(self.rank) if self.rslora else self.rank
-        return weight * self.alpha / divisor * lora_scale
+        return scaling(self.alpha, self.rank, self.rslora, weight, lora_scale)
 
     def device_factors(self, ops, like, weight_dtype: str):
         """(up (out, r), down (r, in*kh*kw)) as tensors on `like`'s device in the dtype the product is
@@ -55,19 +56,34 @@ class LoraLayer:
         return ops.cast(up, compute), ops.cast(down, compute)
 
 
+def scaling(alpha: float, rank: int, rslora: bool = False, weight: float = 1.0, lora_scale: float = 1.0) -> float:
+    """The factor of up @ down, in PEFT's order of operations so the Python float is PEFT's, bit for bit."""
+    divisor = math.sqrt(rank) if rslora else rank
+    return weight * alpha / divisor * lora_scale
+
+
 def compute_dtype(weight_dtype: str) -> str:
     return "float32" if weight_dtype in HALF else weight_dtype
 
 
-def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]]):
+def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=None):
     """base + sum(scale * up @ down) for terms (up, down, scale) from `LoraLayer.device_factors`, in
-    base's shape and dtype. `base` itself is not modified."""
+    base's shape and dtype; `base` itself is never written.
+
+    `out`: a tensor of base's shape and dtype that the result may be written into (the weight fused
+    before, which the caller owns); without it the result is a new tensor. Fresh memory is what
+    fusing a large LoRA mostly costs on a CPU (page faults on first touch), so each term is one
+    `matmul_add` (one pass over the weight in torch's addmm) accumulated in place, and re-fusing
+    into `out` allocates nothing. Whether written into `out` or not, the values are the same."""
     dtype = ops.dtype_name(base)
     shape = ops.shape(base)
-    acc = ops.reshape(ops.cast(base, compute_dtype(dtype)), (shape[0], int(np.prod(shape[1:]))))
-    for up, down, scale in terms:
-        delta = ops.matmul(up, down)
-        if scale != 1.0:  # x * 1.0 == x exactly: skipping it saves a pass over the weight
-            delta = delta * float(scale)
-        acc = acc + delta
+    compute = compute_dtype(dtype)
+    rows = (shape[0], int(np.prod(shape[1:])))
+    acc = ops.reshape(ops.cast(base, compute), rows)
+    target = ops.reshape(out, rows) if out is not None and compute == dtype else None
+    if not terms:  # no term: a copy of the base, as a fused weight never aliases it
+        acc = acc * 1.0
+    for i, (up, down, scale) in enumerate(terms):
+        # the first term reads the base and writes the target (or a new tensor); later ones add in place
+        acc = ops.matmul_add(acc, up, down, float(scale), out=target if i == 0 else acc)
     return ops.cast(ops.reshape(acc, shape), dtype)

@@ -88,8 +88,8 @@ def parse_key(key: str) -> Optional[ParsedKey]:
         attn = match["attn"]
         names = tuple(f"{attn}.{proj}" for proj in _PROJECTIONS[match["proj"]])
         return ParsedKey(key, component, False, names, match["part"])
-    match = _PEFT_NAMED.match(rest)
-    if match and not rest.endswith((".lora_A.weight", ".lora_B.weight")):
+    match = _PEFT_NAMED.match(rest)  # PEFT keys that carry the adapter name: ".lora_A.<name>.weight"
+    if match:
         return ParsedKey(key, component, False, (_drop_processor(match["path"]),), DOWN if match["ab"] == "A" else UP)
     for suffix, part in _PATH_SUFFIXES:
         if rest.endswith(suffix):
