@@ -24,20 +24,9 @@ def _dtype_name(module) -> str:
     return check_dtype(str(param.dtype).lower())
 
 
-class MindSporeUNet:
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+class _LoraWeights:
+    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
 
-    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
-                 cross_attention_kwargs=None):
-        t = ms.tensor(int(timestep), ms.int64)
-        return self.module(sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
-                           added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
-                           return_dict=False)[0]
-
-    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
     def lora_targets(self) -> dict:
         """Weight shape of every module a LoRA may change, by module path: Linear/Dense (out, in),
         Conv2d (out, in, kh, kw)."""
@@ -51,6 +40,21 @@ class MindSporeUNet:
         """Make `tensor` (same shape and dtype) the weight of the module at `path`, without writing into
         the tensor that held the weight before."""
         _set_weight(_lora_cells(self)[path].weight, path, tensor)
+
+
+class MindSporeUNet(_LoraWeights):
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
+                 cross_attention_kwargs=None):
+        t = ms.tensor(int(timestep), ms.int64)
+        return self.module(sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
+                           added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
+                           return_dict=False)[0]
+
 
 
 class MindSporeVAE:
@@ -82,7 +86,7 @@ class MindSporeVAE:
                 p.set_dtype(ms.float16)
 
 
-class MindSporeTextEncoder:
+class MindSporeTextEncoder(_LoraWeights):
     def __init__(self, module):
         self.module = module
         self.config = dict(module.config.to_dict())
@@ -96,20 +100,6 @@ class MindSporeTextEncoder:
             return out[1], out[2][-2], out[0]
         return out[0], out[2][-2], None  # (last_hidden_state, pooler_output, hidden_states)
 
-    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
-    def lora_targets(self) -> dict:
-        """Weight shape of every module a LoRA may change, by module path: Linear/Dense (out, in),
-        Conv2d (out, in, kh, kw)."""
-        return {name: tuple(int(d) for d in cell.weight.shape) for name, cell in _lora_cells(self).items()}
-
-    def named_weight(self, path: str):
-        """The current weight of the module at `path` as a Tensor sharing the Parameter's data (no copy)."""
-        return ms.Tensor(_lora_cells(self)[path].weight)
-
-    def set_weight(self, path: str, tensor) -> None:
-        """Make `tensor` (same shape and dtype) the weight of the module at `path`, without writing into
-        the tensor that held the weight before."""
-        _set_weight(_lora_cells(self)[path].weight, path, tensor)
 
 
 # --- named-weight access for LoRA fusion (fewstep.pipelines.lora) ----------------------------------

@@ -19,19 +19,9 @@ def _dtype_name(module) -> str:
     return check_dtype(str(module.dtype))
 
 
-class TorchUNet:
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+class _LoraWeights:
+    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
 
-    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
-                 cross_attention_kwargs=None):
-        return self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                           timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
-                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-
-    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
     def lora_targets(self) -> dict:
         """Weight shape of every module a LoRA may change, by module path: Linear (out, in),
         Conv2d (out, in, kh, kw)."""
@@ -45,6 +35,20 @@ class TorchUNet:
         """Make `tensor` (same shape, dtype, device) the weight of the module at `path`, without
         copying it and without writing into the tensor that held the weight before."""
         _set_weight(_lora_modules(self)[path].weight, path, tensor)
+
+
+class TorchUNet(_LoraWeights):
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
+                 cross_attention_kwargs=None):
+        return self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                           timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
+                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
 
 
 class TorchVAE:
@@ -75,7 +79,7 @@ class TorchVAE:
             vae.to(dtype=torch.float16)
 
 
-class TorchTextEncoder:
+class TorchTextEncoder(_LoraWeights):
     def __init__(self, module):
         self.module = module
         self.config = dict(module.config.to_dict())
@@ -88,20 +92,6 @@ class TorchTextEncoder:
         pooled = out.text_embeds if hasattr(out, "text_embeds") else None
         return out.last_hidden_state, out.hidden_states[-2], pooled
 
-    # named-weight access for LoRA fusion (fewstep.pipelines.lora)
-    def lora_targets(self) -> dict:
-        """Weight shape of every module a LoRA may change, by module path: Linear (out, in),
-        Conv2d (out, in, kh, kw)."""
-        return {name: tuple(m.weight.shape) for name, m in _lora_modules(self).items()}
-
-    def named_weight(self, path: str):
-        """The current weight tensor of the module at `path` (the tensor itself, not a copy)."""
-        return _lora_modules(self)[path].weight.data
-
-    def set_weight(self, path: str, tensor) -> None:
-        """Make `tensor` (same shape, dtype, device) the weight of the module at `path`, without
-        copying it and without writing into the tensor that held the weight before."""
-        _set_weight(_lora_modules(self)[path].weight, path, tensor)
 
 
 # --- named-weight access for LoRA fusion (fewstep.pipelines.lora) ----------------------------------
