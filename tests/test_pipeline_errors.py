@@ -1,7 +1,5 @@
 """Bad pipeline input gets a ValueError that says what to do."""
 
-import json
-import os
 import shutil
 
 import numpy as np

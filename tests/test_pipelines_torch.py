@@ -198,3 +198,21 @@ def test_prompt_embeds_give_the_prompt_result():
                    **extra, **kwargs).images
         assert np.abs(from_embeds - from_text).max() <= IMAGE_ATOL
         assert np.abs(from_embeds - want).max() <= IMAGE_ATOL
+
+
+def test_prompt_embeds_with_guidance_encode_the_negative_prompt():
+    """With prompt_embeds but no negative embeddings, CFG encodes the negative prompt (padded to the
+    embeddings' length) as the prompt path does."""
+    for class_name, kind in (("StableDiffusionPipeline", "sd15"), ("StableDiffusionXLPipeline", "sdxl")):
+        ours, ref = _pair(class_name, kind, "tcd")
+        kwargs = dict(num_inference_steps=2, guidance_scale=3.0, eta=0.3, height=SIZE, width=SIZE, output_type="np",
+                      negative_prompt="dark", generator=1)
+        if kind == "sdxl":
+            embeds, _, pooled, _ = ref.encode_prompt("a cat", do_classifier_free_guidance=False)
+            extra = dict(pooled_prompt_embeds=pooled)
+        else:
+            embeds, _ = ref.encode_prompt("a cat", "cpu", 1, False)
+            extra = {}
+        from_embeds = ours(prompt_embeds=embeds, **extra, **kwargs).images
+        from_text = ours("a cat", **kwargs).images
+        assert np.abs(from_embeds - from_text).max() <= IMAGE_ATOL

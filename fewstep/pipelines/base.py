@@ -95,16 +95,17 @@ class DiffusionPipeline:
     def from_pretrained(cls, pretrained_model_name_or_path: str, backend: str = "torch", dtype: str = "float32",
                         device: Optional[str] = None, variant: Optional[str] = None, scheduler=None):
         """Load a diffusers-format pipeline folder (or hub id) on `backend` with its trusted library."""
-        folder = loading.resolve_folder(pretrained_model_name_or_path, variant)
+        folder = loading.resolve_folder(pretrained_model_name_or_path)
+        index = loading.read_model_index(folder)
         names = [n for n in cls._components if n != "scheduler"]
-        components = loading.load_components(folder, names, backend, dtype=dtype, device=device, variant=variant)
+        components = loading.load_components(folder, index, names, backend, dtype=dtype, device=device,
+                                             variant=variant)
         if scheduler is None:
             scheduler = loading.load_scheduler(folder)
         pipe = cls(backend, scheduler, **components)
         pipe.name_or_path = pretrained_model_name_or_path
         # pipeline-level settings model_index.json carries beside the components (SDXL's choice of
         # zero negative embeddings when no negative prompt is given)
-        index = loading.read_model_index(folder)
         if "force_zeros_for_empty_prompt" in index and hasattr(pipe, "force_zeros_for_empty_prompt"):
             pipe.force_zeros_for_empty_prompt = bool(index["force_zeros_for_empty_prompt"])
         return pipe

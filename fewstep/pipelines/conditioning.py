@@ -16,7 +16,7 @@ class Conditioning:
     dtype: str             # dtype of the latents and everything fed to the UNet
 
 
-def _prompt_batch(ops, prompt, prompt_embeds, what="prompt"):
+def _prompt_batch(prompt, prompt_embeds, what="prompt"):
     if prompt is not None and prompt_embeds is not None:
         raise ValueError("Pass either prompt or prompt_embeds, not both.")
     if prompt is None and prompt_embeds is None:
@@ -36,23 +36,22 @@ class SDConditioning:
                 num_images, do_cfg, height, width, original_size, target_size, crops):
         ops = self.ops
         dtype = self.text_encoder.dtype
-        texts = _prompt_batch(ops, prompt, prompt_embeds)
+        texts = _prompt_batch(prompt, prompt_embeds)
         if texts is not None:
-            negatives = prompts.negative_prompts(negative_prompt, len(texts)) if do_cfg and negative_prompt_embeds is None else None
-            embeds, negative = prompts.encode_sd(ops, self.tokenizer, self.text_encoder, texts, negatives, dtype)
+            embeds = prompts.encode_sd(ops, self.tokenizer, self.text_encoder, texts, dtype)
         else:
             embeds = self._as_tensor(prompt_embeds, "prompt_embeds", dtype)
-            negative = None
-            if do_cfg and negative_prompt_embeds is None:
-                negatives = prompts.negative_prompts(negative_prompt, ops.shape(embeds)[0])
-                _, negative = prompts.encode_sd(ops, self.tokenizer, self.text_encoder, negatives, negatives, dtype)
-        if do_cfg and negative_prompt_embeds is not None:
-            negative = self._as_tensor(negative_prompt_embeds, "negative_prompt_embeds", dtype)
-        batch = ops.shape(embeds)[0] * num_images
+        batch = ops.shape(embeds)[0]
         embeds = prompts.repeat_rows(ops, embeds, num_images)
         if do_cfg:
+            if negative_prompt_embeds is not None:
+                negative = self._as_tensor(negative_prompt_embeds, "negative_prompt_embeds", dtype)
+            else:
+                negative = prompts.encode_sd(ops, self.tokenizer, self.text_encoder,
+                                             prompts.negative_prompts(negative_prompt, batch), dtype,
+                                             length=ops.shape(embeds)[1])
             embeds = ops.concat([prompts.repeat_rows(ops, negative, num_images), embeds], axis=0)
-        return Conditioning(hidden=embeds, added=None, batch=batch, dtype=dtype)
+        return Conditioning(hidden=embeds, added=None, batch=batch * num_images, dtype=dtype)
 
 
 class SDXLConditioning:
@@ -69,32 +68,33 @@ class SDXLConditioning:
         dtype = self.text_encoder_2.dtype
         encoders = (self.text_encoder, self.text_encoder_2)
         tokenizers = (self.tokenizer, self.tokenizer_2)
-        texts = _prompt_batch(ops, prompt, prompt_embeds)
-        zero_negatives = negative_prompt is None and self.force_zeros_for_empty_prompt
+        texts = _prompt_batch(prompt, prompt_embeds)
         if texts is not None:
-            negatives = prompts.negative_prompts(negative_prompt, len(texts)) if do_cfg and negative_prompt_embeds is None else None
-            (embeds, pooled), negative = prompts.encode_sdxl(ops, tokenizers, encoders, texts, negatives,
-                                                             zero_negatives, dtype)
+            embeds, pooled = prompts.encode_sdxl(ops, tokenizers, encoders, texts, dtype)
         else:
             if pooled is None:
                 raise ValueError("With prompt_embeds, SDXL also needs pooled_prompt_embeds.")
             embeds = self._as_tensor(prompt_embeds, "prompt_embeds", dtype)
             pooled = self._as_tensor(pooled, "pooled_prompt_embeds", dtype)
-            negative = None
-            if do_cfg and negative_prompt_embeds is None:
-                negatives = prompts.negative_prompts(negative_prompt, ops.shape(embeds)[0])
-                _, negative = prompts.encode_sdxl(ops, tokenizers, encoders, negatives, negatives, zero_negatives, dtype)
-        if do_cfg and negative_prompt_embeds is not None:
-            if negative_pooled is None:
-                raise ValueError("With negative_prompt_embeds, SDXL also needs negative_pooled_prompt_embeds.")
-            negative = (self._as_tensor(negative_prompt_embeds, "negative_prompt_embeds", dtype),
-                        self._as_tensor(negative_pooled, "negative_pooled_prompt_embeds", dtype))
-        batch = ops.shape(embeds)[0] * num_images
+        batch = ops.shape(embeds)[0]
+        if do_cfg:
+            if negative_prompt_embeds is not None:
+                if negative_pooled is None:
+                    raise ValueError("With negative_prompt_embeds, SDXL also needs negative_pooled_prompt_embeds.")
+                negative = (self._as_tensor(negative_prompt_embeds, "negative_prompt_embeds", dtype),
+                            self._as_tensor(negative_pooled, "negative_pooled_prompt_embeds", dtype))
+            elif negative_prompt is None and self.force_zeros_for_empty_prompt:
+                # diffusers' SDXL default: no negative prompt means zero negative embeddings
+                negative = (prompts.zeros_like(ops, embeds), prompts.zeros_like(ops, pooled))
+            else:
+                negative = prompts.encode_sdxl(ops, tokenizers, encoders, prompts.negative_prompts(negative_prompt, batch),
+                                               dtype, length=ops.shape(embeds)[1])
         embeds = prompts.repeat_rows(ops, embeds, num_images)
         pooled = prompts.repeat_rows(ops, pooled, num_images)
         if do_cfg:
             embeds = ops.concat([prompts.repeat_rows(ops, negative[0], num_images), embeds], axis=0)
             pooled = ops.concat([prompts.repeat_rows(ops, negative[1], num_images), pooled], axis=0)
+        batch *= num_images
         projection_dim = self.text_encoder_2.config.get("projection_dim") or ops.shape(pooled)[-1]
         ids = prompts.sdxl_time_ids(original_size or (height, width), crops, target_size or (height, width),
                                     self.unet.config, int(projection_dim))

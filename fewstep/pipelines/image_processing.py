@@ -7,7 +7,7 @@ masks are binarised at 0.5.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import PIL.Image

@@ -17,7 +17,7 @@ _MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 _TOKENIZERS = ("tokenizer", "tokenizer_2")
 
 
-def resolve_folder(path_or_id: str, variant: Optional[str] = None) -> str:
+def resolve_folder(path_or_id: str) -> str:
     """A local folder for a path or a hub id (through huggingface_hub's cache, which works offline
     when the snapshot is already there)."""
     if os.path.isdir(path_or_id):
@@ -80,10 +80,10 @@ def load_scheduler(folder: str):
     return cls.from_config(config)
 
 
-def load_components(folder: str, names: Iterable[str], backend: str, dtype: str = "float32",
+def load_components(folder: str, index: dict, names: Iterable[str], backend: str, dtype: str = "float32",
                     device: Optional[str] = None, variant: Optional[str] = None) -> Dict[str, object]:
-    """Load the named components of a pipeline folder; checks every one is present before loading any."""
-    index = read_model_index(folder)
+    """Load the named components of a pipeline folder (its model_index.json given as `index`);
+    checks every one is present before loading any."""
     names = list(names)
     specs = {name: _component_spec(index, folder, name) for name in names}
     loaded = {}

@@ -43,36 +43,25 @@ def negative_prompts(negative_prompt, batch: int) -> List[str]:
     return negatives
 
 
-def encode_sd(ops, tokenizer, text_encoder, prompts, negatives, dtype: str):
-    """(prompt_embeds, negative_prompt_embeds or None): the last hidden state of the CLIP encoder."""
-    embeds = ops.cast(text_encoder(token_ids(tokenizer, prompts))[0], dtype)
-    if negatives is None:
-        return embeds, None
-    length = ops.shape(embeds)[1]
-    negative = ops.cast(text_encoder(token_ids(tokenizer, negatives, length))[0], dtype)
-    return embeds, negative
+def encode_sd(ops, tokenizer, text_encoder, texts, dtype: str, length: Optional[int] = None):
+    """SD's conditioning for a list of texts: the last hidden state of the CLIP encoder. Negatives
+    are padded to the prompts' `length`, as diffusers pads them."""
+    return ops.cast(text_encoder(token_ids(tokenizer, texts, length))[0], dtype)
 
 
-def encode_sdxl(ops, tokenizers, text_encoders, prompts, negatives, zero_negatives: bool, dtype: str):
-    """((embeds, pooled), (negative embeds, negative pooled) or None) from SDXL's two encoders:
-    penultimate hidden states concatenated on the feature axis, pooled from the projection encoder.
-    With no negative prompt and `force_zeros_for_empty_prompt`, the negatives are zeros."""
+def encode_sdxl(ops, tokenizers, text_encoders, texts, dtype: str, length: Optional[int] = None):
+    """SDXL's (embeds, pooled) for a list of texts: both encoders' penultimate hidden states
+    concatenated on the feature axis, and the pooled projection of the second encoder."""
+    hidden, pooled = [], None
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        _, penultimate, projected = encoder(token_ids(tokenizer, texts, length))
+        hidden.append(penultimate)
+        pooled = projected if projected is not None else pooled
+    return ops.cast(ops.concat(hidden, axis=-1), dtype), ops.cast(pooled, dtype)
 
-    def encode(texts, length=None):
-        hidden, pooled = [], None
-        for tokenizer, encoder in zip(tokenizers, text_encoders):
-            _, penultimate, projected = encoder(token_ids(tokenizer, texts, length))
-            hidden.append(penultimate)
-            pooled = projected if projected is not None else pooled
-        return ops.cast(ops.concat(hidden, axis=-1), dtype), ops.cast(pooled, dtype)
 
-    embeds, pooled = encode(prompts)
-    if negatives is None:
-        return (embeds, pooled), None
-    if zero_negatives:
-        zeros = [ops.from_numpy(np.zeros(ops.shape(x), np.float32), like=x) for x in (embeds, pooled)]
-        return (embeds, pooled), tuple(zeros)
-    return (embeds, pooled), encode(negatives, ops.shape(embeds)[1])
+def zeros_like(ops, x):
+    return ops.from_numpy(np.zeros(ops.shape(x), np.float32), like=x)
 
 
 def sdxl_time_ids(original_size, crops_coords_top_left, target_size, unet_config, projection_dim: int) -> np.ndarray:

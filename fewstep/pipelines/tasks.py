@@ -8,7 +8,7 @@ the masked image,) then the scheduler's per-step noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

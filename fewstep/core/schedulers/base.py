@@ -122,7 +122,7 @@ def read_config_file(path: Union[str, os.PathLike], subfolder: Optional[str] = N
         if not os.path.isfile(candidate):
             nested = os.path.join(path, "scheduler", SCHEDULER_CONFIG_NAME)
             hint = (
-                f" It looks like a pipeline folder: pass subfolder='scheduler'." if os.path.isfile(nested) else ""
+                " It looks like a pipeline folder: pass subfolder='scheduler'." if os.path.isfile(nested) else ""
             )
             raise FileNotFoundError(f"No {SCHEDULER_CONFIG_NAME} in the folder {path!r}.{hint}")
         path = candidate
