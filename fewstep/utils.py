@@ -1,0 +1,177 @@
+"""Image helpers as diffusers.utils has them: load_image, make_image_grid, export_to_gif.
+
+NumPy, PIL and the standard library only, so that examples and notebooks can use them with either
+framework (or none) installed; `requests` is used for URLs only when it happens to be installed.
+Besides PIL images, the helpers take the HWC arrays a pipeline returns with ``output_type="np"``
+(float in [0, 1]) or uint8 arrays, and an NHWC array as a sequence of images.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+# diffusers waits 60 s (DIFFUSERS_REQUEST_TIMEOUT); without a timeout a dead host hangs a script forever.
+REQUEST_TIMEOUT_S = 60.0
+
+# Float pixels a little outside [0, 1] are rounding (e.g. a VAE decode); far outside means another
+# range such as [-1, 1], which clipping would silently wash out.
+_FLOAT_RANGE_SLACK = 1e-3
+
+
+def load_image(
+    image: Union[str, os.PathLike, PIL.Image.Image],
+    convert_method: Optional[Callable[[PIL.Image.Image], PIL.Image.Image]] = None,
+) -> PIL.Image.Image:
+    """Load `image` as a PIL image; mirrors ``diffusers.utils.load_image``.
+
+    `image` is a local path, an ``http://`` / ``https://`` URL, or a PIL image. The EXIF orientation
+    is applied (``PIL.ImageOps.exif_transpose``), then ``convert_method(image)`` if given, else
+    ``image.convert("RGB")``.
+    """
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, str):
+        if image.startswith(("http://", "https://")):
+            image = _open_bytes(_fetch(image), image)
+        elif os.path.isfile(image):
+            # Read the bytes now so no file handle stays open behind a lazily loaded image.
+            with open(image, "rb") as f:
+                image = _open_bytes(f.read(), image)
+        else:
+            raise ValueError(
+                f"{image!r} is neither an http(s) URL nor an existing file: "
+                "URLs must start with 'http://' or 'https://'; check the path for a typo."
+            )
+    elif not isinstance(image, PIL.Image.Image):
+        hint = " For an array, pass PIL.Image.fromarray(array)." if isinstance(image, np.ndarray) else ""
+        raise ValueError(
+            f"load_image takes a local path, an http(s) URL or a PIL image, not {type(image).__name__}.{hint}"
+        )
+
+    image = PIL.ImageOps.exif_transpose(image)
+    return convert_method(image) if convert_method is not None else image.convert("RGB")
+
+
+def _fetch(url: str) -> bytes:
+    """The body of `url`, through `requests` when installed (proxies, certificates), else urllib."""
+    try:
+        try:
+            import requests
+        except ImportError:
+            import urllib.request
+
+            with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_S) as response:
+                return response.read()
+        response = requests.get(url, timeout=REQUEST_TIMEOUT_S)
+        response.raise_for_status()
+        return response.content
+    except Exception as err:  # requests.RequestException, urllib.error.URLError, socket timeouts, ...
+        raise ValueError(
+            f"Could not fetch {url}: {err}. Download the file yourself and pass its local path to load_image."
+        ) from err
+
+
+def _open_bytes(data: bytes, source: str) -> PIL.Image.Image:
+    try:
+        return PIL.Image.open(io.BytesIO(data))
+    except PIL.UnidentifiedImageError as err:
+        raise ValueError(f"{source} is not an image PIL can read ({err}); pass a PNG, JPEG or other image file.") from err
+
+
+def make_image_grid(images: Sequence, rows: int, cols: int, resize: Optional[int] = None) -> PIL.Image.Image:
+    """Paste `images` row-major into one RGB grid; mirrors ``diffusers.utils.make_image_grid``.
+
+    Each cell is the size of the first image (after ``resize``, which makes every image
+    ``resize x resize``), so the images should share that size. Images are PIL images or HWC arrays
+    (float in [0, 1], or uint8).
+    """
+    images = [_to_pil(img) for img in _as_list(images)]
+    if len(images) != rows * cols:
+        raise ValueError(
+            f"make_image_grid got {len(images)} images for rows={rows} x cols={cols} = {rows * cols} cells; "
+            "pass exactly rows * cols images, or change rows and cols."
+        )
+    if not images:
+        raise ValueError("make_image_grid got no images; pass at least one, with rows * cols equal to their number.")
+    if resize is not None:
+        images = [img.resize((resize, resize)) for img in images]
+
+    w, h = images[0].size
+    grid = PIL.Image.new("RGB", size=(cols * w, rows * h))
+    for i, img in enumerate(images):
+        grid.paste(img, box=(i % cols * w, i // cols * h))
+    return grid
+
+
+def export_to_gif(frames: Sequence, output_gif_path: Optional[Union[str, os.PathLike]] = None, fps: int = 10) -> str:
+    """Write `frames` as a looping animated GIF and return its path; mirrors ``diffusers.utils.export_to_gif``.
+
+    Frames are PIL images or HWC arrays (float in [0, 1], or uint8), shown ``1000 // fps`` ms each.
+    With no `output_gif_path` a new temporary ``.gif`` file is written (and left for the caller).
+    As in diffusers, PIL merges consecutive identical frames into one of the summed duration.
+    """
+    frames = [_to_pil(frame) for frame in _as_list(frames)]
+    if not frames:
+        raise ValueError("export_to_gif got no frames; pass a non-empty list of PIL images or HWC arrays.")
+    if fps <= 0:
+        raise ValueError(f"fps must be a positive number, not {fps}.")
+    if output_gif_path is None:
+        # mkstemp, not NamedTemporaryFile(...).name: that file is deleted on close and the name could be reused.
+        fd, output_gif_path = tempfile.mkstemp(suffix=".gif")
+        os.close(fd)
+    output_gif_path = os.fspath(output_gif_path)
+
+    frames[0].save(
+        output_gif_path,
+        format="GIF",  # a temp name or a caller's path may not end in .gif
+        save_all=True,
+        append_images=frames[1:],
+        optimize=False,
+        duration=1000 // fps,
+        loop=0,
+    )
+    return output_gif_path
+
+
+def _as_list(images) -> list:
+    """A list of images; an NHWC array (a pipeline's ``output_type="np"``) is a list of HWC images."""
+    if isinstance(images, (PIL.Image.Image, str)):
+        raise ValueError("Pass a list of images, not a single image: e.g. [image].")
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"An array of images must be NHWC (4-D), not shape {images.shape}; or pass a list of HWC arrays.")
+    return list(images)
+
+
+def _to_pil(image) -> PIL.Image.Image:
+    """A PIL image as is; an HW / HWC array (float in [0, 1], or uint8) as a PIL image."""
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"Images must be PIL images or HWC NumPy arrays, not {type(image).__name__}.")
+    arr = image
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        hint = " It looks CHW: pass array.transpose(1, 2, 0)." if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise ValueError(f"An image array must be HW or HWC with 1, 3 or 4 channels, not shape {arr.shape}.{hint}")
+    if arr.dtype == np.uint8:
+        return PIL.Image.fromarray(arr)
+    if arr.dtype.kind != "f":
+        raise ValueError(f"An image array must be float in [0, 1] or uint8, not {arr.dtype}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("A float image array holds NaN or inf values; check the decode that produced it.")
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if lo < -_FLOAT_RANGE_SLACK or hi > 1 + _FLOAT_RANGE_SLACK:
+        raise ValueError(
+            f"A float image array must lie in [0, 1], this one spans [{lo:.3g}, {hi:.3g}]: "
+            "for [-1, 1] pass (array + 1) / 2, for [0, 255] pass array.astype(np.uint8)."
+        )
+    # Same rounding as diffusers' numpy_to_pil and fewstep's postprocess.
+    return PIL.Image.fromarray((np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8))
