@@ -45,13 +45,17 @@ def test_install_is_idempotent_and_replaces_the_ops(ms):
     assert mint.arange is mc.arange and mint.stack is mc.stack and mint.zeros_like is mc.zeros_like
     assert mint.baddbmm is mc.baddbmm and mint.nn.functional.gelu is mc.gelu and mint.nn.functional.conv2d is mc.conv2d
     assert mint.nn.functional.layer_norm is mc.layer_norm and mint.nn.functional.pad is mc.pad
+    assert mint.nn.functional.avg_pool2d is mc.avg_pool2d
     import mindspore.mint.nn.functional as F  # how mindone imports it: the same module object
 
     assert F.gelu is mc.gelu
     # the layers keep their class (isinstance checks, subclasses such as FP32LayerNorm) and get a CPU construct
     assert mint.nn.Conv2d.construct is mc._conv2d_construct
     assert mint.nn.LayerNorm.construct is mc._layer_norm_construct
+    assert mint.nn.AvgPool2d.construct is mc._avg_pool2d_construct
     assert mc.original(mint, "arange") is not mc.arange
+    assert mc.original(mint.nn.functional, "avg_pool2d") is not mc.avg_pool2d
+    assert mc.original(mint.nn.AvgPool2d, "construct") is not mc._avg_pool2d_construct
 
 
 def test_install_does_nothing_off_cpu(ms, monkeypatch):
@@ -233,6 +237,58 @@ def test_pad(ms, mode, value):
     kwargs = {} if value is None else {"value": value}
     got = pad(ms.Tensor(x), widths, mode=mode, **kwargs)
     np.testing.assert_array_equal(_np(got), _np(torch.nn.functional.pad(torch.tensor(x), widths, mode=mode, **kwargs)))
+
+
+AVG_POOL_CASES = [
+    dict(kernel_size=2, stride=2), dict(kernel_size=2, stride=2, ceil_mode=True),  # the T2I-Adapter's
+    dict(kernel_size=2),  # stride None -> kernel_size (DiffEdit's call)
+    dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+    dict(kernel_size=2, stride=2, divisor_override=3),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, divisor_override=5),
+]
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])  # 7x9: ceil_mode adds a partial last window
+@pytest.mark.parametrize("case", AVG_POOL_CASES, ids=[str(c) for c in AVG_POOL_CASES])
+def test_avg_pool2d(ms, case, size):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import avg_pool2d
+
+    x = np.random.RandomState(0).randn(2, 3, *size).astype(np.float32)
+    got = avg_pool2d(ms.Tensor(x), **case)
+    assert _maxdiff(got, torch.nn.functional.avg_pool2d(torch.tensor(x), **case)) < 1e-6  # seen 0.0 (exact)
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+def test_avg_pool2d_unbatched(ms):
+    import torch
+
+    from fewstep.backends.mindspore_cpu import avg_pool2d
+
+    x = np.random.RandomState(0).randn(3, 7, 9).astype(np.float32)  # (C, H, W), as torch accepts
+    got = avg_pool2d(ms.Tensor(x), 2, ceil_mode=True)
+    assert _maxdiff(got, torch.nn.functional.avg_pool2d(torch.tensor(x), 2, ceil_mode=True)) < 1e-6  # seen 0.0
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("case", [dict(kernel_size=2, stride=2, ceil_mode=True),  # as mindone's T2I-Adapter builds it
+                                  dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+                                  dict(kernel_size=2, divisor_override=3)], ids=str)
+def test_avg_pool2d_layer(ms, case):
+    import torch
+    from mindspore import mint
+
+    pool = mint.nn.AvgPool2d(**case)
+    assert list(pool.parameters_and_names()) == []
+    x = np.random.RandomState(3).randn(2, 4, 7, 9).astype(np.float32)
+    assert _maxdiff(pool(ms.Tensor(x)), torch.nn.AvgPool2d(**case)(torch.tensor(x))) < 1e-6  # seen 0.0 (exact)
 
 
 # --- mindone models from the tiny folders against diffusers/transformers --------------------------

@@ -11,8 +11,11 @@ Replaced (each reached by the tiny SD/SDXL models of fewstep.testing unless said
 mint.arange (UNet timestep embedding), mint.nn.functional.gelu (GEGLU feed-forward, CLIP "gelu"),
 mint.nn.Conv2d (every conv), mint.nn.LayerNorm (transformer blocks), mint.nn.functional.pad (the VAE
 encoder's asymmetric pad before its strided conv), mint.zeros_like (mindone's SDXL pipelines),
-mint.stack, mint.nn.functional.conv2d / layer_norm (other mindone models and LoRA convs), and
-mint.baddbmm (attention with a mask).
+mint.stack, mint.nn.functional.conv2d / layer_norm (other mindone models and LoRA convs),
+mint.baddbmm (attention with a mask), and mint.nn.AvgPool2d / mint.nn.functional.avg_pool2d (kernel
+"AvgPool2D"; not reached by the tiny SD/SDXL models: mindone's T2I-Adapter builds
+`mint.nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True)` in its downsampling blocks;
+Downsample2D(use_conv=False), ResnetBlock2D(down=True) and the DiffEdit pipeline reach it too).
 
 How the swap reaches mindone: mindone modules do `from mindspore import mint` and look names up on
 the `mint` modules when they call or build a layer (`mint.arange(...)`, `mint.nn.Conv2d(...)`,
@@ -21,9 +24,9 @@ Two things are bound earlier, which is why this must run before mindone is impor
 mindone.transformers' GELUActivation stores `mint.nn.functional.gelu` when it is constructed (and
 `mindone.transformers.activations` builds some at import), and a few mindone classes *subclass*
 `mint.nn.Conv2d` / `mint.nn.LayerNorm` at import (LoRACompatibleConv, FP32LayerNorm). For the
-latter the layers are not replaced by new classes: `construct` is replaced on the original classes,
-which keeps every isinstance check and subclass working and keeps the parameter names (`weight`,
-`bias`) that mindone's from_pretrained weight conversion loads into.
+latter the layers (and mint.nn.AvgPool2d, alike) are not replaced by new classes: `construct` is
+replaced on the original classes, which keeps every isinstance check and subclass working and keeps
+the parameter names (`weight`, `bias`) that mindone's from_pretrained weight conversion loads into.
 
 Each stand-in matches its torch counterpart in float32 (tests/test_mindspore_cpu.py checks each one).
 """
@@ -117,6 +120,24 @@ def pad(input, pad, mode="constant", value=None):  # pylint: disable=redefined-b
     return ops.pad(input, tuple(pad), mode=mode, value=value)
 
 
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,  # pylint: disable=redefined-builtin
+               divisor_override=None):
+    """Replaces mint.nn.functional.avg_pool2d (kernel "AvgPool2D" unregistered on CPU) with ops.avg_pool2d.
+
+    torch's arguments: `stride=None` means `kernel_size`; `padding` an int or a pair (padH, padW), which
+    ops.avg_pool2d wants as (top, bottom, left, right); `divisor_override` is passed only when set (ops'
+    "not set" is 0). A 3-D input (C, H, W) is pooled as a batch of one."""
+    if stride is None:
+        stride = kernel_size
+    pad_h, pad_w = _pair(padding)
+    kwargs = {} if divisor_override is None else {"divisor_override": divisor_override}
+    unbatched = input.ndim == 3
+    x = input.expand_dims(0) if unbatched else input
+    out = ops.avg_pool2d(x, _pair(kernel_size), _pair(stride), (pad_h, pad_h, pad_w, pad_w),
+                         ceil_mode, count_include_pad, **kwargs)
+    return out.squeeze(0) if unbatched else out
+
+
 # --- layers: replacement `construct` methods for the original mint classes -----------------------
 def _conv2d_construct(self, input):  # pylint: disable=redefined-builtin
     """mint.nn.Conv2d.construct, on the CPU conv2d above (Conv2DExt / Conv2DPadding have no CPU kernel)."""
@@ -131,6 +152,12 @@ def _layer_norm_construct(self, input):  # pylint: disable=redefined-builtin
     return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
+def _avg_pool2d_construct(self, input):  # pylint: disable=redefined-builtin
+    """mint.nn.AvgPool2d.construct, on the CPU avg_pool2d above (AvgPool2D has no CPU kernel)."""
+    return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                      self.count_include_pad, self.divisor_override)
+
+
 # (owner module or class, attribute, stand-in)
 def _replacements():
     return [
@@ -142,8 +169,10 @@ def _replacements():
         (mint.nn.functional, "conv2d", conv2d),
         (mint.nn.functional, "layer_norm", layer_norm),
         (mint.nn.functional, "pad", pad),
+        (mint.nn.functional, "avg_pool2d", avg_pool2d),
         (mint.nn.Conv2d, "construct", _conv2d_construct),
         (mint.nn.LayerNorm, "construct", _layer_norm_construct),
+        (mint.nn.AvgPool2d, "construct", _avg_pool2d_construct),
     ]
 
 
