@@ -119,3 +119,12 @@ def load_component(backend: str, name: str, library: str, class_name: str, folde
         raise ValueError("The numpy backend runs schedulers only; load models with backend='torch' or 'mindspore'.")
     module = importlib.import_module(f"fewstep.backends.{ops.name}_components")
     return module.load_component(name, library, class_name, folder, **kwargs)
+
+
+def wrap_component(backend: str, name: str, module):
+    """Wrap a model the user loaded with the backend's library (a diffusers ControlNetModel, a mindone
+    UNet...) in the adapter `load_component` would give it."""
+    ops = get_backend(backend)
+    if ops.name == "numpy":
+        raise ValueError("The numpy backend runs schedulers only; use backend='torch' or 'mindspore'.")
+    return importlib.import_module(f"fewstep.backends.{ops.name}_components").wrap_component(name, module)

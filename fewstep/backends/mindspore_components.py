@@ -49,12 +49,38 @@ class MindSporeUNet(_LoraWeights):
         self.dtype = _dtype_name(module)
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
-                 cross_attention_kwargs=None):
+                 cross_attention_kwargs=None, **extra):
+        # extra: what the loop's extensions add (ControlNet / T2I-Adapter residuals), passed through as is
         t = ms.tensor(int(timestep), ms.int64)
         return self.module(sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
                            added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
-                           return_dict=False)[0]
+                           return_dict=False, **extra)[0]
 
+
+class MindSporeControlNet:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
+                 guess_mode: bool = False, added_cond=None):
+        t = ms.tensor(int(timestep), ms.int64)
+        down, mid = self.module(sample, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=controlnet_cond,
+                                conditioning_scale=conditioning_scale, guess_mode=guess_mode,
+                                added_cond_kwargs=added_cond, return_dict=False)
+        return list(down), mid
+
+
+class MindSporeT2IAdapter:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+        self.downscale_factor = int(module.downscale_factor)
+
+    def __call__(self, image):
+        return list(self.module(image.astype(getattr(ms, self.dtype))))
 
 
 class MindSporeVAE:
@@ -128,7 +154,15 @@ def _set_weight(param, path: str, tensor) -> None:
 
 
 _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,
-             "text_encoder_2": MindSporeTextEncoder}
+             "text_encoder_2": MindSporeTextEncoder, "controlnet": MindSporeControlNet, "adapter": MindSporeT2IAdapter}
+
+
+def wrap_component(name: str, module):
+    """The adapter for a model the user loaded with mindone and passed in."""
+    if name not in _ADAPTERS:
+        raise ValueError(f"fewstep has no {name!r} component; components are {sorted(_ADAPTERS)}.")
+    module.set_train(False)
+    return _ADAPTERS[name](module)
 
 
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
@@ -142,5 +176,4 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
     if variant:
         kwargs["variant"] = variant
     module = cls.from_pretrained(folder, **kwargs)
-    module.set_train(False)
-    return _ADAPTERS[name](module)
+    return wrap_component(name, module)

@@ -44,11 +44,36 @@ class TorchUNet(_LoraWeights):
         self.dtype = _dtype_name(module)
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
-                 cross_attention_kwargs=None):
+                 cross_attention_kwargs=None, **extra):
+        # extra: what the loop's extensions add (ControlNet / T2I-Adapter residuals), passed through as is
         return self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                            timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
-                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False, **extra)[0]
 
+
+class TorchControlNet:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
+                 guess_mode: bool = False, added_cond=None):
+        down, mid = self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                controlnet_cond=controlnet_cond, conditioning_scale=conditioning_scale,
+                                guess_mode=guess_mode, added_cond_kwargs=added_cond, return_dict=False)
+        return list(down), mid
+
+
+class TorchT2IAdapter:
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config)
+        self.dtype = _dtype_name(module)
+        self.downscale_factor = int(module.downscale_factor)
+
+    def __call__(self, image):
+        return list(self.module(image.to(self.module.dtype)))
 
 
 class TorchVAE:
@@ -115,7 +140,16 @@ def _set_weight(param, path: str, tensor) -> None:
     param.data = tensor
 
 
-_ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder}
+_ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder,
+             "controlnet": TorchControlNet, "adapter": TorchT2IAdapter}
+
+
+def wrap_component(name: str, module):
+    """The adapter for a model the user loaded with diffusers/transformers and passed in."""
+    if name not in _ADAPTERS:
+        raise ValueError(f"fewstep has no {name!r} component; components are {sorted(_ADAPTERS)}.")
+    module.eval().requires_grad_(False)
+    return _ADAPTERS[name](module)
 
 
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
@@ -128,7 +162,6 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
     if variant:
         kwargs["variant"] = variant
     module = cls.from_pretrained(folder, **kwargs)
-    module.eval().requires_grad_(False)
     if device:
         module.to(device)
-    return _ADAPTERS[name](module)
+    return wrap_component(name, module)

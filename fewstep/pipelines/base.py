@@ -2,8 +2,10 @@
 
 A pipeline class combines a conditioning (SD: one text encoder; SDXL: two, plus pooled embeddings
 and time ids, see `conditioning.py`) with a task (text-to-image, img2img, inpainting: how the
-latents start and what changes after each step, see `tasks.py`). Everything here is written against
-TensorOps and the component adapters, so the same code runs on torch and MindSpore.
+latents start and what changes after each step, see `tasks.py`) and the extensions it lists in
+`_extensions` (ControlNet, T2I-Adapter: what else goes into each UNet call, see `extensions.py`).
+Everything here is written against TensorOps and the component adapters, so the same code runs on
+torch and MindSpore; the loop knows no adapter by name.
 
 Host round-trips: token ids and the initial noise go to the device once, the final image comes back
 once; inside the loop only the Python-int timestep crosses, as in diffusers.
@@ -23,6 +25,8 @@ from fewstep.core.guidance import guidance_scale_embedding
 from fewstep.core.noise import randn_like
 from fewstep.core.random import Generator
 from fewstep.pipelines import image_processing, loading
+from fewstep.pipelines.extensions import (Extension, RunContext, StepContext, UNetInputs, owned_arguments,
+                                          split_arguments)
 
 
 @dataclass
@@ -74,40 +78,102 @@ def resolve_generators(generator, batch: int):
 class DiffusionPipeline:
     """Shared machinery: loading, the scheduler, progress bar, and `__call__` with one loop.
 
-    Subclasses set `_components` and mix in a conditioning and a task."""
+    Subclasses set `_components` (through a conditioning mixin), mix in a task and list their
+    extensions in `_extensions`. Called on this class itself, `from_pretrained` picks the fewstep
+    pipeline class that the folder's model_index.json names (see `fewstep.pipelines.auto`)."""
 
     _components: Sequence[str] = ()
+    _extensions: Sequence[Extension] = ()
     _default_strength = 1.0
     _default_guidance = 7.5
+
+    @classmethod
+    def component_names(cls) -> List[str]:
+        """Every component this pipeline needs: the conditioning's, then each extension's."""
+        names = list(cls._components)
+        for ext in cls._extensions:
+            names += [n for n in ext.components if n not in names]
+        return names
 
     def __init__(self, backend, scheduler, **components):
         self.ops = get_backend(backend)
         self.scheduler = scheduler
-        for name in self._components:
+        names = self.component_names()
+        unknown = sorted(set(components) - set(names))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no component(s) {unknown}; its components are "
+                             f"{names + ['scheduler']}.")
+        for name in names:
             if components.get(name) is None:
                 raise ValueError(f"{type(self).__name__} needs a {name!r} component.")
         for name, value in components.items():
+            loading.check_component_backend(name, value, self.ops.name)
             setattr(self, name, value)
+        for ext in self._extensions:
+            ext.check_components(self)
         self._progress_config: Dict[str, Any] = {}
+
+    def components(self) -> Dict[str, Any]:
+        """The loaded components by name, the scheduler included (diffusers' `pipe.components`)."""
+        return {**{n: getattr(self, n) for n in self.component_names()}, "scheduler": self.scheduler}
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, backend: str = "torch", dtype: str = "float32",
-                        device: Optional[str] = None, variant: Optional[str] = None, scheduler=None):
-        """Load a diffusers-format pipeline folder (or hub id) on `backend` with its trusted library."""
+                        device: Optional[str] = None, variant: Optional[str] = None, **components):
+        """Load a diffusers-format pipeline folder (or hub id) on `backend` with its trusted library.
+
+        Any component may be passed in instead (`unet=`, `vae=`, `controlnet=`, `adapter=`,
+        `text_encoder=`, `scheduler=`...): a fewstep component (`fewstep.ControlNetModel.from_pretrained`)
+        or the framework's own model; the rest is loaded from the folder."""
         folder = loading.resolve_folder(pretrained_model_name_or_path)
         index = loading.read_model_index(folder)
-        names = [n for n in cls._components if n != "scheduler"]
-        components = loading.load_components(folder, index, names, backend, dtype=dtype, device=device,
-                                             variant=variant)
+        if cls is DiffusionPipeline:
+            from fewstep.pipelines.auto import class_for_folder
+
+            cls = class_for_folder(index, folder)
+        names = cls.component_names()
+        unknown = sorted(set(components) - set(names) - {"scheduler"})
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no component(s) {unknown}; pass only {names + ['scheduler']}.")
+        scheduler = components.pop("scheduler", None)
+        ops = get_backend(backend)
+        # every passed component is checked before anything is loaded from the folder
+        given = {n: loading.adopt_component(ops.name, n, c) for n, c in components.items() if c is not None}
+        missing = [n for n in names if n not in given]
+        loaded = loading.load_components(folder, index, missing, ops.name, dtype=dtype, device=device,
+                                         variant=variant, pipeline=cls.__name__)
         if scheduler is None:
             scheduler = loading.load_scheduler(folder)
-        pipe = cls(backend, scheduler, **components)
+        pipe = cls(ops.name, scheduler, **loaded, **given)
         pipe.name_or_path = pretrained_model_name_or_path
         # pipeline-level settings model_index.json carries beside the components (SDXL's choice of
         # zero negative embeddings when no negative prompt is given)
         if "force_zeros_for_empty_prompt" in index and hasattr(pipe, "force_zeros_for_empty_prompt"):
             pipe.force_zeros_for_empty_prompt = bool(index["force_zeros_for_empty_prompt"])
+        return pipe
+
+    @classmethod
+    def from_pipe(cls, pipeline: "DiffusionPipeline", **components):
+        """A pipeline of this class on `pipeline`'s components: the same model objects (no weight is
+        copied), its scheduler and LoRA state; `components` add or replace some (`controlnet=`)."""
+        if cls is DiffusionPipeline:
+            cls = type(pipeline)
+        names = cls.component_names()
+        unknown = sorted(set(components) - set(names) - {"scheduler"})
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no component(s) {unknown}; pass only {names + ['scheduler']}.")
+        scheduler = components.pop("scheduler", None) or pipeline.scheduler
+        shared = {n: getattr(pipeline, n) for n in names if getattr(pipeline, n, None) is not None}
+        shared.update({n: loading.adopt_component(pipeline.ops.name, n, c) for n, c in components.items()})
+        missing = [n for n in names if shared.get(n) is None]
+        if missing:
+            raise ValueError(f"{cls.__name__} needs {missing}, which {type(pipeline).__name__} does not have; pass "
+                             f"them: {cls.__name__}.from_pipe(pipe, {missing[0]}=...).")
+        pipe = cls(pipeline.ops.name, scheduler, **shared)
+        for attr in ("name_or_path", "force_zeros_for_empty_prompt", "_lora", "_progress_config"):
+            if attr in pipeline.__dict__:
+                setattr(pipe, attr, pipeline.__dict__[attr])
         return pipe
 
     @property
@@ -183,8 +249,17 @@ class DiffusionPipeline:
                  callback_on_step_end: Optional[Callable] = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
                  original_size=None, target_size=None, crops_coords_top_left=(0, 0),
-                 cross_attention_kwargs=None):
+                 cross_attention_kwargs=None, **extension_arguments):
         ops = self.ops
+        extensions = tuple(self._extensions)
+        owned = owned_arguments(extensions)
+        unknown = sorted(set(extension_arguments) - set(owned))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}"
+                            + (f"; its adapter arguments are {sorted(owned)}." if owned else "."))
+        if "image" in owned:  # a text-to-image ControlNet pipeline: image= is the control image
+            extension_arguments["image"], image = image, None
+        ext_args = split_arguments(extensions, extension_arguments)
         guidance_scale = self._default_guidance if guidance_scale is None else float(guidance_scale)
         strength = self._default_strength if strength is None else float(strength)
         if output_type not in ("pil", "np", "latent"):
@@ -194,6 +269,14 @@ class DiffusionPipeline:
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1; got {num_images_per_prompt}.")
         self._check_task_inputs(image, mask_image)
+        prompt_batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else \
+            (prompt_embeds.shape[0] if prompt_embeds is not None else None)
+        for ext, args in zip(extensions, ext_args):
+            ext.check_arguments(self, args, prompt_batch)
+        if height is None or width is None:
+            sizes = [s for s in (ext.default_size(self, a) for ext, a in zip(extensions, ext_args)) if s]
+            if sizes:
+                height, width = height or sizes[0][0], width or sizes[0][1]
         height, width = self._output_size(height, width, image)
         image_processing.check_size(height, width, self.vae_scale_factor)
         timings: Dict[str, float] = {}
@@ -211,6 +294,9 @@ class DiffusionPipeline:
             state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
                                           schedule, strength, like=cond.hidden)
             latents = state.latents
+            run = RunContext(ops=ops, cond=cond, batch=batch, num_images_per_prompt=num_images_per_prompt,
+                             do_cfg=do_cfg, height=height, width=width, timesteps=[int(t) for t in schedule])
+            ext_states = [ext.prepare(self, run, args) for ext, args in zip(extensions, ext_args)]
 
             timestep_cond = None
             proj_dim = self.unet.config.get("time_cond_proj_dim")
@@ -225,8 +311,13 @@ class DiffusionPipeline:
                     t = int(t)
                     model_in = ops.concat([latents, latents], axis=0) if do_cfg else latents
                     model_in = self._unet_input(model_in, state)
-                    noise_pred = self.unet(model_in, t, cond.hidden, timestep_cond=timestep_cond,
-                                           added_cond=cond.added, cross_attention_kwargs=cross_attention_kwargs)
+                    inputs = UNetInputs()
+                    inputs.merge(ops, {"added_cond": cond.added, "cross_attention_kwargs": cross_attention_kwargs})
+                    if extensions:
+                        step = StepContext(index=i, timestep=t, model_input=model_in, latents=latents)
+                        for ext, ext_state in zip(extensions, ext_states):
+                            inputs.merge(ops, ext.unet_inputs(self, run, ext_state, step))
+                    noise_pred = self.unet(model_in, t, cond.hidden, timestep_cond=timestep_cond, **inputs.values)
                     if do_cfg:
                         uncond, text = ops.split(noise_pred, 2, axis=0)
                         noise_pred = uncond + guidance_scale * (text - uncond)

@@ -79,6 +79,29 @@ def preprocess_image(image, height: int, width: int) -> np.ndarray:
     return 2.0 * batch - 1.0
 
 
+def is_image_input(image) -> bool:
+    """A PIL image, an HWC / NHWC array, or a non-empty list of PIL images or arrays."""
+    if isinstance(image, (list, tuple)):
+        return bool(image) and all(isinstance(i, (PIL.Image.Image, np.ndarray)) for i in image)
+    return isinstance(image, (PIL.Image.Image, np.ndarray))
+
+
+def image_count(image) -> int:
+    return len(_as_list(image))
+
+
+def preprocess_condition(image, height: int, width: int, channels: int = 3, what: str = "image") -> np.ndarray:
+    """NCHW float32 in [0, 1] for an adapter's conditioning image (ControlNet, T2I-Adapter), as
+    diffusers' control-image processor gives it: PIL images converted to the model's channels (RGB,
+    or L for a 1-channel T2I-Adapter) and resized with Lanczos; arrays must have the output size."""
+    mode = "L" if channels == 1 else "RGB"
+    arrays = [_to_array(i, height, width, mode, what) for i in _as_list(image)]
+    if arrays[0].shape[2] != channels:
+        raise ValueError(f"{what} has {arrays[0].shape[2]} channels but the model takes {channels}; pass a "
+                         f"{'grayscale' if channels == 1 else 'RGB'} image.")
+    return np.stack(arrays).transpose(0, 3, 1, 2)
+
+
 def preprocess_mask(mask, height: int, width: int) -> np.ndarray:
     """N1HW float32 of 0 and 1 (1 = repaint), binarised at 0.5 like diffusers' mask processor."""
     arrays = [_to_array(m, height, width, "L", "mask_image") for m in _as_list(mask)]

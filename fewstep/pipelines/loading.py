@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Dict, Iterable, Optional
 
-from fewstep.backends import load_component
+from fewstep.backends import _framework_of, load_component, wrap_component
 from fewstep.core.schedulers.lcm import LCMScheduler
 from fewstep.core.schedulers.tcd import TCDScheduler
 
@@ -17,13 +17,16 @@ _MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 _TOKENIZERS = ("tokenizer", "tokenizer_2")
 
 
-def resolve_folder(path_or_id: str) -> str:
+def resolve_folder(path_or_id: str, what: str = "the pipeline folder that holds model_index.json") -> str:
     """A local folder for a path or a hub id (through huggingface_hub's cache, which works offline
     when the snapshot is already there)."""
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        raise ValueError(f"Expected a folder path or hub id, got a {type(path_or_id).__name__}; pass {what}.")
+    path_or_id = os.fspath(path_or_id)
     if os.path.isdir(path_or_id):
         return path_or_id
     if os.path.exists(path_or_id):
-        raise ValueError(f"{path_or_id!r} is a file; pass the pipeline folder that holds model_index.json.")
+        raise ValueError(f"{path_or_id!r} is a file; pass {what}.")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
@@ -49,14 +52,53 @@ def read_model_index(folder: str) -> dict:
         return json.load(f)
 
 
-def _component_spec(index: dict, folder: str, name: str):
+# components a base-model folder does not carry; the message says where to get them
+_LOADERS = {"controlnet": "fewstep.ControlNetModel.from_pretrained(...)", "adapter": "fewstep.T2IAdapter.from_pretrained(...)"}
+
+
+def _component_spec(index: dict, folder: str, name: str, pipeline: str):
     spec = index.get(name)
     if not spec or spec[0] is None or not os.path.isdir(os.path.join(folder, name)):
+        if name in _LOADERS:
+            raise ValueError(f"{pipeline} needs a {name!r} and the folder {folder!r} has none: load one with "
+                             f"{_LOADERS[name]} and pass it as {name}=.")
         raise ValueError(
             f"The pipeline folder {folder!r} is missing its {name!r} component (model_index.json entry "
-            f"{spec!r}, folder {name}/). This pipeline needs it: use a complete pipeline folder."
+            f"{spec!r}, folder {name}/). This pipeline needs it: use a complete pipeline folder, or pass {name}=."
         )
+    if isinstance(spec[1], str) and spec[1].startswith("Multi"):
+        raise ValueError(f"{folder!r} saves a {spec[1]}; load each model on its own and pass a list as {name}=.")
     return spec
+
+
+def component_framework(value) -> str:
+    """The framework a component's model belongs to ("" for tokenizers, schedulers, plain objects)."""
+    if isinstance(value, (list, tuple)):
+        names = {component_framework(v) for v in value} - {""}
+        return names.pop() if len(names) == 1 else ("mixed" if names else "")
+    return _framework_of(getattr(value, "module", value))
+
+
+def check_component_backend(name: str, value, backend: str) -> None:
+    framework = component_framework(value)
+    if framework and framework != backend:
+        raise ValueError(
+            f"The {name!r} component is a {framework} model but this pipeline runs on {backend}: load it with "
+            f"backend={backend!r} (e.g. fewstep.ControlNetModel.from_pretrained(path, backend={backend!r})), "
+            f"or load the pipeline with backend={framework!r}."
+        )
+
+
+def adopt_component(backend: str, name: str, value):
+    """A passed-in component as the pipeline keeps it: fewstep components as they are, the framework's
+    own models (a diffusers ControlNetModel, a mindone UNet) wrapped; lists (several ControlNets) item
+    by item. A model of the other framework is refused."""
+    check_component_backend(name, value, backend)
+    if isinstance(value, (list, tuple)):
+        return [adopt_component(backend, name, v) for v in value]
+    if _framework_of(value) in ("torch", "mindspore"):  # a raw model, not yet wrapped
+        return wrap_component(backend, name, value)
+    return value
 
 
 def load_tokenizer(folder: str, name: str):
@@ -81,11 +123,12 @@ def load_scheduler(folder: str):
 
 
 def load_components(folder: str, index: dict, names: Iterable[str], backend: str, dtype: str = "float32",
-                    device: Optional[str] = None, variant: Optional[str] = None) -> Dict[str, object]:
+                    device: Optional[str] = None, variant: Optional[str] = None,
+                    pipeline: str = "This pipeline") -> Dict[str, object]:
     """Load the named components of a pipeline folder (its model_index.json given as `index`);
     checks every one is present before loading any."""
     names = list(names)
-    specs = {name: _component_spec(index, folder, name) for name in names}
+    specs = {name: _component_spec(index, folder, name, pipeline) for name in names}
     loaded = {}
     for name in names:
         library, class_name = specs[name]

@@ -1,8 +1,11 @@
-"""The pipelines, named as diffusers names them: a conditioning and a task on the shared loop."""
+"""The pipelines, named as diffusers names them: a conditioning and a task on the shared loop,
+plus the extensions (ControlNet, T2I-Adapter) a class lists."""
 
 from fewstep.pipelines.base import DiffusionPipeline
 from fewstep.pipelines.conditioning import SDConditioning, SDXLConditioning
+from fewstep.pipelines.controlnet import ControlNet
 from fewstep.pipelines.lora import LoraMixin
+from fewstep.pipelines.t2i_adapter import T2IAdapter
 from fewstep.pipelines.tasks import Img2ImgTask, InpaintTask, Text2ImageTask
 
 
@@ -32,3 +35,28 @@ class StableDiffusionXLInpaintPipeline(InpaintTask, SDXLConditioning, LoraMixin,
     """Inpainting for SDXL; `strength` defaults to 0.9999 as in diffusers (the TCD guide uses 0.99)."""
 
     _default_strength = 0.9999
+
+
+# --- adapters: the same combinations plus an extension ---------------------------------------------
+class StableDiffusionControlNetPipeline(Text2ImageTask, SDConditioning, LoraMixin, DiffusionPipeline):
+    """Text-to-image for SD 1.5 / 2.1 with one ControlNet or a list (`image=` the control image)."""
+
+    _extensions = (ControlNet("image"),)
+
+
+class StableDiffusionXLControlNetPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+    """Text-to-image for SDXL with one ControlNet or a list (`image=` the control image)."""
+
+    _extensions = (ControlNet("image"),)
+
+
+class StableDiffusionAdapterPipeline(Text2ImageTask, SDConditioning, LoraMixin, DiffusionPipeline):
+    """Text-to-image for SD 1.5 / 2.1 with a T2I-Adapter (`image=` the conditioning image)."""
+
+    _extensions = (T2IAdapter(),)
+
+
+class StableDiffusionXLAdapterPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+    """Text-to-image for SDXL with a T2I-Adapter (`image=` the conditioning image)."""
+
+    _extensions = (T2IAdapter(),)

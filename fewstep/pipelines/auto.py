@@ -1,0 +1,113 @@
+"""Picking the fewstep pipeline class: `DiffusionPipeline.from_pretrained` on any folder, and
+`AutoPipelineForText2Image` / `AutoPipelineForImage2Image` / `AutoPipelineForInpainting`.
+
+A class is looked up by (model family, task, extension). The folder's model_index.json
+`_class_name` (diffusers' names) gives all three; an AutoPipeline keeps the family, sets the task,
+and switches the extension as diffusers does: `controlnet=` (or `adapter=`) passed in selects the
+ControlNet (T2I-Adapter) variant, `controlnet=None` drops it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from fewstep.pipelines import stable_diffusion as sd
+
+Key = Tuple[str, str, Optional[str]]  # (family, task, extension)
+
+_CLASSES: Dict[Key, type] = {
+    ("sd", "text2img", None): sd.StableDiffusionPipeline,
+    ("sd", "img2img", None): sd.StableDiffusionImg2ImgPipeline,
+    ("sd", "inpaint", None): sd.StableDiffusionInpaintPipeline,
+    ("sdxl", "text2img", None): sd.StableDiffusionXLPipeline,
+    ("sdxl", "img2img", None): sd.StableDiffusionXLImg2ImgPipeline,
+    ("sdxl", "inpaint", None): sd.StableDiffusionXLInpaintPipeline,
+    ("sd", "text2img", "controlnet"): sd.StableDiffusionControlNetPipeline,
+    ("sdxl", "text2img", "controlnet"): sd.StableDiffusionXLControlNetPipeline,
+    ("sd", "text2img", "adapter"): sd.StableDiffusionAdapterPipeline,
+    ("sdxl", "text2img", "adapter"): sd.StableDiffusionXLAdapterPipeline,
+}
+# diffusers class names fewstep reads, beyond its own: LCM's folders (SimianLuo/LCM_Dreamshaper_v7)
+_ALIASES: Dict[str, Key] = {"LatentConsistencyModelPipeline": ("sd", "text2img", None),
+                            "LatentConsistencyModelImg2ImgPipeline": ("sd", "img2img", None)}
+_KEYS: Dict[str, Key] = {**{cls.__name__: key for key, cls in _CLASSES.items()}, **_ALIASES}
+
+
+def supported() -> str:
+    return ", ".join(sorted(_KEYS))
+
+
+def key_of(class_name: str, where: str) -> Key:
+    if class_name not in _KEYS:
+        raise ValueError(f"{where} is a {class_name}, which fewstep does not run; supported pipelines: {supported()}.")
+    return _KEYS[class_name]
+
+
+def _lookup(key: Key, where: str) -> type:
+    if key not in _CLASSES:
+        family, task, ext = key
+        raise ValueError(f"fewstep has no {task} pipeline for {family.upper()} with a {ext} yet ({where}); "
+                         f"supported pipelines: {', '.join(c.__name__ for c in _CLASSES.values())}.")
+    return _CLASSES[key]
+
+
+def class_for_folder(index: dict, folder: str) -> type:
+    """The fewstep class for a folder's model_index.json."""
+    return _lookup(key_of(index.get("_class_name"), f"{folder!r}"), folder)
+
+
+def _extension(current: Optional[str], components: dict) -> Optional[str]:
+    for ext in ("controlnet", "adapter"):
+        if ext in components:
+            return ext if components[ext] is not None else None
+    return current
+
+
+class _AutoPipeline:
+    _task = ""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} is built with .from_pretrained(path, ...) or .from_pipe(pipeline).")
+
+    @classmethod
+    def _target(cls, key: Key, components: dict, where: str) -> type:
+        family, _, ext = key
+        return _lookup((family, cls._task, _extension(ext, components)), where)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, backend: str = "torch", **kwargs):
+        from fewstep.pipelines import loading
+
+        folder = loading.resolve_folder(pretrained_model_name_or_path)
+        index = loading.read_model_index(folder)
+        key = key_of(index.get("_class_name"), f"{folder!r}")
+        components = {k: v for k, v in kwargs.items() if k in ("controlnet", "adapter")}
+        target = cls._target(key, components, folder)
+        kwargs = {k: v for k, v in kwargs.items() if not (k in ("controlnet", "adapter") and v is None)}
+        return target.from_pretrained(pretrained_model_name_or_path, backend=backend, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **components):
+        """The class for this task on `pipeline`'s components, sharing its weights."""
+        key = key_of(type(pipeline).__name__, f"{type(pipeline).__name__}")
+        target = cls._target(key, components, type(pipeline).__name__)
+        components = {k: v for k, v in components.items() if not (k in ("controlnet", "adapter") and v is None)}
+        return target.from_pipe(pipeline, **components)
+
+
+class AutoPipelineForText2Image(_AutoPipeline):
+    """The text-to-image pipeline for a folder or pipeline of any task (ControlNet with `controlnet=`)."""
+
+    _task = "text2img"
+
+
+class AutoPipelineForImage2Image(_AutoPipeline):
+    """The img2img pipeline for a folder or pipeline of any task."""
+
+    _task = "img2img"
+
+
+class AutoPipelineForInpainting(_AutoPipeline):
+    """The inpainting pipeline for a folder or pipeline of any task."""
+
+    _task = "inpaint"

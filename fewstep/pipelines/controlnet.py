@@ -1,0 +1,188 @@
+"""ControlNet on the loop's extension point: one ControlNet or several (diffusers' MultiControlNet).
+
+What diffusers' StableDiffusion(XL)ControlNetPipeline does, step by step, so the images agree:
+the control image is resized to the output size, kept in [0, 1], repeated per image and doubled for
+classifier-free guidance (not in guess mode). At step i of n, a ControlNet with window [start, end]
+is on unless i/n < start or (i+1)/n > end; its residuals are scaled by its conditioning scale and
+those of several nets are summed in order. Guess mode feeds the ControlNets only the conditional
+half and pads the unconditional half of the residuals with zeros.
+
+A ControlNet that is off for a step is not called: diffusers calls it with scale 0 and adds the
+zero residuals, which leaves every value as it was, so skipping it changes nothing but the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional
+
+import numpy as np
+
+from fewstep.pipelines import image_processing, prompts
+from fewstep.pipelines.extensions import Extension
+
+# UNet config entries a ControlNet copies from the UNet it was trained with; any difference means
+# the residuals cannot be added (wrong widths, wrong number of blocks, wrong text conditioning).
+_MUST_MATCH = ("block_out_channels", "layers_per_block", "cross_attention_dim", "addition_embed_type",
+               "down_block_types")
+
+
+def nets_of(pipe) -> List[Any]:
+    nets = pipe.controlnet
+    return list(nets) if isinstance(nets, (list, tuple)) else [nets]
+
+
+def _per_net(value, n: int, what: str) -> List[float]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} entries for {n} ControlNet(s); pass one value, or one per ControlNet.")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{what} must be a number or a list of numbers; got {value!r}.")
+    return [float(v) for v in values]
+
+
+@dataclass
+class _NetRun:
+    net: Any
+    image: Any            # the prepared control image (UNet batch, or conditional half in guess mode)
+    scale: float
+    start: float
+    end: float
+
+
+@dataclass
+class _State:
+    nets: List[_NetRun]
+    guess_mode: bool      # and CFG on: the nets see the conditional half only
+    hidden: Any
+    added: Optional[dict]
+    zeros: dict           # residual shape -> zeros for the unconditional half in guess mode
+
+
+class ControlNet(Extension):
+    """ControlNet residuals for every UNet call. `image_argument` is the call argument holding the
+    control image: `image` in the text-to-image pipelines, as in diffusers."""
+
+    components = ("controlnet",)
+
+    def __init__(self, image_argument: str = "image"):
+        self.image_argument = image_argument
+        self.arguments = {image_argument: None, "controlnet_conditioning_scale": 1.0, "control_guidance_start": 0.0,
+                          "control_guidance_end": 1.0, "guess_mode": False}
+
+    # ------------------------------------------------------------------ checks
+    def check_components(self, pipe) -> None:
+        unet = pipe.unet.config
+        for k, net in enumerate(nets_of(pipe)):
+            for key in _MUST_MATCH:
+                mine, theirs = net.config.get(key), unet.get(key)
+                if key == "down_block_types":
+                    mine, theirs = len(mine or ()), len(theirs or ())
+                if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
+                    mine, theirs = list(np.atleast_1d(mine)), list(np.atleast_1d(theirs))
+                if mine != theirs:
+                    raise ValueError(
+                        f"ControlNet {k} does not fit the UNet: its {key} is {mine!r}, the UNet's {theirs!r}. Use a "
+                        f"ControlNet trained for this base model (SD 1.5 / 2.1 ControlNets for SD, SDXL ones for SDXL).")
+
+    def check_arguments(self, pipe, args: Mapping[str, Any], prompt_batch: Optional[int]) -> None:
+        n = len(nets_of(pipe))
+        images = self._images(args, n)
+        for k, image in enumerate(images):
+            count = image_processing.image_count(image)
+            if prompt_batch is not None and count not in (1, prompt_batch):
+                raise ValueError(f"Control image {k} holds {count} images for {prompt_batch} prompts; pass one image, "
+                                 f"or one per prompt.")
+        _per_net(args["controlnet_conditioning_scale"], n, "controlnet_conditioning_scale")
+        starts, ends = self._window(args, n)
+        for start, end in zip(starts, ends):
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError(f"control_guidance_start={start} and control_guidance_end={end}: they must satisfy "
+                                 f"0 <= start < end <= 1 (shares of the steps during which a ControlNet is on).")
+
+    def _images(self, args, n: int) -> list:
+        image = args[self.image_argument]
+        what = f"{self.image_argument}= (the control image)"
+        if image is None:
+            raise ValueError(f"This ControlNet pipeline needs {what}: a PIL image, an HWC array in [0, 1], or a list.")
+        if n == 1:
+            images = [image]
+        else:
+            if not isinstance(image, (list, tuple)) or len(image) != n:
+                got = len(image) if isinstance(image, (list, tuple)) else 1
+                raise ValueError(f"{n} ControlNets need {n} control images in a list ({what}), one per ControlNet; "
+                                 f"got {got}.")
+            images = list(image)
+        for k, img in enumerate(images):
+            if not image_processing.is_image_input(img):
+                raise ValueError(f"Control image {k} is a {type(img).__name__}; pass a PIL image, an HWC NumPy array "
+                                 f"in [0, 1], or a list of them.")
+        return images
+
+    @staticmethod
+    def _window(args, n: int):
+        start, end = args["control_guidance_start"], args["control_guidance_end"]
+        # diffusers' alignment: a single value is repeated to the length of the other list or to n
+        if not isinstance(start, (list, tuple)) and isinstance(end, (list, tuple)):
+            start = [start] * len(end)
+        elif not isinstance(end, (list, tuple)) and isinstance(start, (list, tuple)):
+            end = [end] * len(start)
+        return (_per_net(start, n, "control_guidance_start"), _per_net(end, n, "control_guidance_end"))
+
+    def default_size(self, pipe, args):
+        image = args[self.image_argument]
+        if image is None:
+            return None
+        first = self._images(args, len(nets_of(pipe)))[0]
+        return image_processing.default_size(first, pipe.vae_scale_factor)
+
+    # ------------------------------------------------------------------ the call
+    def prepare(self, pipe, run, args):
+        ops, cond = run.ops, run.cond
+        nets = nets_of(pipe)
+        n = len(nets)
+        guess = bool(args["guess_mode"] or nets[0].config.get("global_pool_conditions", False))
+        halves = guess and run.do_cfg
+        scales = _per_net(args["controlnet_conditioning_scale"], n, "controlnet_conditioning_scale")
+        starts, ends = self._window(args, n)
+        runs = []
+        for net, image, scale, start, end in zip(nets, self._images(args, n), scales, starts, ends):
+            pixels = image_processing.preprocess_condition(image, run.height, run.width,
+                                                           channels=net.config.get("conditioning_channels", 3),
+                                                           what="the control image")
+            # one image for every output, or one per prompt repeated per image (diffusers' repeat_interleave)
+            pixels = np.repeat(pixels, run.batch if len(pixels) == 1 else run.num_images_per_prompt, axis=0)
+            if run.do_cfg and not halves:
+                pixels = np.concatenate([pixels, pixels], axis=0)
+            runs.append(_NetRun(net, ops.from_numpy(pixels, like=cond.hidden, dtype=net.dtype), scale, start, end))
+        hidden, added = cond.hidden, cond.added
+        if halves:
+            hidden = ops.split(hidden, 2, axis=0)[1]
+            added = {k: ops.split(v, 2, axis=0)[1] for k, v in added.items()} if added else None
+        return _State(runs, halves, hidden, added, {})
+
+    def unet_inputs(self, pipe, run, state: _State, step):
+        n_steps = len(run.timesteps)
+        sample = step.latents if state.guess_mode else step.model_input
+        down = mid = None
+        for r in state.nets:
+            off = step.index / n_steps < r.start or (step.index + 1) / n_steps > r.end
+            if off or r.scale == 0.0:
+                continue  # zero residuals: see the module docstring
+            d, m = r.net(sample, step.timestep, state.hidden, r.image, r.scale, guess_mode=state.guess_mode,
+                         added_cond=state.added)
+            down, mid = (d, m) if down is None else ([a + b for a, b in zip(down, d)], mid + m)
+        if down is None:
+            return None
+        if state.guess_mode:
+            down = [self._pad(run.ops, state, x) for x in down]
+            mid = self._pad(run.ops, state, mid)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    @staticmethod
+    def _pad(ops, state: _State, x):
+        """[zeros, x]: the unconditional half gets no ControlNet residual in guess mode."""
+        key = tuple(ops.shape(x))
+        if key not in state.zeros:
+            state.zeros[key] = prompts.zeros_like(ops, x)
+        return ops.concat([state.zeros[key], x], axis=0)

@@ -1,0 +1,103 @@
+"""T2I-Adapter on the loop's extension point.
+
+What diffusers' StableDiffusion(XL)AdapterPipeline does: the adapter turns the conditioning image
+(resized to the output size, in [0, 1]) into one feature map per UNet level once, before the loop;
+the features are multiplied by `adapter_conditioning_scale`, repeated per image, doubled for
+classifier-free guidance, and added inside the UNet's down blocks
+(`down_intrablock_additional_residuals`) for the first int(steps * adapter_conditioning_factor)
+steps.
+
+One difference: with one conditioning image per prompt and several images per prompt, diffusers
+tiles the features (p0, p1, p0, p1) while the latents are ordered (p0, p0, p1, p1); fewstep repeats
+them in the latents' order, so every image gets its own prompt's features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional
+
+from fewstep.pipelines import image_processing, prompts
+from fewstep.pipelines.extensions import Extension
+
+
+def _is_xl_unet(config: Mapping) -> bool:
+    return config.get("addition_embed_type") == "text_time"
+
+
+@dataclass
+class _State:
+    features: List[Any]
+    steps_on: int
+
+
+class T2IAdapter(Extension):
+    """T2I-Adapter features added in the UNet's down blocks; `image` is the conditioning image."""
+
+    components = ("adapter",)
+    arguments = {"image": None, "adapter_conditioning_scale": 1.0, "adapter_conditioning_factor": 1.0}
+
+    def check_components(self, pipe) -> None:
+        if isinstance(pipe.adapter, (list, tuple)):
+            raise ValueError("fewstep runs one T2I-Adapter per pipeline; pass a single adapter (MultiAdapter is not "
+                             "supported yet).")
+        kind = pipe.adapter.config.get("adapter_type", "full_adapter")
+        xl_unet = _is_xl_unet(pipe.unet.config)
+        if (kind == "full_adapter_xl") != xl_unet:
+            which = "an SDXL" if kind == "full_adapter_xl" else "an SD 1.x / 2.x"
+            fix = "StableDiffusionXLAdapterPipeline with an SDXL base" if kind == "full_adapter_xl" else \
+                "an SDXL T2I-Adapter (adapter_type 'full_adapter_xl')"
+            raise ValueError(f"{type(pipe).__name__}: this is {which} T2I-Adapter ({kind}) but the UNet is "
+                             f"{'SDXL' if xl_unet else 'SD 1.x / 2.x'}; use {fix}.")
+        channels = list(pipe.adapter.config.get("channels", ()))
+        blocks = list(pipe.unet.config["block_out_channels"])
+        if channels[:len(blocks)] != blocks:
+            raise ValueError(f"The T2I-Adapter's channels {channels} do not fit the UNet's block_out_channels {blocks}; "
+                             f"use an adapter trained for this base model.")
+
+    def check_arguments(self, pipe, args: Mapping[str, Any], prompt_batch: Optional[int]) -> None:
+        image = args["image"]
+        if image is None:
+            raise ValueError(f"{type(pipe).__name__} needs image=: the adapter's conditioning image (PIL, an HWC "
+                             f"array in [0, 1], or a list).")
+        if not image_processing.is_image_input(image):
+            raise ValueError(f"The adapter image is a {type(image).__name__}; pass a PIL image, an HWC NumPy array in "
+                             f"[0, 1], or a list of them.")
+        count = image_processing.image_count(image)
+        if prompt_batch is not None and count not in (1, prompt_batch):
+            raise ValueError(f"The adapter image holds {count} images for {prompt_batch} prompts; pass one, or one per prompt.")
+        for name in ("adapter_conditioning_scale", "adapter_conditioning_factor"):
+            if not isinstance(args[name], (int, float)) or isinstance(args[name], bool):
+                raise ValueError(f"{name} must be a number; got {args[name]!r}.")
+        if not 0.0 <= args["adapter_conditioning_factor"] <= 1.0:
+            raise ValueError(f"adapter_conditioning_factor is the share of steps the adapter is on: 0 to 1; got "
+                             f"{args['adapter_conditioning_factor']}.")
+
+    def default_size(self, pipe, args):
+        if args["image"] is None:
+            return None
+        # diffusers rounds the image's size down to the adapter's downscale factor
+        height, width = image_processing.image_size(args["image"])
+        factor = pipe.adapter.downscale_factor
+        return height - height % factor, width - width % factor
+
+    def prepare(self, pipe, run, args):
+        ops, adapter = run.ops, pipe.adapter
+        pixels = image_processing.preprocess_condition(args["image"], run.height, run.width,
+                                                       channels=adapter.config.get("in_channels", 3),
+                                                       what="the adapter image")
+        features = adapter(ops.from_numpy(pixels, like=run.cond.hidden, dtype=adapter.dtype))
+        scale = float(args["adapter_conditioning_scale"])
+        features = [f * scale for f in features]
+        repeat = run.batch // len(pixels)
+        if repeat > 1:
+            features = [prompts.repeat_rows(ops, f, repeat) for f in features]
+        if run.do_cfg:
+            features = [ops.concat([f, f], axis=0) for f in features]
+        steps_on = int(len(run.timesteps) * float(args["adapter_conditioning_factor"]))
+        return _State(features, steps_on)
+
+    def unet_inputs(self, pipe, run, state: _State, step):
+        if step.index >= state.steps_on:
+            return None
+        return {"down_intrablock_additional_residuals": state.features}
