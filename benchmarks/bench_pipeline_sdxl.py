@@ -1,7 +1,7 @@
 """The whole SDXL text-to-image call, 4 TCD steps: fewstep vs diffusers on the same modules (torch CPU).
 
     python benchmarks/bench_pipeline_sdxl.py [--repeats 10] [--size 64|256] [--threads N]
-                                             [--skip-mindspore] [--skip-memory] [--profile]
+                                             [--skip-mindspore] [--skip-memory] [--profile] [--controlnet]
 
 Setup. The tiny random-weight SDXL folder (`fewstep.testing.tiny_pipeline("sdxl")`) is loaded once
 with diffusers' StableDiffusionXLPipeline, whose scheduler becomes `TCDScheduler.from_config(...)`.
@@ -39,6 +39,20 @@ the ratio MindSpore/torch compares it with fewstep-on-torch's median.
 
 `--profile` prints cProfile's top functions of both sides (after the timing), to see where any
 difference goes.
+
+ControlNet. `--controlnet` times the same call with one ControlNet instead (everything above holds,
+with these differences). fewstep's side is loaded the way a user loads it:
+`StableDiffusionXLControlNetPipeline.from_pretrained(tiny_pipeline("sdxl"),
+controlnet=ControlNetModel.from_pretrained(tiny_controlnet("sdxl")))`, its scheduler replaced by TCD.
+diffusers' `StableDiffusionXLControlNetPipeline` is then built on fewstep's torch modules (`.module` of
+each component: unet, vae, both text encoders, the ControlNet) and tokenizers, with
+`TCDScheduler.from_config` of the folder's scheduler, so again both run identical weights. Both get
+`image=` one fixed control picture of the output size (white shapes on black, like an edge map) and
+controlnet_conditioning_scale 0.5. The images must agree within 1e-4 (max abs difference over [0, 1]
+values) before anything is timed, or the script stops: the timing must compare equal work. The
+MindSpore side loads the ControlNet with `ControlNetModel.from_pretrained(folder, backend="mindspore")`.
+Fewer than 10 `--repeats` are accepted with `--controlnet` for a quick check that it runs (the output
+says so); a measurement needs at least 10.
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ import time
 
 PROMPT = "a photo of a red fox in the snow, detailed"
 STEPS, ETA, SEED = 4, 0.3, 0
+CONTROLNET_SCALE, AGREE_TOL = 0.5, 1e-4
 
 
 # ---------------------------------------------------------------------------------------- building
@@ -91,14 +106,64 @@ def build_pair(threads):
     return ref, ours
 
 
-def callers(ref, ours, size, output_type="pil"):
+def build_controlnet_pair(threads):
+    """(diffusers pipeline, fewstep pipeline), both with one ControlNet, sharing fewstep's torch modules."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    import diffusers
+
+    import fewstep
+    from fewstep.testing import tiny_controlnet, tiny_pipeline
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    folder = tiny_pipeline("sdxl")
+    cn = fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sdxl"))
+    ours = fewstep.pipelines.StableDiffusionXLControlNetPipeline.from_pretrained(folder, controlnet=cn)
+    # the folder's own scheduler class first, then TCD from its config: what build_pair does
+    base = getattr(diffusers, diffusers.TCDScheduler.load_config(folder, subfolder="scheduler")["_class_name"])
+    scheduler = diffusers.TCDScheduler.from_config(base.from_pretrained(folder, subfolder="scheduler").config)
+    ref = diffusers.StableDiffusionXLControlNetPipeline(
+        vae=ours.vae.module, text_encoder=ours.text_encoder.module, text_encoder_2=ours.text_encoder_2.module,
+        tokenizer=ours.tokenizer, tokenizer_2=ours.tokenizer_2, unet=ours.unet.module, controlnet=cn.module,
+        scheduler=scheduler, force_zeros_for_empty_prompt=ours.force_zeros_for_empty_prompt, add_watermarker=False,
+    )
+    ref.set_progress_bar_config(disable=True)
+    ours.scheduler = fewstep.TCDScheduler.from_config(scheduler.config)
+    ours.set_progress_bar_config(disable=True)
+    return ref, ours
+
+
+def control_image(size):
+    """A fixed control picture, `size` px square: white outlines on black, like an edge map."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    line = max(1, size // 32)
+    draw.ellipse((size // 8, size // 8, size * 5 // 8, size * 5 // 8), outline="white", width=line)
+    draw.rectangle((size * 3 // 8, size * 3 // 8, size * 7 // 8, size * 7 // 8), outline="white", width=line)
+    draw.line((0, size - 1, size - 1, 0), fill="white", width=line)
+    return image
+
+
+def call_kwargs(size, controlnet: bool, output_type="pil") -> dict:
+    kwargs = dict(prompt=PROMPT, num_inference_steps=STEPS, eta=ETA, guidance_scale=0.0, height=size, width=size,
+                  output_type=output_type)
+    if controlnet:
+        kwargs.update(image=control_image(size), controlnet_conditioning_scale=CONTROLNET_SCALE)
+    return kwargs
+
+
+def callers(ref, ours, size, output_type="pil", controlnet: bool = False):
     """Zero-argument callables, one per side, each making one image from fresh seed-0 generators."""
     import torch
 
     import fewstep
 
-    kwargs = dict(prompt=PROMPT, num_inference_steps=STEPS, eta=ETA, guidance_scale=0.0, height=size, width=size,
-                  output_type=output_type)
+    kwargs = call_kwargs(size, controlnet, output_type)
 
     def run_ref():
         return ref(generator=torch.Generator().manual_seed(SEED), **kwargs).images
@@ -127,9 +192,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def memory_worker(side: str, size: int, threads, calls: int = 3) -> dict:
-    ref, ours = build_pair(threads)
-    run = callers(ref, ours, size)[side]
+def memory_worker(side: str, size: int, threads, calls: int = 3, controlnet: bool = False) -> dict:
+    ref, ours = (build_controlnet_pair if controlnet else build_pair)(threads)
+    run = callers(ref, ours, size, controlnet=controlnet)[side]
     if not _reset_peak():
         gc.collect()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -150,17 +215,23 @@ def memory_worker(side: str, size: int, threads, calls: int = 3) -> dict:
     return {"method": "VmHWM", "increase_kb": increases, "peak_kb": max(peaks)}
 
 
-def mindspore_worker(size: int, calls: int) -> dict:
+def mindspore_worker(size: int, calls: int, controlnet: bool = False) -> dict:
     import fewstep
-    from fewstep.pipelines import StableDiffusionXLPipeline
-    from fewstep.testing import tiny_pipeline
+    from fewstep.pipelines import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+    from fewstep.testing import tiny_controlnet, tiny_pipeline
 
     start = time.perf_counter()
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline("sdxl"), backend="mindspore")
+    if controlnet:
+        cn = fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sdxl"), backend="mindspore")
+        pipe = StableDiffusionXLControlNetPipeline.from_pretrained(tiny_pipeline("sdxl"), backend="mindspore",
+                                                                   controlnet=cn)
+    else:
+        pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline("sdxl"), backend="mindspore")
     load_s = time.perf_counter() - start
     pipe.scheduler = fewstep.TCDScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(prompt=PROMPT, num_inference_steps=STEPS, eta=ETA, guidance_scale=0.0, height=size, width=size)
+    kwargs = call_kwargs(size, controlnet)
+    del kwargs["output_type"]  # the default, "pil"
     pipe(generator=fewstep.Generator(SEED), **kwargs)  # warm-up
     times = []
     for _ in range(calls):
@@ -177,6 +248,8 @@ def run_worker(args, *extra) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--size", str(args.size), *extra]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.controlnet:
+        cmd.append("--controlnet")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
@@ -185,7 +258,9 @@ def run_worker(args, *extra) -> dict:
 
 # ---------------------------------------------------------------------------------------- main
 # Where each side's own code (not the shared torch modules) spends its time, cumulative.
-OWN_CODE = {"fewstep": r"fewstep/", "diffusers": r"pipeline_stable_diffusion_xl\.py|scheduling_tcd|image_processor|torch_utils"}
+OWN_CODE = {"fewstep": r"fewstep/",
+            "diffusers": r"pipeline_stable_diffusion_xl\.py|pipeline_controlnet_sd_xl\.py|scheduling_tcd|"
+                         r"image_processor|torch_utils"}
 
 
 def _profile(name, fn, calls: int, top: int = 15) -> None:
@@ -214,26 +289,33 @@ def main() -> None:
     parser.add_argument("--skip-mindspore", action="store_true", help="do not time fewstep on MindSpore")
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions of both sides")
+    parser.add_argument("--controlnet", action="store_true",
+                        help="time StableDiffusionXLControlNetPipeline with one tiny ControlNet instead")
     parser.add_argument("--worker", choices=("memory-fewstep", "memory-diffusers", "mindspore"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker == "mindspore":
-        print(json.dumps(mindspore_worker(args.size, max(3, args.repeats // 3))))
+        print(json.dumps(mindspore_worker(args.size, max(3, args.repeats // 3), controlnet=args.controlnet)))
         return
     if args.worker:
-        print(json.dumps(memory_worker(args.worker.split("-")[1], args.size, args.threads)))
+        print(json.dumps(memory_worker(args.worker.split("-")[1], args.size, args.threads,
+                                       controlnet=args.controlnet)))
         return
-    if args.repeats < 10:
-        parser.error("--repeats must be at least 10 (medians of fewer calls are too noisy to compare)")
+    if args.repeats < (2 if args.controlnet else 10):
+        parser.error("--repeats must be at least 10 (medians of fewer calls are too noisy to compare)"
+                     + ("; with --controlnet, 2 to 9 give a quick check that it runs" if args.controlnet else ""))
 
     import numpy as np
     import torch
 
-    ref, ours = build_pair(args.threads)
-    check = callers(ref, ours, args.size, output_type="np")
+    ref, ours = (build_controlnet_pair if args.controlnet else build_pair)(args.threads)
+    check = callers(ref, ours, args.size, output_type="np", controlnet=args.controlnet)
     diff = float(np.abs(check["fewstep"]() - check["diffusers"]()).max())
-    run = callers(ref, ours, args.size)
+    if args.controlnet and not diff <= AGREE_TOL:
+        sys.exit(f"max |fewstep - diffusers| over the image is {diff:.2e} > {AGREE_TOL:.0e}: the two ControlNet "
+                 f"pipelines do not make the same image, so timing them would not compare equal work.")
+    run = callers(ref, ours, args.size, controlnet=args.controlnet)
     times = {"fewstep": [], "diffusers": []}
     for i in range(args.warmup + args.repeats):
         order = ("fewstep", "diffusers") if i % 2 else ("diffusers", "fewstep")
@@ -246,14 +328,21 @@ def main() -> None:
     med = {side: statistics.median(t) for side, t in times.items()}
 
     latent = args.size // ours.vae_scale_factor
+    pipeline_name = "StableDiffusionXLControlNetPipeline" if args.controlnet else "StableDiffusionXLPipeline"
     print(f"tiny SDXL (random weights), {args.size}x{args.size} px = 4x{latent}x{latent} latents, TCD {STEPS} steps, "
-          f"eta {ETA}, guidance 0, float32 CPU")
+          f"eta {ETA}, guidance 0, float32 CPU"
+          + (f", 1 tiny ControlNet (conditioning scale {CONTROLNET_SCALE}, fixed {args.size} px control image)"
+             if args.controlnet else ""))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{args.repeats} timed calls per side after {args.warmup} warm-up, order alternating")
-    print(f"max |fewstep - diffusers| over the image (values in [0, 1]): {diff:.2e}")
+    if args.repeats < 10:
+        print(f"note: only {args.repeats} timed calls per side: a check that the benchmark runs, not a measurement "
+              f"(use --repeats 10 or more)")
+    print(f"max |fewstep - diffusers| over the image (values in [0, 1]): {diff:.2e}"
+          + (f"   (agree within {AGREE_TOL:.0e}: yes)" if args.controlnet else ""))
     for side in ("diffusers", "fewstep"):
         q1, _, q3 = statistics.quantiles(times[side], n=4)
-        print(f"{side:9s} StableDiffusionXLPipeline median: {med[side] * 1e3:9.2f} ms   "
+        print(f"{side:9s} {pipeline_name} median: {med[side] * 1e3:9.2f} ms   "
               f"(min {min(times[side]) * 1e3:.2f}, quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f})")
     print(f"time ratio fewstep / diffusers: {med['fewstep'] / med['diffusers']:.3f}   (target <= 1.0)")
     if any(statistics.quantiles(t, n=4)[2] > 1.25 * statistics.quantiles(t, n=4)[0] for t in times.values()):
