@@ -34,7 +34,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 FORMAT_VERSION = 1
 MARKER = ".fewstep-tiny.json"
@@ -114,12 +114,26 @@ def tiny_pipeline(kind: str, path: Optional[Union[str, os.PathLike]] = None, see
         raise ValueError(f"Unknown tiny pipeline kind {kind!r}; choose one of {', '.join(KINDS)}.")
     seed = int(seed)
     target = Path(path) if path is not None else default_cache_dir() / f"{kind}-{seed}"
-    wanted = {"kind": kind, "seed": seed, "format": FORMAT_VERSION}
+
+    def write(staging: Path) -> None:
+        _build(kind, seed, staging).save_pretrained(str(staging), safe_serialization=True)
+
+    return cached_folder(target, {"kind": kind, "seed": seed, "format": FORMAT_VERSION}, write)
+
+
+def cached_folder(target: Path, wanted: dict, write: Callable[[Path], None], what: str = "tiny pipeline") -> str:
+    """Return `target` when its marker records `wanted`; else run `write(staging)` and move it in place.
+
+    `write` fills an empty staging folder next to `target`; the marker (`wanted` as JSON) is written
+    after it, and the staging folder replaces `target` in one `os.replace`. A non-empty `target`
+    without a marker is refused (FileExistsError naming `what`), so a user's folder is never removed.
+    """
+    target = Path(target)
     if _read_marker(target) == wanted:
         return str(target)
     if target.exists() and any(target.iterdir()) and _read_marker(target) is None:
         raise FileExistsError(
-            f"{target} exists and is not a fewstep tiny pipeline (no {MARKER}); pass another `path` or "
+            f"{target} exists and is not a fewstep {what} (no {MARKER}); pass another `path` or "
             f"remove that folder."
         )
 
@@ -128,8 +142,7 @@ def tiny_pipeline(kind: str, path: Optional[Union[str, os.PathLike]] = None, see
     # folder and an interrupted build leaves no marker behind.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        pipe = _build(kind, seed, staging)
-        pipe.save_pretrained(str(staging), safe_serialization=True)
+        write(staging)
         (staging / MARKER).write_text(json.dumps(wanted, sort_keys=True) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp made it private
         if _read_marker(target) == wanted:  # another process finished first
