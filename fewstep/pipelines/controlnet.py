@@ -122,11 +122,12 @@ class ControlNet(Extension):
     @staticmethod
     def _window(args, n: int):
         start, end = args["control_guidance_start"], args["control_guidance_end"]
-        # diffusers' alignment: a single value is repeated to the length of the other list or to n
-        if not isinstance(start, (list, tuple)) and isinstance(end, (list, tuple)):
-            start = [start] * len(end)
-        elif not isinstance(end, (list, tuple)) and isinstance(start, (list, tuple)):
-            end = [end] * len(start)
+        # diffusers' alignment: a single value is repeated to the length of the other list or to n;
+        # a list given is checked as given, so the message names the argument that is wrong
+        if isinstance(end, (list, tuple)):
+            end = _per_net(end, n, "control_guidance_end")
+        if isinstance(start, (list, tuple)):
+            start = _per_net(start, n, "control_guidance_start")
         return (_per_net(start, n, "control_guidance_start"), _per_net(end, n, "control_guidance_end"))
 
     def default_size(self, pipe, args):
