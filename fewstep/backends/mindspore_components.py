@@ -42,11 +42,16 @@ class _LoraWeights:
         _set_weight(_lora_cells(self)[path].weight, path, tensor)
 
 
-class MindSporeUNet(_LoraWeights):
+class _DiffusersModel:
+    """module (the library's model), its config as a dict, and its weights' dtype name."""
+
     def __init__(self, module):
         self.module = module
         self.config = dict(module.config)
         self.dtype = _dtype_name(module)
+
+
+class MindSporeUNet(_DiffusersModel, _LoraWeights):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
@@ -57,11 +62,7 @@ class MindSporeUNet(_LoraWeights):
                            return_dict=False, **extra)[0]
 
 
-class MindSporeControlNet:
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+class MindSporeControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
                  guess_mode: bool = False, added_cond=None):
@@ -72,22 +73,18 @@ class MindSporeControlNet:
         return list(down), mid
 
 
-class MindSporeT2IAdapter:
+class MindSporeT2IAdapter(_DiffusersModel):
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self.downscale_factor = int(module.downscale_factor)
 
     def __call__(self, image):
         return list(self.module(image.astype(getattr(ms, self.dtype))))
 
 
-class MindSporeVAE:
+class MindSporeVAE(_DiffusersModel):
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
 
     def encode(self, image):

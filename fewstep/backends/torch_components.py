@@ -37,11 +37,16 @@ class _LoraWeights:
         _set_weight(_lora_modules(self)[path].weight, path, tensor)
 
 
-class TorchUNet(_LoraWeights):
+class _DiffusersModel:
+    """module (the library's model), its config as a dict, and its weights' dtype name."""
+
     def __init__(self, module):
         self.module = module
         self.config = dict(module.config)
         self.dtype = _dtype_name(module)
+
+
+class TorchUNet(_DiffusersModel, _LoraWeights):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
@@ -51,11 +56,7 @@ class TorchUNet(_LoraWeights):
                            cross_attention_kwargs=cross_attention_kwargs, return_dict=False, **extra)[0]
 
 
-class TorchControlNet:
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+class TorchControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
                  guess_mode: bool = False, added_cond=None):
@@ -65,22 +66,18 @@ class TorchControlNet:
         return list(down), mid
 
 
-class TorchT2IAdapter:
+class TorchT2IAdapter(_DiffusersModel):
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self.downscale_factor = int(module.downscale_factor)
 
     def __call__(self, image):
         return list(self.module(image.to(self.module.dtype)))
 
 
-class TorchVAE:
+class TorchVAE(_DiffusersModel):
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
 
     def encode(self, image):
