@@ -5,45 +5,25 @@
         --lora h1t/TCD-SDXL-LoRA --image photo.png --strength 0.5 -o out.png
 """
 
-import argparse
-
-import numpy as np
-from PIL import Image
-
 import fewstep
 from fewstep.pipelines import StableDiffusionXLImg2ImgPipeline
 
-parser = argparse.ArgumentParser(description="SDXL img2img with TCD.")
-parser.add_argument("--model", help="SDXL pipeline folder or hub id (default: the tiny random-weight demo model)")
-parser.add_argument("--lora", help="a TCD LoRA to fuse, e.g. h1t/TCD-SDXL-LoRA")
-parser.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
+from conditioning import example_parser, native_size, picture, pipeline_folder, save, demo_picture
+
+parser = example_parser("SDXL img2img with TCD.", model="stabilityai/stable-diffusion-xl-base-1.0",
+                        lora="h1t/TCD-SDXL-LoRA", prompt="a watercolor painting of a mountain lake at sunrise",
+                        eta=0.3, output="img2img.png")
 parser.add_argument("--image", help="the picture to start from (default: a generated test picture)")
-parser.add_argument("--prompt", default="a watercolor painting of a mountain lake at sunrise")
 parser.add_argument("--strength", type=float, default=0.5, help="how much to change: 0 keeps the image, 1 ignores it")
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--steps", type=int, default=4)
-parser.add_argument("--eta", type=float, default=0.3, help="TCD's gamma: 0 deterministic, more adds detail")
-parser.add_argument("-o", "--output", default="img2img.png")
 args = parser.parse_args()
 
-if args.model is None:
-    from fewstep.testing import tiny_pipeline
-
-    args.model = tiny_pipeline("sdxl")
-    print(f"No --model: using a tiny random-weight demo model ({args.model}); its images are noise.")
-
-pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(args.model, backend=args.backend)
+pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_folder(args, "sdxl"), backend=args.backend)
 pipe.scheduler = fewstep.TCDScheduler.from_config(pipe.scheduler.config)
 if args.lora:
     pipe.load_lora_weights(args.lora)
     pipe.fuse_lora()
 
-if args.image:
-    init_image = Image.open(args.image).convert("RGB")
-else:  # a colour gradient at the model's native size, so the example runs offline
-    size = pipe.unet.config["sample_size"] * pipe.vae_scale_factor
-    x, y = np.meshgrid(np.linspace(0, 255, size), np.linspace(0, 255, size))
-    init_image = Image.fromarray(np.dstack([x, y, np.full_like(x, 128)]).astype(np.uint8))
+init_image = picture(args.image) if args.image else demo_picture(native_size(pipe))  # at the model's size
 
 image = pipe(
     prompt=args.prompt,
@@ -54,5 +34,4 @@ image = pipe(
     eta=args.eta,
     generator=fewstep.Generator(args.seed),
 ).images[0]
-image.save(args.output)
-print(f"wrote {args.output} ({image.width}x{image.height}, seed {args.seed}, {args.backend})")
+save(image, args)
