@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fewstep.testing import tiny_controlnet, tiny_dpt, tiny_pipeline, tiny_t2i_adapter
-from fewstep.testing.tiny_adapters import CONTROLNET_ZERO_PREFIXES
+from fewstep.testing.tiny_adapters import CONTROLNET_ZERO_PREFIXES, FORMAT_VERSION
 from fewstep.testing.tiny_models import MARKER
 
 pytestmark = pytest.mark.torch
@@ -228,7 +228,7 @@ def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     stamp = os.stat(weights).st_mtime_ns
     assert tiny_t2i_adapter("sdxl", seed=3) == folder and os.stat(weights).st_mtime_ns == stamp  # cached
     marker = os.path.join(folder, MARKER)
-    assert json.load(open(marker)) == {"kind": "t2i-adapter-sdxl", "seed": 3, "format": 1}
+    assert json.load(open(marker)) == {"kind": "t2i-adapter-sdxl", "seed": 3, "format": FORMAT_VERSION}
     json.dump({"kind": "t2i-adapter-sdxl", "seed": 3, "format": -1}, open(marker, "w"))  # older: rebuilt
     assert tiny_t2i_adapter("sdxl", seed=3) == folder and json.load(open(marker))["format"] == 1
     assert not [p for p in os.listdir(cache) if p.startswith(".")]  # no staging folder left

@@ -35,7 +35,7 @@ from fewstep.testing.tiny_models import cached_folder, default_cache_dir, tiny_p
 
 # Bump whenever a config or a randomisation below changes (cached folders are then rebuilt). The
 # ControlNet is derived from a tiny pipeline's UNet, so its marker also records tiny_models' version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 CONTROLNET_KINDS = ("sd15", "sd21", "sdxl")
 T2I_ADAPTER_KINDS = ("sd15", "sdxl")
