@@ -230,7 +230,7 @@ def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     marker = os.path.join(folder, MARKER)
     assert json.load(open(marker)) == {"kind": "t2i-adapter-sdxl", "seed": 3, "format": FORMAT_VERSION}
     json.dump({"kind": "t2i-adapter-sdxl", "seed": 3, "format": -1}, open(marker, "w"))  # older: rebuilt
-    assert tiny_t2i_adapter("sdxl", seed=3) == folder and json.load(open(marker))["format"] == 1
+    assert tiny_t2i_adapter("sdxl", seed=3) == folder and json.load(open(marker))["format"] == FORMAT_VERSION
     assert not [p for p in os.listdir(cache) if p.startswith(".")]  # no staging folder left
 
 
