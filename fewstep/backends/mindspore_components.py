@@ -51,7 +51,40 @@ class _DiffusersModel:
         self.dtype = _dtype_name(module)
 
 
-class MindSporeUNet(_DiffusersModel, _LoraWeights):
+class _IPAttention:
+    """IP-Adapter attention on the UNet through mindone's own loader (fewstep.pipelines.ip_adapter
+    reads and checks the file; mindone converts it and installs its IP attention processors)."""
+
+    def install_ip_adapters(self, state_dicts):
+        """As the torch backend's; returns what `restore_attention` needs."""
+        module = self.module
+        saved = (dict(module.attn_processors), module.encoder_hid_proj, module.config.encoder_hid_dim_type,
+                 module.config.get("encoder_hid_dim_type"))
+        dtype = next(iter(module.get_parameters())).dtype
+        tensors = [{part: {k: ms.tensor(np.ascontiguousarray(v)).astype(dtype) for k, v in d[part].items()}
+                    for part in ("image_proj", "ip_adapter")} for d in state_dicts]
+        module._load_ip_adapter_weights(tensors)
+        return saved
+
+    def restore_attention(self, saved) -> None:
+        processors, projection, hid_type, hid_type_item = saved
+        # the projection first: a Plus projection's own attention layers count among attn_processors
+        self.module.encoder_hid_proj = projection
+        self.module.set_attn_processor(processors)
+        # mindone sets both, and they differ (see its _load_ip_adapter_weights)
+        self.module.config.encoder_hid_dim_type = hid_type
+        self.module.config["encoder_hid_dim_type"] = hid_type_item
+
+    def set_ip_adapter_scale(self, scales) -> None:
+        """mindone's own scale logic (floats, lists, per-block dicts) on this UNet."""
+        from types import SimpleNamespace
+
+        from mindone.diffusers.loaders.ip_adapter import IPAdapterMixin
+
+        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.module), scales)
+
+
+class MindSporeUNet(_DiffusersModel, _LoraWeights, _IPAttention):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
@@ -80,6 +113,22 @@ class MindSporeT2IAdapter(_DiffusersModel):
 
     def __call__(self, image):
         return list(self.module(image.astype(getattr(ms, self.dtype))))
+
+
+class MindSporeImageEncoder:
+    """mindone's CLIPVisionModelWithProjection: projected image embeddings, or the penultimate hidden
+    states, for pixel values given as a NumPy array (mindone returns tuples)."""
+
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config.to_dict())
+        self.dtype = _dtype_name(module)
+
+    def __call__(self, pixel_values: np.ndarray, hidden_states: bool = False):
+        x = ms.tensor(np.ascontiguousarray(pixel_values)).astype(getattr(ms, self.dtype))
+        if hidden_states:  # (image_embeds, last_hidden_state, hidden_states)
+            return self.module(x, output_hidden_states=True, return_dict=False)[2][-2]
+        return self.module(x, return_dict=False)[0]
 
 
 class MindSporeVAE(_DiffusersModel):
@@ -151,7 +200,8 @@ def _set_weight(param, path: str, tensor) -> None:
 
 
 _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,
-             "text_encoder_2": MindSporeTextEncoder, "controlnet": MindSporeControlNet, "adapter": MindSporeT2IAdapter}
+             "text_encoder_2": MindSporeTextEncoder, "controlnet": MindSporeControlNet, "adapter": MindSporeT2IAdapter,
+             "image_encoder": MindSporeImageEncoder}
 
 
 def wrap_component(name: str, module):

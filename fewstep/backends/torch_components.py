@@ -46,7 +46,38 @@ class _DiffusersModel:
         self.dtype = _dtype_name(module)
 
 
-class TorchUNet(_DiffusersModel, _LoraWeights):
+class _IPAttention:
+    """IP-Adapter attention on the UNet through diffusers' own loader (fewstep.pipelines.ip_adapter
+    reads and checks the file; diffusers converts it and installs its IP attention processors)."""
+
+    def install_ip_adapters(self, state_dicts):
+        """Install IP-Adapters from {"image_proj": {...}, "ip_adapter": {...}} dicts of NumPy arrays;
+        returns what `restore_attention` needs to put the UNet back exactly as it was."""
+        module = self.module
+        saved = (dict(module.attn_processors), module.encoder_hid_proj, module.config.encoder_hid_dim_type)
+        param = next(module.parameters())
+        tensors = [{part: {k: torch.from_numpy(np.ascontiguousarray(v)).to(device=param.device, dtype=param.dtype)
+                           for k, v in d[part].items()} for part in ("image_proj", "ip_adapter")} for d in state_dicts]
+        module._load_ip_adapter_weights(tensors, low_cpu_mem_usage=False)
+        return saved
+
+    def restore_attention(self, saved) -> None:
+        processors, projection, hid_type = saved
+        # the projection first: a Plus projection's own attention layers count among attn_processors
+        self.module.encoder_hid_proj = projection
+        self.module.set_attn_processor(processors)  # the very processor objects it had
+        self.module.config.encoder_hid_dim_type = hid_type  # diffusers reads the attribute
+
+    def set_ip_adapter_scale(self, scales) -> None:
+        """diffusers' own scale logic (floats, lists, per-block dicts) on this UNet."""
+        from types import SimpleNamespace
+
+        from diffusers.loaders.ip_adapter import IPAdapterMixin
+
+        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.module), scales)
+
+
+class TorchUNet(_DiffusersModel, _LoraWeights, _IPAttention):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
@@ -73,6 +104,23 @@ class TorchT2IAdapter(_DiffusersModel):
 
     def __call__(self, image):
         return list(self.module(image.to(self.module.dtype)))
+
+
+class TorchImageEncoder:
+    """CLIPVisionModelWithProjection: projected image embeddings, or the penultimate hidden states
+    (what IP-Adapter Plus reads), for pixel values given as a NumPy array."""
+
+    def __init__(self, module):
+        self.module = module
+        self.config = dict(module.config.to_dict())
+        self.dtype = _dtype_name(module)
+        self._device = next(module.parameters()).device
+
+    def __call__(self, pixel_values: np.ndarray, hidden_states: bool = False):
+        x = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(device=self._device, dtype=self.module.dtype)
+        if hidden_states:
+            return self.module(x, output_hidden_states=True).hidden_states[-2]
+        return self.module(x).image_embeds
 
 
 class TorchVAE(_DiffusersModel):
@@ -138,7 +186,7 @@ def _set_weight(param, path: str, tensor) -> None:
 
 
 _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder,
-             "controlnet": TorchControlNet, "adapter": TorchT2IAdapter}
+             "controlnet": TorchControlNet, "adapter": TorchT2IAdapter, "image_encoder": TorchImageEncoder}
 
 
 def wrap_component(name: str, module):

@@ -171,7 +171,8 @@ class DiffusionPipeline:
             raise ValueError(f"{cls.__name__} needs {missing}, which {type(pipeline).__name__} does not have; pass "
                              f"them: {cls.__name__}.from_pipe(pipe, {missing[0]}=...).")
         pipe = cls(pipeline.ops.name, scheduler, **shared)
-        for attr in ("name_or_path", "force_zeros_for_empty_prompt", "_lora", "_progress_config"):
+        for attr in ("name_or_path", "force_zeros_for_empty_prompt", "_lora", "_ip", "image_encoder", "feature_extractor",
+                     "_progress_config"):
             if attr in pipeline.__dict__:
                 setattr(pipe, attr, pipeline.__dict__[attr])
         return pipe

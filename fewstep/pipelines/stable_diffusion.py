@@ -1,62 +1,74 @@
 """The pipelines, named as diffusers names them: a conditioning and a task on the shared loop,
-plus the extensions (ControlNet, T2I-Adapter) a class lists."""
+plus the extensions (ControlNet, T2I-Adapter) a class lists. Every class takes image prompts (IP-Adapter):
+an extension that does nothing until `load_ip_adapter` is called."""
 
 from fewstep.pipelines.base import DiffusionPipeline
 from fewstep.pipelines.conditioning import SDConditioning, SDXLConditioning
 from fewstep.pipelines.controlnet import ControlNet
+from fewstep.pipelines.ip_adapter import IPAdapter, IPAdapterMixin
 from fewstep.pipelines.lora import LoraMixin
 from fewstep.pipelines.t2i_adapter import T2IAdapter
 from fewstep.pipelines.tasks import Img2ImgTask, InpaintTask, Text2ImageTask
 
 
-class StableDiffusionPipeline(Text2ImageTask, SDConditioning, LoraMixin, DiffusionPipeline):
+class StableDiffusionPipeline(Text2ImageTask, SDConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Text-to-image for SD 1.5 / 2.1 (and their TCD/LCM LoRAs or LCM-distilled UNets)."""
 
+    _extensions = (IPAdapter(),)
 
-class StableDiffusionImg2ImgPipeline(Img2ImgTask, SDConditioning, LoraMixin, DiffusionPipeline):
+
+class StableDiffusionImg2ImgPipeline(Img2ImgTask, SDConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Image-to-image for SD 1.5 / 2.1; `strength` (default 0.8) sets how much of the schedule runs."""
 
+    _extensions = (IPAdapter(),)
 
-class StableDiffusionInpaintPipeline(InpaintTask, SDConditioning, LoraMixin, DiffusionPipeline):
+
+class StableDiffusionInpaintPipeline(InpaintTask, SDConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Inpainting for SD 1.5 / 2.1, with a 9-channel inpainting UNet or a plain 4-channel one."""
 
+    _extensions = (IPAdapter(),)
 
-class StableDiffusionXLPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+
+class StableDiffusionXLPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Text-to-image for SDXL."""
 
+    _extensions = (IPAdapter(),)
 
-class StableDiffusionXLImg2ImgPipeline(Img2ImgTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+
+class StableDiffusionXLImg2ImgPipeline(Img2ImgTask, SDXLConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Image-to-image for SDXL; `strength` defaults to 0.3 as in diffusers."""
 
     _default_strength = 0.3
+    _extensions = (IPAdapter(),)
 
 
-class StableDiffusionXLInpaintPipeline(InpaintTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+class StableDiffusionXLInpaintPipeline(InpaintTask, SDXLConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Inpainting for SDXL; `strength` defaults to 0.9999 as in diffusers (the TCD guide uses 0.99)."""
 
     _default_strength = 0.9999
+    _extensions = (IPAdapter(),)
 
 
 # --- adapters: the same combinations plus an extension ---------------------------------------------
-class StableDiffusionControlNetPipeline(Text2ImageTask, SDConditioning, LoraMixin, DiffusionPipeline):
+class StableDiffusionControlNetPipeline(Text2ImageTask, SDConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Text-to-image for SD 1.5 / 2.1 with one ControlNet or a list (`image=` the control image)."""
 
-    _extensions = (ControlNet("image"),)
+    _extensions = (ControlNet("image"), IPAdapter())
 
 
-class StableDiffusionXLControlNetPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+class StableDiffusionXLControlNetPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Text-to-image for SDXL with one ControlNet or a list (`image=` the control image)."""
 
-    _extensions = (ControlNet("image"),)
+    _extensions = (ControlNet("image"), IPAdapter())
 
 
-class StableDiffusionAdapterPipeline(Text2ImageTask, SDConditioning, LoraMixin, DiffusionPipeline):
+class StableDiffusionAdapterPipeline(Text2ImageTask, SDConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Text-to-image for SD 1.5 / 2.1 with a T2I-Adapter (`image=` the conditioning image)."""
 
-    _extensions = (T2IAdapter(),)
+    _extensions = (T2IAdapter(), IPAdapter())
 
 
-class StableDiffusionXLAdapterPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, DiffusionPipeline):
+class StableDiffusionXLAdapterPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
     """Text-to-image for SDXL with a T2I-Adapter (`image=` the conditioning image)."""
 
-    _extensions = (T2IAdapter(),)
+    _extensions = (T2IAdapter(), IPAdapter())
