@@ -102,6 +102,18 @@ def test_stack(ms, dim):
 
 @pytest.mark.parity
 @pytest.mark.torch
+def test_randn(ms):
+    """A normal draw of the right shape and dtype (it only initialises weights that are then loaded)."""
+    from mindspore import mint
+
+    from fewstep.backends.mindspore_cpu import randn
+
+    assert mint.randn is randn
+    x = _np(randn(200, 50))
+    assert x.shape == (200, 50) and abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05
+    assert tuple(randn((1, 4, 8)).shape) == (1, 4, 8) and randn(3, dtype=ms.float16).dtype == ms.float16
+
+
 def test_zeros_like(ms):
     from fewstep.backends.mindspore_cpu import zeros_like
 

@@ -61,8 +61,9 @@ class _IPAttention:
         saved = (dict(module.attn_processors), module.encoder_hid_proj, module.config.encoder_hid_dim_type,
                  module.config.get("encoder_hid_dim_type"))
         dtype = next(iter(module.get_parameters())).dtype
-        tensors = [{part: {k: ms.tensor(np.ascontiguousarray(v)).astype(dtype) for k, v in d[part].items()}
-                    for part in ("image_proj", "ip_adapter")} for d in state_dicts]
+        # mindone loads these with load_param_into_net, which takes Parameters (as its load_file makes them)
+        tensors = [{part: {k: ms.Parameter(ms.tensor(np.ascontiguousarray(v)).astype(dtype), name=k)
+                           for k, v in d[part].items()} for part in ("image_proj", "ip_adapter")} for d in state_dicts]
         module._load_ip_adapter_weights(tensors)
         return saved
 

@@ -10,7 +10,7 @@ any device target other than CPU) it does nothing.
 Replaced (each reached by the tiny SD/SDXL models of fewstep.testing unless said otherwise):
 mint.arange (UNet timestep embedding), mint.nn.functional.gelu (GEGLU feed-forward, CLIP "gelu"),
 mint.nn.Conv2d (every conv), mint.nn.LayerNorm (transformer blocks), mint.nn.functional.pad (the VAE
-encoder's asymmetric pad before its strided conv), mint.zeros_like (mindone's SDXL pipelines),
+encoder's asymmetric pad before its strided conv), mint.zeros_like (mindone's SDXL pipelines), mint.randn (IP-Adapter Plus projection init),
 mint.stack, mint.nn.functional.conv2d / layer_norm (other mindone models and LoRA convs),
 mint.baddbmm (attention with a mask), and mint.nn.AvgPool2d / mint.nn.functional.avg_pool2d (kernel
 "AvgPool2D"; not reached by the tiny SD/SDXL models: mindone's T2I-Adapter builds
@@ -57,6 +57,16 @@ def arange(start=0, end=None, step=1, *, dtype=None):
 def stack(tensors, dim=0, *, out=None):
     """Replaces mint.stack (kernel "StackExt" unregistered on CPU)."""
     return ops.stack(tensors, axis=dim)
+
+
+def randn(*size, generator=None, dtype=None):
+    """Replaces mint.randn (kernel "InplaceNormal" cannot be created on CPU) with ops.standard_normal.
+    Reached when mindone builds an IP-Adapter Plus projection (its Resampler's `latents` start as
+    randn and are then overwritten by the loaded weights). `generator` is not honoured: these draws
+    only initialise weights that are loaded right after."""
+    shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else tuple(size)
+    out = ops.standard_normal(shape)
+    return out.astype(dtype) if dtype is not None else out
 
 
 def zeros_like(input, *, dtype=None):  # pylint: disable=redefined-builtin
@@ -164,6 +174,7 @@ def _replacements():
         (mint, "arange", arange),
         (mint, "stack", stack),
         (mint, "zeros_like", zeros_like),
+        (mint, "randn", randn),
         (mint, "baddbmm", baddbmm),
         (mint.nn.functional, "gelu", gelu),
         (mint.nn.functional, "conv2d", conv2d),

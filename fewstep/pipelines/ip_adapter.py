@@ -20,6 +20,7 @@ Two parts, as in diffusers:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
@@ -137,6 +138,33 @@ def _check_fits(unet, parts: dict, path: str) -> None:
                          f"{width}: the file was made for another base model.")
 
 
+def _check_block_scales(config: Mapping, scale) -> None:
+    """A per-block scale dict names only blocks that have attention, with one value per transformer
+    layer (diffusers silently ignores a block without attention and fails late on a missing one)."""
+    if not isinstance(scale, dict):
+        return
+    unknown = sorted(set(scale) - {"down", "mid", "up"})
+    if unknown:
+        raise ValueError(f"IP-Adapter scale dict keys are 'down', 'mid' and 'up'; got {unknown}.")
+    per_block = int(np.atleast_1d(config["layers_per_block"])[0])
+    for side in ("down", "up"):
+        value = scale.get(side)
+        if value is None or isinstance(value, (int, float)):
+            continue
+        types = config[f"{side}_block_types"]
+        with_attention = [i for i, t in enumerate(types) if "CrossAttn" in t]
+        layers = per_block + (1 if side == "up" else 0)
+        for name, v in value.items():
+            match = re.fullmatch(r"block_(\d+)", str(name))
+            if match is None or int(match.group(1)) not in with_attention:
+                raise ValueError(f"The IP-Adapter scale names {side}.{name}, which is not a block with attention in this "
+                                 f"UNet; its {side} blocks with attention are "
+                                 f"{[f'block_{i}' for i in with_attention]}.")
+            if isinstance(v, (list, tuple)) and len(v) != layers:
+                raise ValueError(f"The IP-Adapter scale for {side}.{name} has {len(v)} values; that block has {layers} "
+                                 f"transformer layers: pass one value, or one per layer.")
+
+
 class IPAdapterMixin:
     """diffusers' IP-Adapter methods for fewstep pipelines (see the module docstring)."""
 
@@ -198,11 +226,8 @@ class IPAdapterMixin:
         for s in scales:
             if not isinstance(s, (int, float, dict)) or isinstance(s, bool):
                 raise ValueError(f"An IP-Adapter scale is a number or a per-block dict; got {s!r}.")
-        try:
-            self.unet.set_ip_adapter_scale(scales)
-        except ValueError as err:
-            raise ValueError(f"{err} Name blocks as diffusers does: 'down' / 'mid' / 'up', then 'block_<i>' with one "
-                             f"scale per transformer of that block.") from err
+            _check_block_scales(self.unet.config, s)
+        self.unet.set_ip_adapter_scale(scales)
 
     def unload_ip_adapter(self):
         """Put the UNet's attention back exactly as it was and drop the image encoder."""
