@@ -31,7 +31,7 @@ RUNS = [
     ("text_to_image-mindspore", "text_to_image.py", ["--backend", "mindspore"], "mindspore", (SIZE, SIZE)),
 ]
 for _name, _size in [("controlnet_canny_sd15", GRID), ("controlnet_depth_sdxl", GRID), ("controlnet_canny_sdxl", GRID),
-                     ("t2i_adapter_canny_sdxl", GRID), ("lcm_full_unet", (SIZE, SIZE))]:
+                     ("t2i_adapter_canny_sdxl", GRID), ("lcm_full_unet", (SIZE, SIZE)), ("ip_adapter_sdxl", GRID)]:
     RUNS += [(f"{_name}-torch", f"{_name}.py", [], "torch", _size),
              (f"{_name}-mindspore", f"{_name}.py", ["--backend", "mindspore", *MS_STEPS], "mindspore", _size)]
 BY_ID = {run[0]: run for run in RUNS}
@@ -44,6 +44,7 @@ TINY = {
     "controlnet_canny_sdxl.py": [("tiny_pipeline", "sdxl"), ("tiny_controlnet", "sdxl")],
     "t2i_adapter_canny_sdxl.py": [("tiny_pipeline", "sdxl"), ("tiny_t2i_adapter", "sdxl")],
     "inpainting.py": [("tiny_pipeline", "sdxl-inpaint")],
+    "ip_adapter_sdxl.py": [("tiny_pipeline", "sdxl"), ("tiny_ip_adapter", "sdxl")],
 }
 # Tests beyond test_example_writes_png, and the runs they compare.
 PAIRS = {
