@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # Pipelines, component loaders and AutoPipelines are reached as fewstep.<Name> too (as in diffusers);
 # imported on first use so that `import fewstep` stays light.
-_PIPELINE_NAMES = ("AutoPipelineForImage2Image", "AutoPipelineForInpainting", "AutoPipelineForText2Image",
+_PIPELINE_NAMES = ("AnimateDiffPipeline", "MotionAdapter", "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "AutoPipelineForText2Image",
                    "ControlNetModel", "DiffusionPipeline", "T2IAdapter", "UNet2DConditionModel")
 
 

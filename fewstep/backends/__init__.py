@@ -128,3 +128,10 @@ def wrap_component(backend: str, name: str, module):
     if ops.name == "numpy":
         raise ValueError("The numpy backend runs schedulers only; use backend='torch' or 'mindspore'.")
     return importlib.import_module(f"fewstep.backends.{ops.name}_components").wrap_component(name, module)
+
+
+def motion_unet(unet, motion_adapter):
+    """AnimateDiff's motion UNet from an SD UNet and a motion adapter (fewstep components of one
+    backend), built by that backend's library."""
+    ops = get_backend(unet.module)
+    return importlib.import_module(f"fewstep.backends.{ops.name}_components").motion_unet(unet, motion_adapter)

@@ -96,6 +96,18 @@ class MindSporeUNet(_DiffusersModel, _LoraWeights, _IPAttention):
                            return_dict=False, **extra)[0]
 
 
+class MindSporeMotionAdapter(_DiffusersModel):
+    """AnimateDiff's motion modules; pipelines insert them into the UNet with `motion_unet`."""
+
+
+def motion_unet(unet, motion_adapter):
+    """The UNetMotionModel that mindone.diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
+    import importlib
+
+    cls = importlib.import_module("mindone.diffusers").UNetMotionModel
+    return wrap_component("unet", cls.from_unet2d(unet.module, motion_adapter.module))
+
+
 class MindSporeControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
@@ -201,7 +213,8 @@ def _set_weight(param, path: str, tensor) -> None:
 
 
 _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,
-             "text_encoder_2": MindSporeTextEncoder, "controlnet": MindSporeControlNet, "adapter": MindSporeT2IAdapter,
+             "text_encoder_2": MindSporeTextEncoder, "controlnet": MindSporeControlNet,
+             "motion_adapter": MindSporeMotionAdapter, "adapter": MindSporeT2IAdapter,
              "image_encoder": MindSporeImageEncoder}
 
 

@@ -15,7 +15,11 @@ mint.stack, mint.nn.functional.conv2d / layer_norm (other mindone models and LoR
 mint.baddbmm (attention with a mask), and mint.nn.AvgPool2d / mint.nn.functional.avg_pool2d (kernel
 "AvgPool2D"; not reached by the tiny SD/SDXL models: mindone's T2I-Adapter builds
 `mint.nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True)` in its downsampling blocks;
-Downsample2D(use_conv=False), ResnetBlock2D(down=True) and the DiffEdit pipeline reach it too).
+Downsample2D(use_conv=False), ResnetBlock2D(down=True) and the DiffEdit pipeline reach it too), and
+mint.repeat_interleave / Tensor.repeat_interleave (kernels "RepeatInterleaveInt" / "RepeatInterleaveTensor";
+not reached by the tiny SD/SDXL models: mindone's UNetMotionModel (AnimateDiff) calls
+`emb.repeat_interleave(num_frames, dim=0, output_size=...)` on the time embedding and on IP-Adapter image
+embeddings, and mindone's attention processors call both forms on masks and grouped key/value heads).
 
 How the swap reaches mindone: mindone modules do `from mindspore import mint` and look names up on
 the `mint` modules when they call or build a layer (`mint.arange(...)`, `mint.nn.Conv2d(...)`,
@@ -27,6 +31,9 @@ mindone.transformers' GELUActivation stores `mint.nn.functional.gelu` when it is
 latter the layers (and mint.nn.AvgPool2d, alike) are not replaced by new classes: `construct` is
 replaced on the original classes, which keeps every isinstance check and subclass working and keeps
 the parameter names (`weight`, `bias`) that mindone's from_pretrained weight conversion loads into.
+A Tensor method is replaced on `mindspore.Tensor` (the same class as `mindspore.common.tensor.Tensor`,
+which every op returns and every Parameter answers to); without `output_size` the original method
+happens to take a path that runs on CPU, with it (as mindone calls it) the one without a kernel.
 
 Each stand-in matches its torch counterpart in float32 (tests/test_mindspore_cpu.py checks each one).
 """
@@ -37,6 +44,7 @@ import sys
 import warnings
 
 import mindspore as ms
+import numpy as np
 from mindspore import mint, ops
 
 _INSTALLED = False
@@ -148,6 +156,47 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     return out.squeeze(0) if unbatched else out
 
 
+def repeat_interleave(input, repeats, dim=None, *, output_size=None):  # pylint: disable=redefined-builtin
+    """Replaces mint.repeat_interleave (kernels "RepeatInterleaveInt" / "RepeatInterleaveTensor"
+    unregistered on CPU), with torch's semantics.
+
+    repeats: an int (every item `repeats` times; ops.repeat_interleave, which runs on CPU) or one count per
+    item along `dim` (a list, a tuple or an integer Tensor; a single count is broadcast as torch does):
+    ops.gather over the indices `np.repeat(arange(n), repeats)`. `dim=None` repeats the flattened input.
+    `output_size`, the expected length along `dim`, is checked against the counts (torch raises too)."""
+    if dim is None or input.ndim == 0:
+        input, dim = input.reshape(-1), 0 if dim is None else dim
+    if not -input.ndim <= dim < input.ndim:
+        raise ValueError(f"repeat_interleave: dim {dim} is out of range for a {input.ndim}-D tensor.")
+    dim = dim % input.ndim
+    size = input.shape[dim]
+    if isinstance(repeats, ms.Tensor):
+        repeats = repeats.asnumpy()  # torch syncs here too (unless output_size is given)
+    counts = np.asarray(repeats)
+    counts = counts.astype(np.int64) if counts.size == 0 else counts
+    if counts.dtype.kind not in "iu" or counts.ndim > 1:
+        raise ValueError(f"repeat_interleave: repeats must be an int or a 1-D sequence of ints, got {repeats!r}.")
+    if (counts < 0).any():
+        raise ValueError(f"repeat_interleave: repeats must not be negative, got {repeats!r}.")
+    if counts.ndim == 1 and counts.size not in (1, size):
+        raise ValueError(f"repeat_interleave: {counts.size} repeats for {size} items along dim {dim}; "
+                         "give one count per item, or one int for all.")
+    each = int(counts.reshape(-1)[0]) if counts.size == 1 else None
+    total = size * each if each is not None else int(counts.sum())
+    if output_size is not None and int(output_size) != total:
+        raise ValueError(f"repeat_interleave: output_size={output_size} but the repeats give {total} "
+                         f"along dim {dim}; pass output_size=None or the sum of the repeats.")
+    if each is not None and each > 0 and input.dtype != ms.bool_:  # ops.repeat_interleave takes no bool
+        return ops.repeat_interleave(input, each, dim)
+    index = np.repeat(np.arange(size), counts if each is None else each)
+    return ops.gather(input, ms.Tensor(index, ms.int64), dim)
+
+
+def _tensor_repeat_interleave(self, repeats, dim=None, output_size=None):
+    """Tensor.repeat_interleave, on the CPU repeat_interleave above."""
+    return repeat_interleave(self, repeats, dim, output_size=output_size)
+
+
 # --- layers: replacement `construct` methods for the original mint classes -----------------------
 def _conv2d_construct(self, input):  # pylint: disable=redefined-builtin
     """mint.nn.Conv2d.construct, on the CPU conv2d above (Conv2DExt / Conv2DPadding have no CPU kernel)."""
@@ -176,6 +225,8 @@ def _replacements():
         (mint, "zeros_like", zeros_like),
         (mint, "randn", randn),
         (mint, "baddbmm", baddbmm),
+        (mint, "repeat_interleave", repeat_interleave),
+        (ms.Tensor, "repeat_interleave", _tensor_repeat_interleave),
         (mint.nn.functional, "gelu", gelu),
         (mint.nn.functional, "conv2d", conv2d),
         (mint.nn.functional, "layer_norm", layer_norm),

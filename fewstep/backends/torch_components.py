@@ -87,6 +87,18 @@ class TorchUNet(_DiffusersModel, _LoraWeights, _IPAttention):
                            cross_attention_kwargs=cross_attention_kwargs, return_dict=False, **extra)[0]
 
 
+class TorchMotionAdapter(_DiffusersModel):
+    """AnimateDiff's motion modules; pipelines insert them into the UNet with `motion_unet`."""
+
+
+def motion_unet(unet, motion_adapter):
+    """The UNetMotionModel that diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
+    import importlib
+
+    cls = importlib.import_module("diffusers").UNetMotionModel
+    return wrap_component("unet", cls.from_unet2d(unet.module, motion_adapter.module))
+
+
 class TorchControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
@@ -186,7 +198,8 @@ def _set_weight(param, path: str, tensor) -> None:
 
 
 _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder,
-             "controlnet": TorchControlNet, "adapter": TorchT2IAdapter, "image_encoder": TorchImageEncoder}
+             "controlnet": TorchControlNet, "motion_adapter": TorchMotionAdapter, "adapter": TorchT2IAdapter,
+             "image_encoder": TorchImageEncoder}
 
 
 def wrap_component(name: str, module):

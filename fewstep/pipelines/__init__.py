@@ -2,8 +2,9 @@
 
 from fewstep.pipelines.auto import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from fewstep.pipelines.base import DiffusionPipeline, PipelineOutput
-from fewstep.pipelines.models import ControlNetModel, T2IAdapter, UNet2DConditionModel
+from fewstep.pipelines.models import ControlNetModel, MotionAdapter, T2IAdapter, UNet2DConditionModel
 from fewstep.pipelines.stable_diffusion import (
+    AnimateDiffPipeline,
     StableDiffusionAdapterPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
@@ -17,6 +18,8 @@ from fewstep.pipelines.stable_diffusion import (
 )
 
 __all__ = [
+    "AnimateDiffPipeline",
+    "MotionAdapter",
     "AutoPipelineForImage2Image",
     "AutoPipelineForInpainting",
     "AutoPipelineForText2Image",

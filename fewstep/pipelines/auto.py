@@ -26,10 +26,13 @@ _CLASSES: Dict[Key, type] = {
     ("sdxl", "text2img", "controlnet"): sd.StableDiffusionXLControlNetPipeline,
     ("sd", "text2img", "adapter"): sd.StableDiffusionAdapterPipeline,
     ("sdxl", "text2img", "adapter"): sd.StableDiffusionXLAdapterPipeline,
+    ("sd", "text2img", "motion_adapter"): sd.AnimateDiffPipeline,
 }
 # diffusers class names fewstep reads, beyond its own: LCM's folders (SimianLuo/LCM_Dreamshaper_v7)
 _ALIASES: Dict[str, Key] = {"LatentConsistencyModelPipeline": ("sd", "text2img", None),
                             "LatentConsistencyModelImg2ImgPipeline": ("sd", "img2img", None)}
+# components whose presence selects a pipeline variant
+_EXTENSION_COMPONENTS = ("controlnet", "adapter", "motion_adapter")
 _KEYS: Dict[str, Key] = {**{cls.__name__: key for key, cls in _CLASSES.items()}, **_ALIASES}
 
 
@@ -57,7 +60,7 @@ def class_for_folder(index: dict, folder: str) -> type:
 
 
 def _extension(current: Optional[str], components: dict) -> Optional[str]:
-    for ext in ("controlnet", "adapter"):
+    for ext in _EXTENSION_COMPONENTS:
         if ext in components:
             return ext if components[ext] is not None else None
     return current
@@ -81,9 +84,9 @@ class _AutoPipeline:
         folder = loading.resolve_folder(pretrained_model_name_or_path)
         index = loading.read_model_index(folder)
         key = key_of(index.get("_class_name"), f"{folder!r}")
-        components = {k: v for k, v in kwargs.items() if k in ("controlnet", "adapter")}
+        components = {k: v for k, v in kwargs.items() if k in _EXTENSION_COMPONENTS}
         target = cls._target(key, components, folder)
-        kwargs = {k: v for k, v in kwargs.items() if not (k in ("controlnet", "adapter") and v is None)}
+        kwargs = {k: v for k, v in kwargs.items() if not (k in _EXTENSION_COMPONENTS and v is None)}
         return target.from_pretrained(pretrained_model_name_or_path, backend=backend, **kwargs)
 
     @classmethod
@@ -91,7 +94,7 @@ class _AutoPipeline:
         """The class for this task on `pipeline`'s components, sharing its weights."""
         key = key_of(type(pipeline).__name__, f"{type(pipeline).__name__}")
         target = cls._target(key, components, type(pipeline).__name__)
-        components = {k: v for k, v in components.items() if not (k in ("controlnet", "adapter") and v is None)}
+        components = {k: v for k, v in components.items() if not (k in _EXTENSION_COMPONENTS and v is None)}
         return target.from_pipe(pipeline, **components)
 
 

@@ -27,14 +27,16 @@ from fewstep.core.random import Generator
 from fewstep.pipelines import image_processing, loading
 from fewstep.pipelines.extensions import (Extension, RunContext, StepContext, UNetInputs, owned_arguments,
                                           split_arguments)
+from fewstep.pipelines.layouts import ImageLayout
 
 
 @dataclass
 class PipelineOutput:
-    """`.images` as diffusers has it (a list of PIL images, an NHWC array, or latents), plus the
-    seeds that made them so every image can be made again."""
+    """`.images` as diffusers has it (a list of PIL images, an NHWC array, or latents) -- or `.frames`
+    for a video layout (AnimateDiff) -- plus the seeds that made them so every image can be made again."""
 
-    images: Any
+    images: Any = None
+    frames: Any = None
     seeds: Optional[List[int]] = None
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -84,6 +86,7 @@ class DiffusionPipeline:
 
     _components: Sequence[str] = ()
     _extensions: Sequence[Extension] = ()
+    _layout = ImageLayout()
     _default_strength = 1.0
     _default_guidance = 7.5
 
@@ -252,15 +255,15 @@ class DiffusionPipeline:
                  original_size=None, target_size=None, crops_coords_top_left=(0, 0),
                  cross_attention_kwargs=None, **extension_arguments):
         ops = self.ops
-        extensions = tuple(self._extensions)
-        owned = owned_arguments(extensions)
+        extensions, layout = tuple(self._extensions), self._layout
+        owned = owned_arguments(extensions + (layout,))
         unknown = sorted(set(extension_arguments) - set(owned))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}"
                             + (f"; its adapter arguments are {sorted(owned)}." if owned else "."))
         if "image" in owned:  # a text-to-image ControlNet pipeline: image= is the control image
             extension_arguments["image"], image = image, None
-        ext_args = split_arguments(extensions, extension_arguments)
+        *ext_args, layout_args = split_arguments(extensions + (layout,), extension_arguments)
         guidance_scale = self._default_guidance if guidance_scale is None else float(guidance_scale)
         strength = self._default_strength if strength is None else float(strength)
         if output_type not in ("pil", "np", "latent"):
@@ -272,6 +275,7 @@ class DiffusionPipeline:
         self._check_task_inputs(image, mask_image)
         prompt_batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else \
             (prompt_embeds.shape[0] if prompt_embeds is not None else None)
+        layout.check_arguments(self, layout_args)
         for ext, args in zip(extensions, ext_args):
             ext.check_arguments(self, args, prompt_batch)
         if height is None or width is None:
@@ -293,11 +297,12 @@ class DiffusionPipeline:
             schedule = self._timesteps(num_inference_steps, timesteps, strength)
             # the text embeddings already sit on the models' device: new tensors are placed beside them
             state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
-                                          schedule, strength, like=cond.hidden)
+                                          schedule, strength, like=cond.hidden, layout_args=layout_args)
             latents = state.latents
             run = RunContext(ops=ops, cond=cond, batch=batch, num_images_per_prompt=num_images_per_prompt,
                              do_cfg=do_cfg, height=height, width=width, timesteps=[int(t) for t in schedule])
             ext_states = [ext.prepare(self, run, args) for ext, args in zip(extensions, ext_args)]
+            hidden = layout.condition(ops, cond, layout_args).hidden  # per frame for a video layout
 
             timestep_cond = None
             proj_dim = self.unet.config.get("time_cond_proj_dim")
@@ -318,7 +323,7 @@ class DiffusionPipeline:
                         step = StepContext(index=i, timestep=t, model_input=model_in, latents=latents)
                         for ext, ext_state in zip(extensions, ext_states):
                             inputs.merge(ops, ext.unet_inputs(self, run, ext_state, step))
-                    noise_pred = self.unet(model_in, t, cond.hidden, timestep_cond=timestep_cond, **inputs.values)
+                    noise_pred = self.unet(model_in, t, hidden, timestep_cond=timestep_cond, **inputs.values)
                     if do_cfg:
                         uncond, text = ops.split(noise_pred, 2, axis=0)
                         noise_pred = uncond + guidance_scale * (text - uncond)
@@ -335,8 +340,7 @@ class DiffusionPipeline:
             if output_type == "latent":
                 images = latents
             else:
-                decoded = self.vae.decode(latents / float(self.vae.config["scaling_factor"]), **self._decode_kwargs)
-                images = image_processing.postprocess(ops.to_numpy(decoded), output_type)
+                images = layout.postprocess(layout.decode(self, latents, layout_args), output_type)
         if not return_dict:
             return (images,)
-        return PipelineOutput(images=images, seeds=seeds, timings=timings)
+        return PipelineOutput(**{layout.output_field: images}, seeds=seeds, timings=timings)

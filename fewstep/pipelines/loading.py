@@ -53,7 +53,8 @@ def read_model_index(folder: str) -> dict:
 
 
 # components a base-model folder does not carry; the message says where to get them
-_LOADERS = {"controlnet": "fewstep.ControlNetModel.from_pretrained(...)", "adapter": "fewstep.T2IAdapter.from_pretrained(...)"}
+_LOADERS = {"controlnet": "fewstep.ControlNetModel.from_pretrained(...)", "adapter": "fewstep.T2IAdapter.from_pretrained(...)",
+            "motion_adapter": "fewstep.MotionAdapter.from_pretrained(...)"}
 
 
 def _component_spec(index: dict, folder: str, name: str, pipeline: str):

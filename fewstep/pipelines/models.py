@@ -63,3 +63,10 @@ class UNet2DConditionModel(_ModelLoader):
 
     _component = "unet"
     _class_names = ("UNet2DConditionModel",)
+
+
+class MotionAdapter(_ModelLoader):
+    """AnimateDiff's motion modules for `AnimateDiffPipeline(motion_adapter=...)`."""
+
+    _component = "motion_adapter"
+    _class_names = ("MotionAdapter",)

@@ -2,10 +2,12 @@
 plus the extensions (ControlNet, T2I-Adapter) a class lists. Every class takes image prompts (IP-Adapter):
 an extension that does nothing until `load_ip_adapter` is called."""
 
+from fewstep.pipelines.animatediff import MotionModules, attach_motion_modules
 from fewstep.pipelines.base import DiffusionPipeline
 from fewstep.pipelines.conditioning import SDConditioning, SDXLConditioning
 from fewstep.pipelines.controlnet import ControlNet
 from fewstep.pipelines.ip_adapter import IPAdapter, IPAdapterMixin
+from fewstep.pipelines.layouts import VideoLayout
 from fewstep.pipelines.lora import LoraMixin
 from fewstep.pipelines.t2i_adapter import T2IAdapter
 from fewstep.pipelines.tasks import Img2ImgTask, InpaintTask, Text2ImageTask
@@ -72,3 +74,15 @@ class StableDiffusionXLAdapterPipeline(Text2ImageTask, SDXLConditioning, LoraMix
     """Text-to-image for SDXL with a T2I-Adapter (`image=` the conditioning image)."""
 
     _extensions = (T2IAdapter(), IPAdapter())
+
+
+class AnimateDiffPipeline(Text2ImageTask, SDConditioning, LoraMixin, IPAdapterMixin, DiffusionPipeline):
+    """Text-to-video for SD 1.5 with a motion adapter (`motion_adapter=`): `num_frames`,
+    `decode_chunk_size`, output `.frames`."""
+
+    _extensions = (MotionModules(), IPAdapter())
+    _layout = VideoLayout()
+
+    def __init__(self, backend, scheduler, **components):
+        super().__init__(backend, scheduler, **components)
+        attach_motion_modules(self)

@@ -61,9 +61,10 @@ class Text2ImageTask:
         return height or default_h, width or default_w
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, like):
+                         strength, like, layout_args=None):
         ops = self.ops
-        shape = (batch, self.unet.config["in_channels"], height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = self._layout.latent_shape(batch, self.unet.config["in_channels"], height // self.vae_scale_factor,
+                                          width // self.vae_scale_factor, layout_args)
         if latents is not None:
             latents = self._as_tensor(latents, "latents", dtype, like=like)
             if tuple(ops.shape(latents)) != shape:
@@ -90,7 +91,7 @@ class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
             raise ValueError("mask_image belongs to the Inpaint pipelines; Img2Img changes the whole image.")
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, like):
+                         strength, like, layout_args=None):
         ops = self.ops
         pixels = image_processing.preprocess_image(image, height, width)
         init = self._encode_image(pixels, generator, batch, dtype, like=like)
@@ -108,7 +109,7 @@ class InpaintTask(_ImageTaskMixin, Text2ImageTask):
         image_processing.check_mask_matches(image, mask_image)
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, like):
+                         strength, like, layout_args=None):
         ops = self.ops
         channels = self.unet.config["in_channels"]
         if channels not in (4, 9):

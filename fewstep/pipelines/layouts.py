@@ -1,0 +1,83 @@
+"""Latent layouts: what shape the latents have, how the prompt conditioning follows it, how latents
+become pictures, and what the output holds. The loop asks the pipeline's `_layout` and knows neither.
+
+- `ImageLayout`: latents (batch, channels, h, w); output `.images`.
+- `VideoLayout` (AnimateDiff): latents (batch, channels, frames, h, w), as diffusers' motion UNet takes
+  them; the prompt embeddings repeated per frame (diffusers' `repeat_interleave(num_frames)`, after the
+  CFG concat); decoded frame by frame in chunks of `decode_chunk_size` (the chunking changes nothing but
+  memory: each frame is decoded on its own); output `.frames`, a list of PIL frames per video or an
+  (videos, frames, h, w, 3) array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from fewstep.pipelines import image_processing
+
+
+class ImageLayout:
+    arguments: Mapping[str, Any] = {}
+    output_field = "images"
+
+    def check_arguments(self, pipe, args: Mapping[str, Any]) -> None:
+        """Raise ValueError on bad layout arguments, before any work."""
+
+    def latent_shape(self, batch: int, channels: int, height: int, width: int, args) -> tuple:
+        return (batch, channels, height, width)
+
+    def condition(self, ops, cond, args):
+        """The conditioning as the UNet takes it for these latents."""
+        return cond
+
+    def decode(self, pipe, latents, args) -> np.ndarray:
+        """Pixels in about [-1, 1] on the host: NCHW for images."""
+        vae = pipe.vae
+        return pipe.ops.to_numpy(vae.decode(latents / float(vae.config["scaling_factor"]), **pipe._decode_kwargs))
+
+    def postprocess(self, pixels: np.ndarray, output_type: str):
+        return image_processing.postprocess(pixels, output_type)
+
+
+class VideoLayout(ImageLayout):
+    arguments = {"num_frames": 16, "decode_chunk_size": 16}
+    output_field = "frames"
+
+    def check_arguments(self, pipe, args) -> None:
+        frames, chunk = args["num_frames"], args["decode_chunk_size"]
+        if not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"num_frames must be a positive integer; got {frames!r}.")
+        limit = pipe.unet.config.get("motion_max_seq_length")
+        if limit is not None and frames > limit:
+            raise ValueError(f"num_frames={frames} is more than this motion adapter's motion_max_seq_length ({limit}); "
+                             f"make at most {limit} frames.")
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"decode_chunk_size must be a positive integer; got {chunk!r}.")
+
+    def latent_shape(self, batch, channels, height, width, args):
+        return (batch, channels, args["num_frames"], height, width)
+
+    def condition(self, ops, cond, args):
+        frames = args["num_frames"]
+        rows = ops.split(cond.hidden, ops.shape(cond.hidden)[0], axis=0)
+        hidden = ops.concat([r for r in rows for _ in range(frames)], axis=0)
+        return replace(cond, hidden=hidden)
+
+    def decode(self, pipe, latents, args) -> np.ndarray:
+        ops, vae = pipe.ops, pipe.vae
+        batch, channels, frames, h, w = ops.shape(latents)
+        flat = ops.reshape(ops.permute_dims(latents / float(vae.config["scaling_factor"]), (0, 2, 1, 3, 4)),
+                           (batch * frames, channels, h, w))
+        chunk = args["decode_chunk_size"]
+        parts = [ops.to_numpy(vae.decode(part, **pipe._decode_kwargs))
+                 for part in ops.split(flat, [min(chunk, batch * frames - i) for i in range(0, batch * frames, chunk)])]
+        pixels = np.concatenate(parts, axis=0).astype(np.float32)
+        return pixels.reshape((batch, frames) + pixels.shape[1:])  # (videos, frames, C, H, W)
+
+    def postprocess(self, pixels: np.ndarray, output_type: str):
+        videos = [image_processing.postprocess(v, output_type) for v in pixels]
+        return np.stack(videos) if output_type == "np" else videos
+
