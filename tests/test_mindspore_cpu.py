@@ -5,6 +5,8 @@ Bounds are the smallest that hold with some headroom, measured on a 2-core x86_6
 MindSpore 2.10 / torch 2.13; each assert says what was seen.
 """
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,10 @@ def test_install_is_idempotent_and_replaces_the_ops(ms):
     assert mint.baddbmm is mc.baddbmm and mint.nn.functional.gelu is mc.gelu and mint.nn.functional.conv2d is mc.conv2d
     assert mint.nn.functional.layer_norm is mc.layer_norm and mint.nn.functional.pad is mc.pad
     assert mint.nn.functional.avg_pool2d is mc.avg_pool2d
+    assert mint.repeat_interleave is mc.repeat_interleave
+    assert ms.Tensor.repeat_interleave is mc._tensor_repeat_interleave  # what every op returns answers to it
+    assert sys.modules["mindspore.common.tensor"].Tensor is ms.Tensor
+    assert ms.Parameter(ms.Tensor(np.ones(2, np.float32)), name="p").repeat_interleave(2).shape == (4,)
     import mindspore.mint.nn.functional as F  # how mindone imports it: the same module object
 
     assert F.gelu is mc.gelu
@@ -56,6 +62,7 @@ def test_install_is_idempotent_and_replaces_the_ops(ms):
     assert mc.original(mint, "arange") is not mc.arange
     assert mc.original(mint.nn.functional, "avg_pool2d") is not mc.avg_pool2d
     assert mc.original(mint.nn.AvgPool2d, "construct") is not mc._avg_pool2d_construct
+    assert mc.original(ms.Tensor, "repeat_interleave") is not mc._tensor_repeat_interleave
 
 
 def test_install_does_nothing_off_cpu(ms, monkeypatch):
@@ -301,6 +308,78 @@ def test_avg_pool2d_layer(ms, case):
     assert list(pool.parameters_and_names()) == []
     x = np.random.RandomState(3).randn(2, 4, 7, 9).astype(np.float32)
     assert _maxdiff(pool(ms.Tensor(x)), torch.nn.AvgPool2d(**case)(torch.tensor(x))) < 1e-6  # seen 0.0 (exact)
+
+
+REPEAT_CASES = [  # (repeats, dim); per-item repeats are given as a list, or as a Tensor with `tensor:`
+    (2, 0), (3, 1), (2, -1), (2, None), (1, 1), (0, 1),
+    ([1, 0, 3], 1), ([2, 1, 1, 3], -1), ([2], 0), (list(range(24)), None),
+    ("tensor:1,0,3", 1), ("tensor:2,1", 0), ("tensor:2", -1),
+]
+
+
+def _repeats(repeats, framework):
+    if isinstance(repeats, str):  # a tensor of counts, int64 as torch wants it
+        return framework.tensor(np.array([int(c) for c in repeats.split(":")[1].split(",")], np.int64))
+    return repeats
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("output_size", [False, True])
+@pytest.mark.parametrize("form", ["function", "method"])
+@pytest.mark.parametrize("repeats,dim", REPEAT_CASES, ids=str)
+def test_repeat_interleave(ms, repeats, dim, form, output_size):
+    """mint.repeat_interleave and Tensor.repeat_interleave (as mindone's UNetMotionModel calls it, with
+    output_size) against torch, for int repeats and per-item repeats (torch takes those as a Tensor)."""
+    import torch
+    from mindspore import mint
+
+    x = np.random.RandomState(0).randn(2, 3, 4).astype(np.float32)
+    want = torch.repeat_interleave(torch.tensor(x), _repeats(repeats, torch) if not isinstance(repeats, list)
+                                   else torch.tensor(repeats), dim=dim)
+    kwargs = {"output_size": want.shape[0 if dim is None else dim]} if output_size else {}
+    if form == "function":
+        got = mint.repeat_interleave(ms.Tensor(x), _repeats(repeats, ms), dim=dim, **kwargs)
+    else:
+        got = ms.Tensor(x).repeat_interleave(_repeats(repeats, ms), dim, **kwargs)
+    assert got.dtype == ms.float32
+    np.testing.assert_array_equal(_np(got), _np(want))  # exact: a copy
+
+
+@pytest.mark.parity
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", ["float16", "int32", "int64", "bool"])
+@pytest.mark.parametrize("repeats", [2, [1, 3]], ids=str)
+def test_repeat_interleave_dtypes(ms, dtype, repeats):
+    """Other dtypes keep theirs (ops.repeat_interleave takes no bool: those go through gather); a 0-d input."""
+    import torch
+
+    from fewstep.backends.mindspore_cpu import repeat_interleave
+
+    x = np.random.RandomState(1).randn(3, 2) > 0 if dtype == "bool" else np.arange(6).reshape(3, 2).astype(dtype)
+    got = repeat_interleave(ms.Tensor(x), repeats, dim=1)
+    want = torch.tensor(x).repeat_interleave(repeats if isinstance(repeats, int) else torch.tensor(repeats), dim=1)
+    assert str(got.dtype).lower() == str(want.dtype).replace("torch.", "")
+    np.testing.assert_array_equal(_np(got), _np(want))
+    np.testing.assert_array_equal(_np(repeat_interleave(ms.Tensor(np.float32(5)), 3)), [5, 5, 5])
+
+
+def test_repeat_interleave_rejects_what_torch_rejects(ms):
+    from mindspore import mint
+
+    x = ms.Tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="output_size=5 but the repeats give 4"):
+        mint.repeat_interleave(x, 2, dim=0, output_size=5)
+    with pytest.raises(ValueError, match="output_size=4 but the repeats give 3"):
+        x.repeat_interleave(ms.Tensor(np.array([1, 2])), dim=0, output_size=4)
+    with pytest.raises(ValueError, match="3 repeats for 2 items"):
+        x.repeat_interleave([1, 2, 3], dim=0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        mint.repeat_interleave(x, [1, -1], dim=0)
+    with pytest.raises(ValueError, match="out of range"):
+        mint.repeat_interleave(x, 2, dim=2)
+    with pytest.raises(ValueError, match="an int or a 1-D sequence of ints"):
+        mint.repeat_interleave(x, 1.5, dim=0)
 
 
 # --- mindone models from the tiny folders against diffusers/transformers --------------------------
