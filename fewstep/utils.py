@@ -1,7 +1,8 @@
-"""Image helpers as diffusers.utils has them: load_image, make_image_grid, export_to_gif.
+"""Image helpers as diffusers.utils has them: load_image, make_image_grid, export_to_gif, export_to_video.
 
 NumPy, PIL and the standard library only, so that examples and notebooks can use them with either
-framework (or none) installed; `requests` is used for URLs only when it happens to be installed.
+framework (or none) installed; `requests` is used for URLs only when it happens to be installed, and
+export_to_video imports OpenCV or imageio only when it is called.
 Besides PIL images, the helpers take the HWC arrays a pipeline returns with ``output_type="np"``
 (float in [0, 1]) or uint8 arrays, and an NHWC array as a sequence of images.
 """
@@ -138,6 +139,73 @@ def export_to_gif(frames: Sequence, output_gif_path: Optional[Union[str, os.Path
         loop=0,
     )
     return output_gif_path
+
+
+def export_to_video(video_frames: Sequence, output_video_path: Optional[Union[str, os.PathLike]] = None,
+                    fps: float = 10) -> str:
+    """Write `video_frames` as an MP4 video and return its path; mirrors ``diffusers.utils.export_to_video``.
+
+    Frames are PIL images or HWC arrays (float in [0, 1], or uint8), all of one size, e.g. an
+    AnimateDiff pipeline's ``.frames[0]``. Written through OpenCV (``cv2.VideoWriter``, fourcc "mp4v")
+    when it is installed, else through imageio with imageio-ffmpeg; both encoders are lossy. With no
+    `output_video_path` a new temporary ``.mp4`` file is written (and left for the caller).
+    """
+    frames = [np.asarray(_to_pil(frame).convert("RGB")) for frame in _as_list(video_frames)]
+    if not frames:
+        raise ValueError("export_to_video got no frames; pass a non-empty list of PIL images or HWC arrays.")
+    if fps <= 0:
+        raise ValueError(f"fps must be a positive number, not {fps}.")
+    sizes = sorted({frame.shape[:2] for frame in frames})
+    if len(sizes) > 1:  # OpenCV would silently drop the frames of another size
+        raise ValueError(f"export_to_video needs frames of one size, got (height, width) {sizes}; resize them first.")
+    writer = _video_writer()
+    if output_video_path is None:
+        # mkstemp, not NamedTemporaryFile(...).name: that file is deleted on close and the name could be reused.
+        fd, output_video_path = tempfile.mkstemp(suffix=".mp4")
+        os.close(fd)
+    output_video_path = os.fspath(output_video_path)
+    writer(frames, output_video_path, fps)
+    return output_video_path
+
+
+def _video_writer() -> Callable[[list, str, float], None]:
+    """The first installed of OpenCV and imageio (+ imageio-ffmpeg), as `write(frames, path, fps)`."""
+    try:
+        import cv2
+    except ImportError:
+        pass
+    else:
+        return lambda frames, path, fps: _write_video_cv2(cv2, frames, path, fps)
+    try:
+        import imageio
+        import imageio_ffmpeg  # noqa: F401  # imageio's ffmpeg plugin needs it for MP4
+    except ImportError:
+        pass
+    else:
+        return lambda frames, path, fps: _write_video_imageio(imageio, frames, path, fps)
+    raise ValueError(
+        "export_to_video needs OpenCV or imageio with ffmpeg to write an MP4, and neither is installed: "
+        "`pip install opencv-python` or `pip install imageio imageio-ffmpeg`."
+    )
+
+
+def _write_video_cv2(cv2, frames: list, path: str, fps: float) -> None:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise ValueError(f"OpenCV could not open {path!r} for an mp4v video; give a writable path ending in .mp4.")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()  # finishes the file; diffusers leaves that to garbage collection
+
+
+def _write_video_imageio(imageio, frames: list, path: str, fps: float) -> None:
+    # diffusers' settings: variable bit rate quality 5, sizes padded to a multiple of 16 by ffmpeg.
+    with imageio.get_writer(path, format="FFMPEG", fps=fps, quality=5.0, macro_block_size=16) as writer:
+        for frame in frames:
+            writer.append_data(frame)
 
 
 def _as_list(images) -> list:

@@ -1,4 +1,4 @@
-"""fewstep.utils: load_image, make_image_grid, export_to_gif, offline and framework-free."""
+"""fewstep.utils: load_image, make_image_grid, export_to_gif, export_to_video, offline and framework-free."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from fewstep.utils import export_to_gif, load_image, make_image_grid
+from fewstep.utils import export_to_gif, export_to_video, load_image, make_image_grid
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -213,6 +214,120 @@ def test_export_to_gif_empty_frames():
         export_to_gif([])
 
 
+# --- export_to_video ----------------------------------------------------------------------------
+
+
+def _read_video(path):
+    """(CAP_PROP_FRAME_COUNT, frames read as RGB arrays, width, height, fps) through OpenCV."""
+    cv2 = pytest.importorskip("cv2")
+    cap = cv2.VideoCapture(path)
+    assert cap.isOpened(), path
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    return count, frames, size, fps
+
+
+# mp4v is lossy, and chroma is subsampled (4:2:0): a solid frame comes back within a few levels of
+# its colour on average; seen <= 5 levels off (blue, white) for these solid frames at 32x24.
+VIDEO_MEAN_TOL = 12
+
+
+@pytest.mark.parametrize("fps", [10, 4, 12.5])
+def test_export_to_video_frames_size_fps_colours(tmp_path, fps):
+    pytest.importorskip("cv2")
+    colours = [RED, GREEN, BLUE, WHITE, (0, 0, 0)]
+    path = str(tmp_path / "clip.mp4")
+    assert export_to_video([_solid(c, (32, 24)) for c in colours], path, fps=fps) == path
+
+    count, frames, size, got_fps = _read_video(path)
+    assert count == len(colours) and len(frames) == len(colours)
+    assert size == (32, 24) and frames[0].shape == (24, 32, 3)
+    assert got_fps == pytest.approx(fps, rel=1e-3)
+    for i, (frame, colour) in enumerate(zip(frames, colours)):
+        mean = frame.reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - np.array(colour)).max() <= VIDEO_MEAN_TOL, (i, mean)
+
+
+def test_export_to_video_arrays_and_temp_file(tmp_path):
+    pytest.importorskip("cv2")
+    frames = np.zeros((3, 16, 24, 3), np.float32)  # NHWC float in [0, 1], as output_type="np" gives
+    frames[0, ..., 0] = 1.0
+    frames[1, ..., 1] = 1.0
+    frames[2, :8] = 1.0  # top half white, bottom half black: where things are survives too
+    path = export_to_video(list(frames[:2]) + [(frames[2] * 255).astype(np.uint8)])
+    assert path.endswith(".mp4")
+    try:
+        count, read, size, fps = _read_video(path)
+        assert count == 3 and len(read) == 3 and size == (24, 16) and fps == pytest.approx(10)  # fps=10 default
+        assert np.abs(read[0].reshape(-1, 3).mean(0) - np.array(RED)).max() <= VIDEO_MEAN_TOL
+        assert np.abs(read[1].reshape(-1, 3).mean(0) - np.array(GREEN)).max() <= VIDEO_MEAN_TOL
+        assert read[2][:6].mean() >= 255 - VIDEO_MEAN_TOL and read[2][10:].mean() <= VIDEO_MEAN_TOL
+    finally:
+        os.remove(path)
+
+    nhwc = str(tmp_path / "nhwc.mp4")
+    assert export_to_video(frames, nhwc) == nhwc and _read_video(nhwc)[0] == 3  # a 4-D array: its frames
+
+
+def test_export_to_video_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="no frames"):
+        export_to_video([])
+    with pytest.raises(ValueError, match="fps must be a positive number"):
+        export_to_video([_solid(RED)], str(tmp_path / "a.mp4"), fps=0)
+    with pytest.raises(ValueError, match="fps must be a positive number"):
+        export_to_video([_solid(RED)], str(tmp_path / "a.mp4"), fps=-5)
+    with pytest.raises(ValueError, match="frames of one size"):
+        export_to_video([_solid(RED, (8, 8)), _solid(RED, (8, 6))], str(tmp_path / "a.mp4"))
+    with pytest.raises(ValueError, match="not a single image"):
+        export_to_video(_solid(RED))
+    assert not (tmp_path / "a.mp4").exists()
+
+
+def test_export_to_video_without_a_backend_says_what_to_install(monkeypatch):
+    for name in ("cv2", "imageio", "imageio_ffmpeg"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
+    with pytest.raises(ValueError) as err:
+        export_to_video([_solid(RED)])
+    assert "pip install opencv-python" in str(err.value)
+    assert "pip install imageio imageio-ffmpeg" in str(err.value)
+
+
+def test_export_to_video_falls_back_to_imageio(tmp_path, monkeypatch):
+    """Without OpenCV the frames go to imageio's ffmpeg writer (a stand-in module records them)."""
+    calls = []
+
+    class Writer:
+        def __init__(self, path, **kwargs):
+            calls.append(("open", path, kwargs))
+
+        def append_data(self, frame):
+            calls.append(("frame", frame.dtype, frame.shape, tuple(frame[0, 0])))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    monkeypatch.setitem(sys.modules, "imageio", types.SimpleNamespace(get_writer=Writer))
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", types.ModuleType("imageio_ffmpeg"))
+    path = str(tmp_path / "clip.mp4")
+    assert export_to_video([_solid(RED, (8, 6)), np.ones((6, 8, 3), np.float32)], path, fps=8) == path
+    assert calls[0] == ("open", path, {"format": "FFMPEG", "fps": 8, "quality": 5.0, "macro_block_size": 16})
+    assert calls[1:] == [("frame", np.uint8, (6, 8, 3), RED), ("frame", np.uint8, (6, 8, 3), WHITE), ("close",)]
+
+
 # --- imports ------------------------------------------------------------------------------------
 
 
@@ -223,10 +338,11 @@ def test_import_utils_imports_no_framework():
         import fewstep.utils
         from PIL import Image
         fewstep.utils.make_image_grid([Image.new("RGB", (2, 2))], rows=1, cols=1)
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "mindspore", "diffusers", "mindone"})
+        loaded = sorted(m for m in sys.modules
+                        if m.split(".")[0] in {"torch", "mindspore", "diffusers", "mindone", "cv2", "imageio"})
         print("LOADED:" + ",".join(loaded))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("LOADED:")][-1]
-    assert line == "LOADED:", f"`import fewstep.utils` imported frameworks: {line[len('LOADED:'):]}"
+    assert line == "LOADED:", f"`import fewstep.utils` imported frameworks or video libraries: {line[len('LOADED:'):]}"
