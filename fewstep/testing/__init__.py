@@ -1,12 +1,15 @@
 """Helpers shared by tests, examples and benchmarks: tiny diffusers-format models built offline.
 
 Importing this package imports no framework; `tiny_pipeline` and the adapter builders (ControlNet,
-T2I-Adapter, DPT, IP-Adapter) import torch, diffusers and transformers when they have to build a folder.
+T2I-Adapter, DPT, IP-Adapter, AnimateDiff's
+MotionAdapter and motion LoRA) import torch, diffusers and transformers when they have to build a folder.
 """
 
 from fewstep.testing.tiny_adapters import tiny_controlnet, tiny_dpt, tiny_t2i_adapter
 from fewstep.testing.tiny_ip_adapter import IP_ADAPTER_FILES, IP_ADAPTER_IMAGE_ENCODERS, tiny_ip_adapter
 from fewstep.testing.tiny_models import KINDS, tiny_pipeline
+from fewstep.testing.tiny_motion import MOTION_LORA_WEIGHT_NAME, tiny_motion_adapter, tiny_motion_lora
 
 __all__ = ["KINDS", "tiny_pipeline", "tiny_controlnet", "tiny_t2i_adapter", "tiny_dpt", "tiny_ip_adapter",
-           "IP_ADAPTER_FILES", "IP_ADAPTER_IMAGE_ENCODERS"]
+           "IP_ADAPTER_FILES", "IP_ADAPTER_IMAGE_ENCODERS", "tiny_motion_adapter", "tiny_motion_lora",
+           "MOTION_LORA_WEIGHT_NAME"]
