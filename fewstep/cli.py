@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="make an image")
     _add_common(gen)
     gen.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
-    gen.add_argument("-o", "--output", default="out.png")
+    gen.add_argument("-o", "--output", default="out.png", help="image file; with --frames a .gif or .mp4")
+    gen.add_argument("--frames", type=int, default=None, help="make an AnimateDiff video of this many frames (SD 1.5)")
+    gen.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder or hub id (default with the tiny demo "
+                                              "model: a tiny random one)")
+    gen.add_argument("--fps", type=int, default=8, help="frames per second of the video file (default 8)")
     par = sub.add_parser("parity", help="the same generation on torch and MindSpore, compared")
     _add_common(par)
     par.add_argument("-o", "--output", default="parity.png")
@@ -67,13 +71,46 @@ def _resolve_model(args) -> str:
     return folder
 
 
+def _check_video_args(args) -> None:
+    """--frames makes a video: the output must be a .gif or .mp4, checked before anything loads."""
+    if getattr(args, "frames", None) is None:
+        if getattr(args, "motion_adapter", None):
+            raise ValueError("--motion-adapter needs --frames N: the number of video frames to make.")
+        return
+    if not args.output.lower().endswith((".gif", ".mp4")):
+        raise ValueError(f"--frames makes a video: name the output .gif or .mp4 (got {args.output!r}).")
+    if args.image or args.mask:
+        raise ValueError("--frames makes a video from text; --image / --mask are not supported with it.")
+    if args.model and not args.motion_adapter:
+        raise ValueError("--frames with --model needs --motion-adapter PATH_OR_ID (e.g. "
+                         "guoyww/animatediff-motion-adapter-v1-5).")
+
+
+def _motion_pipeline(args, folder: str, backend: str):
+    from fewstep import MotionAdapter
+    from fewstep.pipelines import AnimateDiffPipeline
+
+    source = args.motion_adapter
+    if source is None:
+        from fewstep.testing.tiny_motion import tiny_motion_adapter
+
+        source = tiny_motion_adapter()
+        print(f"No --motion-adapter given: using a tiny random-weight motion adapter at {source}.")
+    adapter = MotionAdapter.from_pretrained(source, backend=backend, dtype=args.dtype, device=args.device)
+    return AnimateDiffPipeline.from_pretrained(folder, backend=backend, dtype=args.dtype, device=args.device,
+                                               motion_adapter=adapter)
+
+
 def _generate(args, folder: str, backend: str, output_type: str):
     from PIL import Image
 
     from fewstep import Generator, LCMScheduler, TCDScheduler
 
-    cls = _pipeline_class(folder, args.image, args.mask)
-    pipe = cls.from_pretrained(folder, backend=backend, dtype=args.dtype, device=args.device)
+    if getattr(args, "frames", None) is not None:
+        pipe = _motion_pipeline(args, folder, backend)
+    else:
+        cls = _pipeline_class(folder, args.image, args.mask)
+        pipe = cls.from_pretrained(folder, backend=backend, dtype=args.dtype, device=args.device)
     scheduler_cls = TCDScheduler if args.scheduler == "tcd" else LCMScheduler
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
@@ -87,14 +124,23 @@ def _generate(args, folder: str, backend: str, output_type: str):
             kwargs["strength"] = args.strength
     if args.mask:
         kwargs["mask_image"] = Image.open(args.mask)
+    if getattr(args, "frames", None) is not None:
+        kwargs["num_frames"] = args.frames
     return pipe(**kwargs)
 
 
 def _cmd_generate(args) -> int:
+    _check_video_args(args)
     folder = _resolve_model(args)
     start = time.perf_counter()
     out = _generate(args, folder, args.backend, "pil")
-    out.images[0].save(args.output)
+    if args.frames is not None:
+        from fewstep import utils
+
+        export = utils.export_to_gif if args.output.lower().endswith(".gif") else utils.export_to_video
+        export(out.frames[0], args.output, fps=args.fps)
+    else:
+        out.images[0].save(args.output)
     print(f"seed {out.seeds[0]}  backend {args.backend}  {args.steps} steps  "
           f"{out.timings['per_step_s'] * 1000:.1f} ms/step  total {time.perf_counter() - start:.2f} s")
     print(f"wrote {os.path.abspath(args.output)}")
