@@ -34,6 +34,11 @@ for _name, _size in [("controlnet_canny_sd15", GRID), ("controlnet_depth_sdxl", 
                      ("t2i_adapter_canny_sdxl", GRID), ("lcm_full_unet", (SIZE, SIZE)), ("ip_adapter_sdxl", GRID)]:
     RUNS += [(f"{_name}-torch", f"{_name}.py", [], "torch", _size),
              (f"{_name}-mindspore", f"{_name}.py", ["--backend", "mindspore", *MS_STEPS], "mindspore", _size)]
+# AnimateDiff writes a GIF of --frames frames (kept short: 4 frames, 2 steps)
+_FRAMES = ["--frames", "4", "--steps", "2"]
+RUNS += [("animatediff-torch", "animatediff.py", _FRAMES, "torch", (SIZE, SIZE)),
+         ("animatediff-lcm-torch", "animatediff.py", ["--guide", "lcm", *_FRAMES], "torch", (SIZE, SIZE)),
+         ("animatediff-mindspore", "animatediff.py", ["--backend", "mindspore", *_FRAMES], "mindspore", (SIZE, SIZE))]
 BY_ID = {run[0]: run for run in RUNS}
 
 # The tiny folders each example builds on first use: built once here, before the runs start, so that
@@ -44,6 +49,7 @@ TINY = {
     "controlnet_canny_sdxl.py": [("tiny_pipeline", "sdxl"), ("tiny_controlnet", "sdxl")],
     "t2i_adapter_canny_sdxl.py": [("tiny_pipeline", "sdxl"), ("tiny_t2i_adapter", "sdxl")],
     "inpainting.py": [("tiny_pipeline", "sdxl-inpaint")],
+    "animatediff.py": [("tiny_pipeline", "sd15"), ("tiny_motion_adapter",), ("tiny_motion_lora",)],
     "ip_adapter_sdxl.py": [("tiny_pipeline", "sdxl"), ("tiny_ip_adapter", "sdxl")],
 }
 # Tests beyond test_example_writes_png, and the runs they compare.
@@ -93,7 +99,7 @@ def started(request, tmp_path_factory):
     pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
     procs = {}
     for run_id, script, extra, _, _ in runs:
-        output = out_dir / f"{run_id}.png"
+        output = out_dir / f"{run_id}.{'gif' if script.startswith('animatediff') else 'png'}"
         cmd = [sys.executable, str(ROOT / "examples" / script), "--seed", "3", "-o", str(output), *extra]
         procs[run_id] = (pool.submit(_run, cmd, str(out_dir), env), output)
     yield procs
@@ -115,6 +121,9 @@ def _image(path):
 
     with Image.open(path) as im:
         im.load()
+        if path.suffix == ".gif":  # a video example: every frame is there
+            assert im.format == "GIF" and im.n_frames == 4
+            return im.convert("RGB")
         assert im.format == "PNG"
         return im.copy()
 
