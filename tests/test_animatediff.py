@@ -211,3 +211,26 @@ def test_mindspore_matches_torch_and_mindone():
     want = ref(latents=ms.tensor(latents), generator=np.random.Generator(np.random.PCG64(3)), **kwargs)[0]
     err = np.abs(got - np.asarray(want)).max()
     assert err <= FRAMES_ATOL, f"max |fewstep - mindone| = {err:.3g}"
+
+
+@pytest.mark.parity
+@pytest.mark.mindspore
+def test_mindspore_motion_lora_matches_torch(tmp_path):
+    """The motion LoRA beside a few-step LoRA, fused by fewstep on both frameworks: the same frames."""
+    from tests.lora_cases import make_lora, targets_from_folder, write
+
+    few_step = write(str(tmp_path), "tcd", make_lora(targets_from_folder(tiny_pipeline("sd15")), seed=3,
+                                                    components=("unet",)), "peft", "sd15")
+    frames = {}
+    for backend in ("torch", "mindspore"):
+        pipe = ours(backend)
+        pipe.load_lora_weights(few_step, adapter_name="tcd")
+        pipe.load_lora_weights(tiny_motion_lora(), weight_name=MOTION_LORA, adapter_name="motion-lora")
+        try:
+            pipe.set_adapters(["tcd", "motion-lora"], adapter_weights=[1.0, 1.2])
+            set_scheduler(pipe, "tcd")
+            frames[backend] = pipe(generator=fewstep.Generator(5), **call("tcd", 0.3, 0.0, 4)).frames
+        finally:
+            pipe.unload_lora_weights()
+    err = np.abs(frames["torch"] - frames["mindspore"]).max()
+    assert err <= FRAMES_ATOL, f"max |torch - mindspore| with the LoRAs = {err:.3g}"
