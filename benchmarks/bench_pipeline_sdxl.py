@@ -131,6 +131,14 @@ def build_pair(threads):
     return ref, ours
 
 
+def folder_tcd_scheduler(folder):
+    """diffusers' TCDScheduler from the config of the folder's own scheduler class (what build_pair does)."""
+    import diffusers
+
+    base = getattr(diffusers, diffusers.TCDScheduler.load_config(folder, subfolder="scheduler")["_class_name"])
+    return diffusers.TCDScheduler.from_config(base.from_pretrained(folder, subfolder="scheduler").config)
+
+
 def build_controlnet_pair(threads):
     """(diffusers pipeline, fewstep pipeline), both with one ControlNet, sharing fewstep's torch modules."""
     import torch
@@ -147,9 +155,7 @@ def build_controlnet_pair(threads):
     folder = tiny_pipeline("sdxl")
     cn = fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sdxl"))
     ours = fewstep.pipelines.StableDiffusionXLControlNetPipeline.from_pretrained(folder, controlnet=cn)
-    # the folder's own scheduler class first, then TCD from its config: what build_pair does
-    base = getattr(diffusers, diffusers.TCDScheduler.load_config(folder, subfolder="scheduler")["_class_name"])
-    scheduler = diffusers.TCDScheduler.from_config(base.from_pretrained(folder, subfolder="scheduler").config)
+    scheduler = folder_tcd_scheduler(folder)
     ref = diffusers.StableDiffusionXLControlNetPipeline(
         vae=ours.vae.module, text_encoder=ours.text_encoder.module, text_encoder_2=ours.text_encoder_2.module,
         tokenizer=ours.tokenizer, tokenizer_2=ours.tokenizer_2, unet=ours.unet.module, controlnet=cn.module,
@@ -208,8 +214,7 @@ def build_ip_adapter_pair(threads):
     transformers.utils.logging.set_verbosity_error()  # both sides' image encoders: "`torch_dtype` is deprecated"
     folder = tiny_pipeline("sdxl")
     ours = StableDiffusionXLPipeline.from_pretrained(folder)
-    base = getattr(diffusers, diffusers.TCDScheduler.load_config(folder, subfolder="scheduler")["_class_name"])
-    scheduler = diffusers.TCDScheduler.from_config(base.from_pretrained(folder, subfolder="scheduler").config)
+    scheduler = folder_tcd_scheduler(folder)
     ref = diffusers.StableDiffusionXLPipeline(
         vae=ours.vae.module, text_encoder=ours.text_encoder.module, text_encoder_2=ours.text_encoder_2.module,
         tokenizer=ours.tokenizer, tokenizer_2=ours.tokenizer_2,
@@ -294,7 +299,11 @@ def _reset_peak() -> bool:
 
 def memory_worker(side: str, size: int, threads, calls: int = 3, mode: str = "plain") -> dict:
     ref, ours = build(mode, threads)
-    run = callers(ref, ours, size, mode=mode)[side]
+    return measure_call_memory(callers(ref, ours, size, mode=mode)[side], calls)
+
+
+def measure_call_memory(run, calls: int = 3) -> dict:
+    """Peak RSS increase of `calls` calls of run() after one warm-up (see the module docstring, Memory)."""
     if not _reset_peak():
         gc.collect()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -335,27 +344,38 @@ def mindspore_worker(size: int, calls: int, mode: str = "plain") -> dict:
     pipe.set_progress_bar_config(disable=True)
     kwargs = call_kwargs(size, mode)
     del kwargs["output_type"]  # the default, "pil"
-    pipe(generator=fewstep.Generator(SEED), **kwargs)  # warm-up
+    return {"times": time_calls(lambda: pipe(generator=fewstep.Generator(SEED), **kwargs), calls), "load_s": load_s}
+
+
+def time_calls(fn, calls: int, warmup: int = 1) -> list:
+    """Seconds of each of `calls` calls of fn() after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        pipe(generator=fewstep.Generator(SEED), **kwargs)
+        fn()
         times.append(time.perf_counter() - start)
-    return {"times": times, "load_s": load_s}
+    return times
 
 
 def run_worker(args, *extra) -> dict:
     """Run this script as a worker in a fresh process; its last stdout line is the JSON result."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072",
-               HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     cmd = [sys.executable, os.path.abspath(__file__), "--size", str(args.size), *extra]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.mode != "plain":
         cmd.append("--" + args.mode)
+    return worker_result(cmd, " ".join(extra))
+
+
+def worker_result(cmd, what: str) -> dict:
+    """Run a worker command in a fresh process (fixed malloc thresholds, offline); its last stdout line is JSON."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072",
+               HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"worker {what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -386,7 +406,7 @@ def _profile(name, fn, calls: int, top: int = 15, after=None, what: str = "calls
                         for line in lines[start:] if line.strip()))
 
 
-def _alternate(fns, warmup: int, repeats: int, after=None):
+def alternate(fns, warmup: int, repeats: int, after=None):
     """{side: [seconds]} of `repeats` timed runs of each side's fn after `warmup` untimed ones, alternating
     which side goes first. With `after` ({side: fn}), each run is followed by that side's `after` fn,
     timed apart: then ({side: [fn seconds]}, {side: [after seconds]}) is returned."""
@@ -409,10 +429,17 @@ def _alternate(fns, warmup: int, repeats: int, after=None):
     return times if after is None else (times, after_times)
 
 
-def _spread_warning(times) -> None:
+def spread_warning(times) -> None:
     if any(statistics.quantiles(t, n=4)[2] > 1.25 * statistics.quantiles(t, n=4)[0] for t in times.values()):
         print("warning: the quartiles are far apart, so other load on this machine is distorting the medians. "
               "Compare the minimums, or rerun with --threads 1 and more --repeats.")
+
+
+def timing_line(label: str, times) -> str:
+    """'<label> median: ... ms   (min ..., quartiles ...-...)' of a list of seconds."""
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return (f"{label} median: {statistics.median(times) * 1e3:9.2f} ms   "
+            f"(min {min(times) * 1e3:.2f}, quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f})")
 
 
 def main() -> None:
@@ -456,7 +483,7 @@ def main() -> None:
         sys.exit(f"max |fewstep - diffusers| over the image is {diff:.2e} > {AGREE_TOL:.0e}: the two {what} "
                  f"pipelines do not make the same image, so timing them would not compare equal work.")
     run = callers(ref, ours, args.size, mode=args.mode)
-    times = _alternate(run, args.warmup, args.repeats)
+    times = alternate(run, args.warmup, args.repeats)
     med = {side: statistics.median(t) for side, t in times.items()}
 
     load_times = None
@@ -466,7 +493,7 @@ def main() -> None:
             pipe.unload_ip_adapter()
         loads = {side: (lambda pipe=pipe: load_ip_adapter(pipe)) for side, pipe in pipes.items()}
         unloads = {side: pipe.unload_ip_adapter for side, pipe in pipes.items()}
-        load_times, unload_times = _alternate(loads, args.warmup, args.repeats, after=unloads)
+        load_times, unload_times = alternate(loads, args.warmup, args.repeats, after=unloads)
         load_med = {side: statistics.median(t) for side, t in load_times.items()}
 
     latent = args.size // ours.vae_scale_factor
@@ -490,11 +517,9 @@ def main() -> None:
     print(f"max |fewstep - diffusers| over the image (values in [0, 1]): {diff:.2e}"
           + (f"   (agree within {AGREE_TOL:.0e}: yes)" if checked else ""))
     for side in ("diffusers", "fewstep"):
-        q1, _, q3 = statistics.quantiles(times[side], n=4)
-        print(f"{side:9s} {pipeline_name} median: {med[side] * 1e3:9.2f} ms   "
-              f"(min {min(times[side]) * 1e3:.2f}, quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f})")
+        print(timing_line(f"{side:9s} {pipeline_name}", times[side]))
     print(f"time ratio fewstep / diffusers: {med['fewstep'] / med['diffusers']:.3f}   (target <= 1.0)")
-    _spread_warning(times)
+    spread_warning(times)
     if load_times is not None:
         print(f"load_ip_adapter: {args.repeats} load + unload cycles per side after {args.warmup} warm-up, order "
               f"alternating; the load timed alone (file read and checked, image encoder loaded, processors "
@@ -506,7 +531,7 @@ def main() -> None:
                   f"unload_ip_adapter median {statistics.median(unload_times[side]) * 1e3:.2f} ms")
         print(f"load_ip_adapter time ratio fewstep / diffusers: {load_med['fewstep'] / load_med['diffusers']:.3f}   "
               f"(target <= 1.0)")
-        _spread_warning(load_times)
+        spread_warning(load_times)
         for pipe in (ref, ours):  # loaded again, for the profile below
             load_ip_adapter(pipe)
             pipe.set_ip_adapter_scale(IP_ADAPTER_SCALE)
