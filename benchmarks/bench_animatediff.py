@@ -40,6 +40,7 @@ from bench_pipeline_sdxl import (  # noqa: E402  (the shared helpers)
     alternate,
     folder_tcd_scheduler,
     measure_call_memory,
+    report_memory_and_mindspore,
     spread_warning,
     time_calls,
     timing_line,
@@ -173,27 +174,7 @@ def main() -> None:
     print(f"time ratio fewstep / diffusers: {med['fewstep'] / med['diffusers']:.3f}   (target <= 1.0)")
     spread_warning(times)
 
-    if not args.skip_memory:
-        mem = {side: run_worker(args, "--worker", f"memory-{side}") for side in ("fewstep", "diffusers")}
-        inc = {side: statistics.median(m["increase_kb"]) for side, m in mem.items()}
-        print(f"peak RSS increase per call ({mem['fewstep']['method']}, fresh process per side, median of "
-              f"{len(mem['fewstep']['increase_kb'])}): diffusers {inc['diffusers'] / 1024:.1f} MiB, "
-              f"fewstep {inc['fewstep'] / 1024:.1f} MiB")
-        print(f"   (process peak incl. loaded models: diffusers {mem['diffusers']['peak_kb'] / 1024:.0f} MiB, "
-              f"fewstep {mem['fewstep']['peak_kb'] / 1024:.0f} MiB)")
-        print(f"memory ratio fewstep / diffusers: {inc['fewstep'] / max(inc['diffusers'], 1):.3f}   (target <= 1.1)")
-
-    if not args.skip_mindspore:
-        try:
-            ms = run_worker(args, "--worker", "mindspore", "--repeats", str(args.repeats))
-        except RuntimeError as err:
-            print(f"MindSpore: not timed ({err})")
-        else:
-            m = statistics.median(ms["times"])
-            print(f"fewstep on MindSpore median: {m * 1e3:9.2f} ms  ({len(ms['times'])} calls after 1 warm-up, "
-                  f"separate load {ms['load_s']:.1f} s)")
-            print(f"ratio MindSpore / torch (fewstep on both): {m / med['fewstep']:.2f}")
-
+    report_memory_and_mindspore(args, run_worker, med["fewstep"])
 
 if __name__ == "__main__":
     main()

@@ -442,6 +442,32 @@ def timing_line(label: str, times) -> str:
             f"(min {min(times) * 1e3:.2f}, quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f})")
 
 
+def report_memory_and_mindspore(args, run_worker, fewstep_median: float) -> None:
+    """The peak-memory and MindSpore/torch lines every mode prints; `run_worker(args, *extra)` runs one
+    measurement in a fresh process of the calling script."""
+    if not args.skip_memory:
+        mem = {side: run_worker(args, "--worker", f"memory-{side}") for side in ("fewstep", "diffusers")}
+        inc = {side: statistics.median(m["increase_kb"]) for side, m in mem.items()}
+        print(f"peak RSS increase per call ({mem['fewstep']['method']}, fresh process per side, median of "
+              f"{len(mem['fewstep']['increase_kb'])}): diffusers {inc['diffusers'] / 1024:.1f} MiB, "
+              f"fewstep {inc['fewstep'] / 1024:.1f} MiB")
+        print(f"   (process peak incl. loaded models: diffusers {mem['diffusers']['peak_kb'] / 1024:.0f} MiB, "
+              f"fewstep {mem['fewstep']['peak_kb'] / 1024:.0f} MiB)")
+        print(f"memory ratio fewstep / diffusers: {inc['fewstep'] / max(inc['diffusers'], 1):.3f}   (target <= 1.1)")
+
+    if not args.skip_mindspore:
+        try:
+            ms = run_worker(args, "--worker", "mindspore", "--repeats", str(args.repeats))
+        except RuntimeError as err:
+            print(f"MindSpore: not timed ({err})")
+        else:
+            m = statistics.median(ms["times"])
+            print(f"fewstep on MindSpore median: {m * 1e3:9.2f} ms  ({len(ms['times'])} calls after 1 warm-up, "
+                  f"separate load {ms['load_s']:.1f} s)")
+            print(f"ratio MindSpore / torch (fewstep on both): {m / fewstep_median:.2f}")
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per side (at least 10; default 10)")
@@ -546,27 +572,7 @@ def main() -> None:
                 _profile(side, lambda pipe=pipe: load_ip_adapter(pipe), args.repeats, after=pipe.unload_ip_adapter,
                          what="load_ip_adapter calls")
 
-    if not args.skip_memory:
-        mem = {side: run_worker(args, "--worker", f"memory-{side}") for side in ("fewstep", "diffusers")}
-        inc = {side: statistics.median(m["increase_kb"]) for side, m in mem.items()}
-        print(f"peak RSS increase per call ({mem['fewstep']['method']}, fresh process per side, median of "
-              f"{len(mem['fewstep']['increase_kb'])}): diffusers {inc['diffusers'] / 1024:.1f} MiB, "
-              f"fewstep {inc['fewstep'] / 1024:.1f} MiB")
-        print(f"   (process peak incl. loaded models: diffusers {mem['diffusers']['peak_kb'] / 1024:.0f} MiB, "
-              f"fewstep {mem['fewstep']['peak_kb'] / 1024:.0f} MiB)")
-        print(f"memory ratio fewstep / diffusers: {inc['fewstep'] / max(inc['diffusers'], 1):.3f}   (target <= 1.1)")
-
-    if not args.skip_mindspore:
-        try:
-            ms = run_worker(args, "--worker", "mindspore", "--repeats", str(args.repeats))
-        except RuntimeError as err:
-            print(f"MindSpore: not timed ({err})")
-        else:
-            m = statistics.median(ms["times"])
-            print(f"fewstep on MindSpore median: {m * 1e3:9.2f} ms  ({len(ms['times'])} calls after 1 warm-up, "
-                  f"separate load {ms['load_s']:.1f} s)")
-            print(f"ratio MindSpore / torch (fewstep on both): {m / med['fewstep']:.2f}")
-
+    report_memory_and_mindspore(args, run_worker, med["fewstep"])
 
 if __name__ == "__main__":
     main()
