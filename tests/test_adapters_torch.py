@@ -6,6 +6,9 @@ import pytest
 
 import fewstep
 from fewstep import pipelines
+from fewstep.pipelines.controlnet import ControlNet
+from fewstep.pipelines.extensions import owned_arguments
+from fewstep.pipelines.t2i_adapter import T2IAdapter
 from fewstep.testing import tiny_pipeline
 from tests.adapter_cases import (ADAPTER_PIPELINES, PLAIN, call_kwargs, case_ids, cases_for, component_folders)
 from tests.pipeline_cases import SIZE
@@ -69,8 +72,7 @@ def plain(kind, scheduler, backend="torch"):
 
 
 def plain_image(kind, scheduler, kwargs, seed=0, backend="torch"):
-    owned = {"image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end", "guess_mode",
-             "adapter_conditioning_scale", "adapter_conditioning_factor"}
+    owned = set(owned_arguments((ControlNet("image"),))) | set(owned_arguments((T2IAdapter(),)))
     return plain(kind, scheduler, backend)(generator=fewstep.Generator(seed),
                                           **{k: v for k, v in kwargs.items() if k not in owned}).images
 

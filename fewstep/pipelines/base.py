@@ -318,11 +318,11 @@ class DiffusionPipeline:
                     model_in = ops.concat([latents, latents], axis=0) if do_cfg else latents
                     model_in = self._unet_input(model_in, state)
                     inputs = UNetInputs()
-                    inputs.merge(ops, {"added_cond": cond.added, "cross_attention_kwargs": cross_attention_kwargs})
+                    inputs.merge({"added_cond": cond.added, "cross_attention_kwargs": cross_attention_kwargs})
                     if extensions:
                         step = StepContext(index=i, timestep=t, model_input=model_in, latents=latents)
                         for ext, ext_state in zip(extensions, ext_states):
-                            inputs.merge(ops, ext.unet_inputs(self, run, ext_state, step))
+                            inputs.merge(ext.unet_inputs(self, run, ext_state, step))
                     noise_pred = self.unet(model_in, t, hidden, timestep_cond=timestep_cond, **inputs.values)
                     if do_cfg:
                         uncond, text = ops.split(noise_pred, 2, axis=0)

@@ -60,7 +60,7 @@ class UNetInputs:
 
     values: Dict[str, Any] = field(default_factory=dict)
 
-    def merge(self, ops, extra: Optional[Mapping[str, Any]]) -> None:
+    def merge(self, extra: Optional[Mapping[str, Any]]) -> None:
         for key, value in (extra or {}).items():
             if value is None:
                 continue
