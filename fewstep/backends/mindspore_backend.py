@@ -10,25 +10,15 @@ for matmul and bilinear resize. Nothing is substituted on Ascend.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
-from fewstep.core.ops import check_dtype
+from fewstep.backends.common import DtypeTable, TorchLikeOps, as_ints
 
-_DTYPES = {
-    "float32": ms.float32,
-    "float16": ms.float16,
-    "bfloat16": ms.bfloat16,
-    "float64": ms.float64,
-    "int64": ms.int64,
-    "int32": ms.int32,
-    "uint8": ms.uint8,
-    "bool": ms.bool_,
-}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+MS_DTYPES = DtypeTable(ms, spelling={"bool": "bool_"})
 
 _CONFIGURED = False
 _ON_CPU = False
@@ -56,20 +46,6 @@ def _configure_once() -> None:
         ms.runtime.launch_blocking()
 
 
-def ms_dtype(dtype: str):
-    """The MindSpore dtype for a fewstep dtype name (or alias such as "fp16")."""
-    return _DTYPES[check_dtype(dtype)]
-
-
-def _equal_parts(length: int, sections: int, axis: int) -> int:
-    if sections <= 0 or length % sections:
-        raise ValueError(
-            f"Cannot split an axis of length {length} (axis {axis}) into {sections} equal parts; pass a "
-            f"list of part sizes instead."
-        )
-    return length // sections
-
-
 def _cpu_bf16(x) -> bool:
     """True where x is bfloat16 on a CPU run, whose kernels for this op lack bfloat16."""
     return _ON_CPU and isinstance(x, ms.Tensor) and x.dtype == ms.bfloat16
@@ -79,66 +55,32 @@ def _up(x):
     return x.astype(ms.float32) if _cpu_bf16(x) else x
 
 
-class Backend:
+class Backend(TorchLikeOps):
     name = "mindspore"
+    xp = mint
+    tensor_type = ms.Tensor
+    dtypes = MS_DTYPES
+
+    _wrap = staticmethod(ms.Tensor.from_numpy)
 
     def __init__(self):
         _configure_once()
 
-    def is_tensor(self, x: Any) -> bool:
-        return isinstance(x, ms.Tensor)
+    @staticmethod
+    def _astype(x, native_dtype):
+        return x.astype(native_dtype)
 
-    def from_numpy(self, a, like=None, dtype: Optional[str] = None):
-        a = np.asarray(a)
-        # Tensor.from_numpy shares memory with the array; copy a read-only, strided or non-native
-        # byte-order array first so the tensor never aliases memory it must not write or read oddly.
-        if not (a.flags.writeable and a.flags.c_contiguous and a.dtype.isnative):
-            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
-        t = ms.Tensor.from_numpy(a)
-        if dtype is None and like is not None:
-            target = like.dtype
-        else:
-            target = ms_dtype(dtype) if dtype is not None else t.dtype
+    @staticmethod
+    def _place(t, like, native_dtype):
         # The cast is MindSpore's, so float32 -> float16/bfloat16 rounds as MindSpore rounds.
         # No explicit device move: in PyNative mode a host tensor is placed on the device by the
         # runtime when an op first consumes it, which is how mindone feeds NumPy noise too.
-        if target != t.dtype:
-            t = t.astype(target)
-        return t
+        return t.astype(native_dtype) if native_dtype != t.dtype else t
 
     def to_numpy(self, x) -> np.ndarray:
         if x.dtype == ms.bfloat16:
             x = x.astype(ms.float32)
         return x.asnumpy()
-
-    def dtype_name(self, x) -> str:
-        try:
-            return _NAMES[x.dtype]
-        except KeyError:
-            return check_dtype(str(x.dtype).lower())  # raises ValueError naming the supported dtypes
-
-    def shape(self, x):
-        return tuple(int(d) for d in x.shape)
-
-    def cast(self, x, dtype: str):
-        target = ms_dtype(dtype)
-        return x if x.dtype == target else x.astype(target)
-
-    def reshape(self, x, shape: Sequence[int]):
-        return mint.reshape(x, tuple(int(s) for s in shape))
-
-    def permute_dims(self, x, axes: Sequence[int]):
-        return mint.permute(x, tuple(int(a) for a in axes))
-
-    def concat(self, xs, axis: int = 0):
-        return mint.cat(list(xs), dim=axis)
-
-    def split(self, x, sections, axis: int = 0):
-        if isinstance(sections, (int, np.integer)):
-            # mint.split(x, int) takes a part *size*; the protocol's int is a *number* of parts.
-            size = _equal_parts(int(x.shape[axis]), int(sections), axis)
-            return list(mint.split(x, size, dim=axis))
-        return list(mint.split(x, [int(s) for s in sections], dim=axis))
 
     def where(self, cond, a, b):
         if _cpu_bf16(a) or _cpu_bf16(b):
@@ -178,8 +120,9 @@ class Backend:
             product = product * ms.Tensor(np.array(scale, dtype=np.float64)).astype(product.dtype)
         return (_up(x) + product).astype(x.dtype) if _cpu_bf16(x) else x + product
 
+
     def resize(self, x, size, mode: str = "nearest"):
-        size = tuple(int(s) for s in size)
+        size = as_ints(size)
         if mode not in ("nearest", "bilinear"):
             raise ValueError(f"Unknown resize mode {mode!r}; use 'nearest' or 'bilinear'.")
         y = _up(x)
@@ -208,5 +151,5 @@ class Backend:
                 f"int seed, or None."
             )
         # As mindone's randn with generator=None: fresh entropy, float64 standard normal, then cast.
-        draw = np.random.default_rng().standard_normal(tuple(int(s) for s in shape))
+        draw = np.random.default_rng().standard_normal(as_ints(shape))
         return self.from_numpy(draw, like=like, dtype=dtype)

@@ -1,69 +1,42 @@
 """TensorOps for PyTorch tensors.
 
-Every op is the plain torch call; the NumPy backend is the oracle it is tested against
+Every op is the plain torch call (those that `mindspore.mint` spells alike are written once, in
+`fewstep.backends.common.TorchLikeOps`); the NumPy backend is the oracle it is tested against
 (tests/test_backend_contract.py). `randn` delegates to diffusers' `randn_tensor`, so a
 `torch.Generator` (or a list of them) gives exactly the noise a diffusers pipeline would draw.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from fewstep.core.ops import check_dtype
+from fewstep.backends.common import DtypeTable, TorchLikeOps, as_ints
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+TORCH_DTYPES = DtypeTable(torch)
 
 
-def torch_dtype(dtype: str) -> torch.dtype:
-    """The torch dtype for a fewstep dtype name (or alias such as "fp16" / "torch.float16")."""
-    return _DTYPES[check_dtype(dtype)]
-
-
-def _equal_parts(length: int, sections: int, axis: int) -> int:
-    if sections <= 0 or length % sections:
-        raise ValueError(
-            f"Cannot split an axis of length {length} (axis {axis}) into {sections} equal parts; pass a "
-            f"list of part sizes instead."
-        )
-    return length // sections
-
-
-class Backend:
+class Backend(TorchLikeOps):
     name = "torch"
+    xp = torch
+    tensor_type = torch.Tensor
+    dtypes = TORCH_DTYPES
 
-    def is_tensor(self, x: Any) -> bool:
-        return isinstance(x, torch.Tensor)
+    _wrap = staticmethod(torch.from_numpy)
 
-    def from_numpy(self, a, like=None, dtype: Optional[str] = None):
-        a = np.asarray(a)
-        # torch.from_numpy shares memory with the array, which is fine for a writable C-contiguous
-        # array. A read-only array (torch would let writes through it), a strided view (negative
-        # strides are refused) or a non-native byte order is copied first.
-        if not (a.flags.writeable and a.flags.c_contiguous and a.dtype.isnative):
-            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
-        t = torch.from_numpy(a)
-        if dtype is None and like is not None:
-            target = like.dtype
-        else:
-            target = torch_dtype(dtype) if dtype is not None else t.dtype
+    @staticmethod
+    def _astype(x, native_dtype):
+        return x.to(native_dtype)
+
+    @staticmethod
+    def _place(t, like, native_dtype):
         device = like.device if like is not None else t.device
         # The cast is torch's (not NumPy's astype), so float32 -> float16/bfloat16 rounds as torch
         # rounds; moving and casting in one `.to` makes at most one copy.
-        if device != t.device or target != t.dtype:
-            t = t.to(device=device, dtype=target)
+        if device != t.device or native_dtype != t.dtype:
+            t = t.to(device=device, dtype=native_dtype)
         return t
 
     def to_numpy(self, x) -> np.ndarray:
@@ -71,35 +44,6 @@ class Backend:
         if x.dtype == torch.bfloat16:
             x = x.to(torch.float32)
         return x.cpu().numpy()
-
-    def dtype_name(self, x) -> str:
-        try:
-            return _NAMES[x.dtype]
-        except KeyError:
-            return check_dtype(str(x.dtype))  # raises ValueError naming the supported dtypes
-
-    def shape(self, x):
-        return tuple(int(d) for d in x.shape)
-
-    def cast(self, x, dtype: str):
-        target = torch_dtype(dtype)
-        return x if x.dtype == target else x.to(target)
-
-    def reshape(self, x, shape: Sequence[int]):
-        return torch.reshape(x, tuple(int(s) for s in shape))
-
-    def permute_dims(self, x, axes: Sequence[int]):
-        return torch.permute(x, tuple(int(a) for a in axes))
-
-    def concat(self, xs, axis: int = 0):
-        return torch.cat(list(xs), dim=axis)
-
-    def split(self, x, sections, axis: int = 0):
-        if isinstance(sections, (int, np.integer)):
-            # torch.split(x, int) takes a part *size*; the protocol's int is a *number* of parts.
-            size = _equal_parts(int(x.shape[axis]), int(sections), axis)
-            return list(torch.split(x, size, dim=axis))
-        return list(torch.split(x, [int(s) for s in sections], dim=axis))
 
     def where(self, cond, a, b):
         return torch.where(cond, a, b)
@@ -123,8 +67,9 @@ class Backend:
             return torch.addmm(x, a, b, alpha=scale)
         return torch.addmm(x, a, b, alpha=scale, out=out)
 
+
     def resize(self, x, size, mode: str = "nearest"):
-        size = tuple(int(s) for s in size)
+        size = as_ints(size)
         if mode == "nearest":
             return torch.nn.functional.interpolate(x, size=size, mode="nearest")
         if mode == "bilinear":
@@ -153,8 +98,8 @@ class Backend:
         if isinstance(generator, tuple):
             generator = list(generator)
         return randn_tensor(
-            tuple(int(s) for s in shape),
+            as_ints(shape),
             generator=generator,
             device=like.device if like is not None else None,
-            dtype=torch_dtype(dtype),
+            dtype=TORCH_DTYPES.native(dtype),
         )
