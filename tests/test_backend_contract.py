@@ -382,6 +382,27 @@ def test_matmul_add(ops, scale):
             np.testing.assert_array_equal(ops.to_numpy(tx), ops.to_numpy(t))
 
 
+@covers("all_finite")
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_all_finite(ops):
+    a = data(4, 6, seed=16)
+    for dtype in float_dtypes(ops):
+        assert ops.all_finite(ops.from_numpy(a, dtype=dtype)) is True
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[2, 3] = bad
+            assert ops.all_finite(ops.from_numpy(b, dtype=dtype)) is False, (dtype, bad)
+            assert REF.all_finite(b) is False
+    # the verdict is on the values the tensor holds: 7e4 is finite in float32, inf in float16
+    big = np.full(3, 7e4, np.float32)
+    assert ops.all_finite(ops.from_numpy(big)) is True
+    assert ops.all_finite(ops.from_numpy(big, dtype="float16")) is False
+    # integer and bool tensors hold no NaN or inf; an empty tensor has nothing that is not finite
+    for dtype in ("int64", "int32", "uint8", "bool"):
+        assert ops.all_finite(ops.cast(ops.from_numpy(np.abs(a)), dtype)) is True, dtype
+    assert ops.all_finite(ops.from_numpy(np.zeros((0, 3), np.float32))) is True
+
+
 # Bilinear resize is not bitwise: torch and MindSpore compute the source coordinate and weights in
 # float32, NumPy in float64, and each blends in its own order; a weight off by an ulp of the
 # coordinate moves the result by a few ulps of the data. Measured worst (ulps of max|x|): float32

@@ -84,6 +84,9 @@ class Backend:
             product *= scale  # a Python float keeps the array's dtype
         return np.add(x, product, out=out)
 
+    def all_finite(self, x) -> bool:
+        return bool(np.isfinite(x).all())
+
     def resize(self, x, size, mode: str = "nearest"):
         height, width = (int(s) for s in size)
         in_h, in_w = x.shape[-2:]

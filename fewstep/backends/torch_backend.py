@@ -67,6 +67,8 @@ class Backend(TorchLikeOps):
             return torch.addmm(x, a, b, alpha=scale)
         return torch.addmm(x, a, b, alpha=scale, out=out)
 
+    def all_finite(self, x) -> bool:
+        return bool(torch.isfinite(x).all())
 
     def resize(self, x, size, mode: str = "nearest"):
         size = as_ints(size)

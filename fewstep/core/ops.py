@@ -82,6 +82,10 @@ class TensorOps(Protocol):
         tensor either way. LoRA fusion needs it: one fused kernel (torch.addmm) makes one pass over
         a large weight and, with `out`, allocates nothing."""
 
+    def all_finite(self, x: Tensor) -> bool:
+        """True when no element of `x` is NaN or infinite. Computed where `x` lives: one Python bool
+        comes back to the host, not the tensor (LoRA's safe_fusing checks every fused weight)."""
+
     def resize(self, x: Tensor, size: Tuple[int, int], mode: str = "nearest") -> Tensor:
         """Resize an NCHW tensor to `size` = (height, width); mode "nearest" or "bilinear"
         (align_corners=False, no antialias, as torch's `interpolate`)."""
