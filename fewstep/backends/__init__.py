@@ -1,113 +1,51 @@
-"""Backend registry: the only package that imports a framework, and only lazily.
+"""The backends: the only package that imports a framework, and only lazily.
 
-`get_backend` resolves a name ("numpy", "torch", "mindspore"), a tensor, or a model to the backend
-that handles it. Like einops, a framework is only *detected* if it is already in `sys.modules`:
-fewstep never imports torch or MindSpore just to ask whether an object belongs to it.
-There is no process-global backend: both frameworks can live in one process.
+It fills the core's registry (`fewstep.core.registry`): which module implements each backend and how
+to tell that an object belongs to its framework. `get_backend` / `backend_of` live in the core and
+are re-exported here. Loading components goes through the backend's trusted library.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-from typing import Any, Dict
 
-import numpy as np
+from fewstep.core.registry import (BackendEntry, BackendNotInstalled, available_backends, backend_of,
+                                   framework_of, get_backend, register_backend, register_library_hook,
+                                   run_library_hooks)
 
-from fewstep.core.ops import TensorOps
-
-# name -> (module that implements it, the framework module whose presence it needs)
-_MODULES = {
-    "numpy": ("fewstep.backends.numpy_backend", "numpy"),
-    "torch": ("fewstep.backends.torch_backend", "torch"),
-    "mindspore": ("fewstep.backends.mindspore_backend", "mindspore"),
-}
-_ALIASES = {"np": "numpy", "pt": "torch", "pytorch": "torch", "ms": "mindspore"}
-_INSTANCES: Dict[str, TensorOps] = {}
+__all__ = ["BackendNotInstalled", "available_backends", "backend_of", "framework_of", "get_backend",
+           "load_component", "motion_unet", "wrap_component"]
 
 
-class BackendNotInstalled(ImportError):
-    """The framework a backend needs cannot be imported."""
+def _owns_torch(torch, obj) -> bool:
+    return isinstance(obj, (torch.Tensor, torch.nn.Module))
 
 
-def available_backends() -> list:
-    """Names of the backends whose framework can be imported (tries the import)."""
-    names = []
-    for name in _MODULES:
-        try:
-            get_backend(name)
-        except BackendNotInstalled:
-            continue
-        names.append(name)
-    return names
+def _owns_mindspore(ms, obj) -> bool:
+    return isinstance(obj, (ms.Tensor, ms.nn.Cell))
 
 
-def _load(name: str) -> TensorOps:
-    if name not in _INSTANCES:
-        module_name, framework = _MODULES[name]
-        try:
-            importlib.import_module(framework)
-        except ImportError as err:
-            extra = {"torch": "torch", "mindspore": "mindspore"}.get(name, "")
-            raise BackendNotInstalled(
-                f"The {name!r} backend needs {framework}, which is not installed ({err}). "
-                f"Install it with `pip install 'fewstep[{extra}]' -c constraints.txt`."
-            ) from err
-        _INSTANCES[name] = importlib.import_module(module_name).Backend()
-    return _INSTANCES[name]
+def _torch_device_anchor(torch, device):
+    # A torch.device, or a string torch parses as one ("cpu", "cuda:0", "mps"); anything else is not torch's.
+    if not isinstance(device, (str, torch.device)):
+        return None
+    try:
+        return torch.empty(0, dtype=torch.int64, device=torch.device(device))
+    except (RuntimeError, TypeError, ValueError):
+        return None
 
 
-def _framework_of(obj: Any) -> str:
-    """The framework an object belongs to, or "" if none that fewstep knows."""
-    if isinstance(obj, (np.ndarray, np.generic)):
-        return "numpy"
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, (torch.Tensor, torch.nn.Module)):
-        return "torch"
-    ms = sys.modules.get("mindspore")
-    if ms is not None and isinstance(obj, (ms.Tensor, ms.nn.Cell)):
-        return "mindspore"
-    return ""
-
-
-def get_backend(spec: Any) -> TensorOps:
-    """The backend for a name, a tensor, a model, or an existing backend object.
-
-    Raises ValueError naming the accepted choices when `spec` is none of those."""
-    if isinstance(spec, str):
-        name = _ALIASES.get(spec.lower(), spec.lower())
-        if name not in _MODULES:
-            raise ValueError(f"Unknown backend {spec!r}; choose one of {', '.join(_MODULES)}.")
-        return _load(name)
-    if hasattr(spec, "from_numpy") and hasattr(spec, "name") and isinstance(getattr(spec, "name"), str):
-        return spec
-    name = _framework_of(spec)
-    if not name:
-        raise ValueError(
-            f"Cannot tell which framework a {type(spec).__name__} belongs to. Pass a NumPy array, a torch "
-            f"tensor or module, a MindSpore tensor or Cell, or choose explicitly: backend='torch' or "
-            f"backend='mindspore'."
-        )
-    return _load(name)
-
-
-def backend_of(*tensors: Any) -> TensorOps:
-    """The one backend that all given tensors (None entries skipped) belong to.
-
-    Mixing frameworks in one call is an error rather than a silent copy between devices."""
-    names = {}
-    for t in tensors:
-        if t is None:
-            continue
-        names.setdefault(_framework_of(t) or type(t).__name__, type(t).__name__)
-    if not names:
-        raise ValueError("No tensor given: pass NumPy arrays, torch tensors or MindSpore tensors.")
-    if len(names) > 1:
-        raise ValueError(
-            f"Tensors of different frameworks in one call ({', '.join(sorted(names))}); convert them to "
-            f"one framework first, e.g. with fewstep.get_backend('torch').from_numpy(array)."
-        )
-    return get_backend(next(t for t in tensors if t is not None))
+register_backend("numpy", BackendEntry("fewstep.backends.numpy_backend", "numpy", lambda np, obj: False, ""),
+                 aliases=("np",))
+register_backend("torch", BackendEntry("fewstep.backends.torch_backend", "torch", _owns_torch, "torch",
+                                       _torch_device_anchor),
+                 aliases=("pt", "pytorch"))
+register_backend("mindspore", BackendEntry("fewstep.backends.mindspore_backend", "mindspore", _owns_mindspore,
+                                           "mindspore"), aliases=("ms",))
+# The schedulers become diffusers' / mindone's own SchedulerMixin subclasses once that library is imported.
+register_library_hook("diffusers", "fewstep.backends.scheduler_interop:adopt_diffusers")
+register_library_hook("mindone.diffusers", "fewstep.backends.scheduler_interop:adopt_mindone")
+run_library_hooks()  # now for a library already imported, later (at its import) for the others
 
 
 def load_component(backend: str, name: str, library: str, class_name: str, folder: str, **kwargs):

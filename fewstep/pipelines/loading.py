@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Dict, Iterable, Optional
 
-from fewstep.backends import _framework_of, load_component, wrap_component
+from fewstep.backends import framework_of, load_component, wrap_component
 from fewstep.core.schedulers.lcm import LCMScheduler
 from fewstep.core.schedulers.tcd import TCDScheduler
 
@@ -77,7 +77,7 @@ def component_framework(value) -> str:
     if isinstance(value, (list, tuple)):
         names = {component_framework(v) for v in value} - {""}
         return names.pop() if len(names) == 1 else ("mixed" if names else "")
-    return _framework_of(getattr(value, "module", value))
+    return framework_of(getattr(value, "module", value))
 
 
 def check_component_backend(name: str, value, backend: str) -> None:
@@ -97,7 +97,7 @@ def adopt_component(backend: str, name: str, value):
     check_component_backend(name, value, backend)
     if isinstance(value, (list, tuple)):
         return [adopt_component(backend, name, v) for v in value]
-    if _framework_of(value) in ("torch", "mindspore"):  # a raw model, not yet wrapped
+    if framework_of(value) in ("torch", "mindspore"):  # a raw model, not yet wrapped
         return wrap_component(backend, name, value)
     return value
 

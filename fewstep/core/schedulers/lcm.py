@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fewstep.backends import backend_of
 from fewstep.core.noise import randn_like
-from fewstep.core.schedulers.base import (
-    ConsistencyScheduler,
-    StepOutput,
-    linear_combination,
-    x0_and_eps_coefficients,
-)
+from fewstep.core.registry import backend_of
+from fewstep.core.schedulers.parameterisation import Linear, cached, linear_combination, x0_and_eps_coefficients
+from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput
 
 SIGMA_DATA = 0.5  # the data standard deviation the consistency parameterisation assumes
 
@@ -40,6 +36,18 @@ class LCMSchedulerOutput(StepOutput):
 
     prev_sample: Any
     denoised: Any = None
+
+
+class LCMCoefficients(NamedTuple):
+    """x0 = x0 (of sample, model_output); denoised = c_out * x0 + c_skip * sample, which without clipping is
+    the linear `denoised` (of sample, model_output); x_prev = prev_denoised * denoised + prev_noise * z."""
+
+    x0: Linear
+    c_skip: float
+    c_out: float
+    denoised: Linear
+    prev_denoised: float
+    prev_noise: float
 
 
 def boundary_condition_scalings(timestep: float, timestep_scaling: float = 10.0) -> Tuple[float, float]:
@@ -60,19 +68,15 @@ def lcm_coefficients(
     prediction_type: str = "epsilon",
     timestep_scaling: float = 10.0,
     add_noise: bool = True,
-    final_alpha_cumprod: float = 1.0,
-) -> Tuple[float, ...]:
-    """(x0_sample, x0_model, c_skip, c_out, den_sample, den_model, prev_den, prev_noise).
-
-    x0 = x0_sample * sample + x0_model * model_output; with no clipping, denoised = den_sample * sample +
-    den_model * model_output; x_prev = prev_den * denoised + prev_noise * z ((1.0, 0.0) without noise)."""
-    (x0_s, x0_m), _ = x0_and_eps_coefficients(float(alphas_cumprod[timestep]), prediction_type)
+) -> LCMCoefficients:
+    """The step's coefficients in float64 (prev_denoised = 1.0, prev_noise = 0.0 without noise)."""
+    x0, _ = x0_and_eps_coefficients(float(alphas_cumprod[timestep]), prediction_type)
     c_skip, c_out = boundary_condition_scalings(float(timestep), timestep_scaling)
-    den_s, den_m = c_out * x0_s + c_skip, c_out * x0_m
+    denoised = Linear(c_out * x0.sample + c_skip, c_out * x0.model)
     if not add_noise:
-        return x0_s, x0_m, c_skip, c_out, den_s, den_m, 1.0, 0.0
-    alpha_prev = np.float64(alphas_cumprod[prev_timestep]) if prev_timestep >= 0 else np.float64(final_alpha_cumprod)
-    return x0_s, x0_m, c_skip, c_out, den_s, den_m, float(np.sqrt(alpha_prev)), float(np.sqrt(1.0 - alpha_prev))
+        return LCMCoefficients(x0, c_skip, c_out, denoised, 1.0, 0.0)
+    alpha_prev = np.float64(alphas_cumprod[prev_timestep])
+    return LCMCoefficients(x0, c_skip, c_out, denoised, float(np.sqrt(alpha_prev)), float(np.sqrt(1.0 - alpha_prev)))
 
 
 def dynamic_threshold(ops, x0: Any, ratio: float = 0.995, max_value: float = 1.0) -> Any:
@@ -93,23 +97,22 @@ def dynamic_threshold(ops, x0: Any, ratio: float = 0.995, max_value: float = 1.0
     return out if dtype in ("float32", "float64") else ops.cast(out, dtype)
 
 
-def _apply(ops, model_output, sample, coefficients, noisy: bool, generator, config) -> Tuple[Any, Any]:
+def _apply(ops, model_output, sample, c: LCMCoefficients, noisy: bool, generator, options) -> Tuple[Any, Any]:
     """denoised and x_prev as tensors."""
-    x0_s, x0_m, c_skip, c_out, den_s, den_m, prev_den, prev_noise = coefficients
-    if config["thresholding"]:
-        x0 = linear_combination(sample, x0_s, model_output, x0_m)
-        x0 = dynamic_threshold(ops, x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
-        denoised = linear_combination(x0, c_out, sample, c_skip)
-    elif config["clip_sample"]:
-        bound = float(config["clip_sample_range"])
-        x0 = ops.clip(linear_combination(sample, x0_s, model_output, x0_m), -bound, bound)
-        denoised = linear_combination(x0, c_out, sample, c_skip)
+    if options["thresholding"]:
+        x0 = linear_combination(sample, c.x0.sample, model_output, c.x0.model)
+        x0 = dynamic_threshold(ops, x0, options["dynamic_thresholding_ratio"], options["sample_max_value"])
+        denoised = linear_combination(x0, c.c_out, sample, c.c_skip)
+    elif options["clip_sample"]:
+        bound = float(options["clip_sample_range"])
+        x0 = ops.clip(linear_combination(sample, c.x0.sample, model_output, c.x0.model), -bound, bound)
+        denoised = linear_combination(x0, c.c_out, sample, c.c_skip)
     else:
-        denoised = linear_combination(sample, den_s, model_output, den_m)
+        denoised = linear_combination(sample, c.denoised.sample, model_output, c.denoised.model)
     if not noisy:
         return denoised, denoised
     noise = randn_like(ops, ops.shape(model_output), ops.dtype_name(denoised), generator, like=sample)
-    return linear_combination(denoised, prev_den, noise, prev_noise), denoised
+    return linear_combination(denoised, c.prev_denoised, noise, c.prev_noise), denoised
 
 
 _DEFAULT_OPTIONS = {
@@ -133,24 +136,40 @@ def lcm_step(
     timestep_scaling: float = 10.0,
     generator: Any = None,
     num_inference_steps: Optional[int] = None,
+    coefficient_cache: Optional[dict] = None,
     **options,
 ) -> Tuple[Any, Any]:
-    """One LCM step with the step index given explicitly (no scheduler state).
+    """One LCM step with the step index given explicitly (no scheduler state); `LCMScheduler.step` is this.
 
-    Returns (prev_sample, denoised). `options` are the config's clip_sample, clip_sample_range,
-    thresholding, dynamic_thresholding_ratio, sample_max_value. The step at index
-    num_inference_steps - 1 (default len(timesteps) - 1) is the last one and draws no noise."""
+    Args:
+        model_output, timestep, sample: the UNet's output at `timestep` for the noisy `sample`.
+        timesteps: the schedule; the step goes from timesteps[step_index] to timesteps[step_index + 1].
+        step_index: the index of `timestep` in the schedule.
+        alphas_cumprod: the training schedule's cumulative alphas.
+        prediction_type: "epsilon", "sample" or "v_prediction".
+        timestep_scaling: scales the timestep in the boundary-condition scalings.
+        generator: the noise source (see `LCMScheduler.step`).
+        num_inference_steps: defaults to len(timesteps); the step at index num_inference_steps - 1 is the
+            last one and draws no noise.
+        coefficient_cache: a dict in which coefficients are memoised across calls (a scheduler's).
+        options: the config's clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
+            sample_max_value.
+
+    Returns (prev_sample, denoised)."""
     unknown = set(options) - set(_DEFAULT_OPTIONS)
     if unknown:
         raise ValueError(f"Unknown LCM options {sorted(unknown)}; use {sorted(_DEFAULT_OPTIONS)}.")
-    config = {**_DEFAULT_OPTIONS, **options}
+    options = {**_DEFAULT_OPTIONS, **options}
     steps = len(timesteps) if num_inference_steps is None else num_inference_steps
     t = int(timestep)
+    # After the last timestep there is no previous one; the last step draws no noise, so t stands in.
     prev_t = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else t
     noisy = step_index != steps - 1
-    coefficients = lcm_coefficients(alphas_cumprod, t, prev_t, prediction_type, timestep_scaling, noisy)
+    scaling = float(timestep_scaling)
+    coefficients = cached(coefficient_cache, ("lcm", t, prev_t, noisy, prediction_type, scaling),
+                          lambda: lcm_coefficients(alphas_cumprod, t, prev_t, prediction_type, scaling, noisy))
     ops = backend_of(model_output, sample)
-    return _apply(ops, model_output, sample, coefficients, noisy, generator, config)
+    return _apply(ops, model_output, sample, coefficients, noisy, generator, options)
 
 
 class LCMScheduler(ConsistencyScheduler):
@@ -161,6 +180,8 @@ class LCMScheduler(ConsistencyScheduler):
     diffusers: invalid configs and arguments raise ValueError up front; `timesteps` is a NumPy int64
     array; custom timesteps with strength < 1 set num_inference_steps to the kept length, so the last
     step returns `denoised` without re-noising it (see `set_timesteps`)."""
+
+    _saved_as_module = "diffusers.schedulers.scheduling_lcm"
 
     def step(self, model_output: Any, timestep: Any, sample: Any, generator: Any = None, return_dict: bool = True):
         """Advance one timestep.
@@ -175,24 +196,14 @@ class LCMScheduler(ConsistencyScheduler):
 
         Returns `LCMSchedulerOutput(prev_sample, denoised)` of the input's type and dtype."""
         t, index = self._begin_step(timestep)
-        schedule = self._timestep_list
-        prev_t = schedule[index + 1] if index + 1 < len(schedule) else t  # last step: prev = t (unused)
-        noisy = index != self.num_inference_steps - 1
         config = self.config
-        coefficients = self._coefficients_for(
-            (t, prev_t, noisy),
-            lambda: lcm_coefficients(
-                self._alpha_list,
-                t,
-                prev_t,
-                config["prediction_type"],
-                float(config["timestep_scaling"]),
-                noisy,
-                self.final_alpha_cumprod,
-            ),
+        prev_sample, denoised = lcm_step(
+            model_output, t, sample, timesteps=self._timestep_list, step_index=index,
+            alphas_cumprod=self._alphas_cumprod_list, prediction_type=config["prediction_type"],
+            timestep_scaling=config["timestep_scaling"], generator=generator,
+            num_inference_steps=self.num_inference_steps, coefficient_cache=self._coefficient_cache,
+            **{name: config[name] for name in _DEFAULT_OPTIONS},
         )
-        ops = backend_of(model_output, sample)
-        prev_sample, denoised = _apply(ops, model_output, sample, coefficients, noisy, generator, config)
         self._step_index = index + 1
         if not return_dict:
             return prev_sample, denoised

@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from fewstep.backends import backend_of
 from fewstep.core.noise import randn_like
-from fewstep.core.schedulers.base import (
-    ConsistencyScheduler,
-    StepOutput,
-    linear_combination,
-    x0_and_eps_coefficients,
-)
+from fewstep.core.registry import backend_of
+from fewstep.core.schedulers.parameterisation import cached, linear_combination, x0_and_eps_coefficients
+from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput
 
 
 @dataclass
@@ -42,6 +38,15 @@ class TCDSchedulerOutput(StepOutput):
 
     prev_sample: Any
     pred_noised_sample: Any = None
+
+
+class TCDCoefficients(NamedTuple):
+    """x_s = xs_sample * sample + xs_model * model_output; x_prev = prev_xs * x_s + prev_noise * z."""
+
+    xs_sample: float
+    xs_model: float
+    prev_xs: float
+    prev_noise: float
 
 
 def intermediate_timestep(prev_timestep: int, eta: float) -> int:
@@ -58,24 +63,20 @@ def tcd_coefficients(
     eta: float,
     prediction_type: str = "epsilon",
     add_noise: bool = True,
-    final_alpha_cumprod: float = 1.0,
-) -> Tuple[float, float, float, float]:
-    """(xs_sample, xs_model, prev_xs, prev_noise): x_s = xs_sample * sample + xs_model * model_output and
-    x_prev = prev_xs * x_s + prev_noise * z. Without noise (eta == 0 or the last step) x_prev = x_s,
-    returned as (1.0, 0.0) so callers can skip the draw. Computed in float64 from the float32 table."""
+) -> TCDCoefficients:
+    """The step's coefficients, in float64 from the float32 table. Without noise (eta == 0 or the last
+    step) x_prev = x_s, returned as prev_xs = 1.0, prev_noise = 0.0 so callers can skip the draw."""
     s = intermediate_timestep(prev_timestep, eta)
     alpha_t = float(alphas_cumprod[timestep])
     alpha_s = np.float64(alphas_cumprod[s])
-    (x0_s, x0_m), (eps_s, eps_m) = x0_and_eps_coefficients(alpha_t, prediction_type)
+    x0, eps = x0_and_eps_coefficients(alpha_t, prediction_type)
     root_s, root_1s = float(np.sqrt(alpha_s)), float(np.sqrt(1.0 - alpha_s))
-    xs_sample = root_s * x0_s + root_1s * eps_s
-    xs_model = root_s * x0_m + root_1s * eps_m
+    xs_sample = root_s * x0.sample + root_1s * eps.sample
+    xs_model = root_s * x0.model + root_1s * eps.model
     if not add_noise:
-        return xs_sample, xs_model, 1.0, 0.0
-    # The previous timestep is never negative in a schedule; final_alpha_cumprod mirrors the reference.
-    alpha_prev = np.float64(alphas_cumprod[prev_timestep]) if prev_timestep >= 0 else np.float64(final_alpha_cumprod)
-    ratio = alpha_prev / alpha_s  # <= 1 because s <= t_prev, so the noise scale is real
-    return xs_sample, xs_model, float(np.sqrt(ratio)), float(np.sqrt(1.0 - ratio))
+        return TCDCoefficients(xs_sample, xs_model, 1.0, 0.0)
+    ratio = np.float64(alphas_cumprod[prev_timestep]) / alpha_s  # <= 1 because s <= t_prev, so the noise scale is real
+    return TCDCoefficients(xs_sample, xs_model, float(np.sqrt(ratio)), float(np.sqrt(1.0 - ratio)))
 
 
 def _check_eta(eta: Any) -> float:
@@ -87,14 +88,13 @@ def _check_eta(eta: Any) -> float:
     return float(eta)
 
 
-def _apply(ops, model_output, sample, coefficients, noisy: bool, generator):
+def _apply(ops, model_output, sample, coefficients: TCDCoefficients, noisy: bool, generator):
     """x_s and x_prev as tensors: two linear combinations and at most one noise draw."""
-    xs_sample, xs_model, prev_xs, prev_noise = coefficients
-    pred_noised = linear_combination(sample, xs_sample, model_output, xs_model)
+    pred_noised = linear_combination(sample, coefficients.xs_sample, model_output, coefficients.xs_model)
     if not noisy:
         return pred_noised, pred_noised
     noise = randn_like(ops, ops.shape(model_output), ops.dtype_name(pred_noised), generator, like=sample)
-    return linear_combination(pred_noised, prev_xs, noise, prev_noise), pred_noised
+    return linear_combination(pred_noised, coefficients.prev_xs, noise, coefficients.prev_noise), pred_noised
 
 
 def tcd_step(
@@ -109,16 +109,31 @@ def tcd_step(
     eta: float = 0.3,
     generator: Any = None,
     num_inference_steps: Optional[int] = None,
-) -> Tuple[Any, Any]:
-    """One TCD step with the step index given explicitly (no scheduler state).
+    coefficient_cache: Optional[dict] = None,
+):
+    """One TCD step with the step index given explicitly (no scheduler state); `TCDScheduler.step` is this.
 
-    Returns (prev_sample, pred_noised_sample). `num_inference_steps` defaults to len(timesteps); the step
-    at index num_inference_steps - 1 is the last one and draws no noise."""
+    Args:
+        model_output, timestep, sample: the UNet's output at `timestep` for the noisy `sample`.
+        timesteps: the schedule; the step goes from timesteps[step_index] to timesteps[step_index + 1]
+            (to 0 after the last one).
+        step_index: the index of `timestep` in the schedule.
+        alphas_cumprod: the training schedule's cumulative alphas.
+        prediction_type: "epsilon", "sample" or "v_prediction".
+        eta: the paper's gamma in [0, 1].
+        generator: the noise source (see `TCDScheduler.step`).
+        num_inference_steps: defaults to len(timesteps); the step at index num_inference_steps - 1 is the
+            last one and draws no noise.
+        coefficient_cache: a dict in which coefficients are memoised across calls (a scheduler's).
+
+    Returns (prev_sample, pred_noised_sample)."""
     eta = _check_eta(eta)
     steps = len(timesteps) if num_inference_steps is None else num_inference_steps
+    t = int(timestep)
     prev_t = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else 0
     noisy = eta > 0 and step_index != steps - 1
-    coefficients = tcd_coefficients(alphas_cumprod, int(timestep), prev_t, eta, prediction_type, noisy)
+    coefficients = cached(coefficient_cache, ("tcd", t, prev_t, eta, noisy, prediction_type),
+                          lambda: tcd_coefficients(alphas_cumprod, t, prev_t, eta, prediction_type, noisy))
     return _apply(backend_of(model_output, sample), model_output, sample, coefficients, noisy, generator)
 
 
@@ -137,6 +152,7 @@ class TCDScheduler(ConsistencyScheduler):
     [999, 759, 499, 259] but set_timesteps(4, original_inference_steps=50) gives [999, 749, 499, 249]."""
 
     _full_range_if_explicit = True
+    _saved_as_module = "diffusers.schedulers.scheduling_tcd"
 
     def step(
         self,
@@ -159,19 +175,13 @@ class TCDScheduler(ConsistencyScheduler):
             return_dict: False returns the tuple (prev_sample, pred_noised_sample).
 
         Returns `TCDSchedulerOutput(prev_sample, pred_noised_sample)` of the input's type and dtype."""
-        eta = _check_eta(eta)
         t, index = self._begin_step(timestep)
-        schedule = self._timestep_list
-        prev_t = schedule[index + 1] if index + 1 < len(schedule) else 0
-        noisy = eta > 0 and index != self.num_inference_steps - 1
-        coefficients = self._coefficients_for(
-            (t, prev_t, eta, noisy),
-            lambda: tcd_coefficients(
-                self._alpha_list, t, prev_t, eta, self.config["prediction_type"], noisy, self.final_alpha_cumprod
-            ),
+        prev_sample, pred_noised = tcd_step(
+            model_output, t, sample, timesteps=self._timestep_list, step_index=index,
+            alphas_cumprod=self._alphas_cumprod_list, prediction_type=self.config["prediction_type"], eta=eta,
+            generator=generator, num_inference_steps=self.num_inference_steps,
+            coefficient_cache=self._coefficient_cache,
         )
-        ops = backend_of(model_output, sample)
-        prev_sample, pred_noised = _apply(ops, model_output, sample, coefficients, noisy, generator)
         self._step_index = index + 1
         if not return_dict:
             return prev_sample, pred_noised
