@@ -32,9 +32,17 @@ def load_image(
 ) -> PIL.Image.Image:
     """Load `image` as a PIL image; mirrors ``diffusers.utils.load_image``.
 
-    `image` is a local path, an ``http://`` / ``https://`` URL, or a PIL image. The EXIF orientation
-    is applied (``PIL.ImageOps.exif_transpose``), then ``convert_method(image)`` if given, else
-    ``image.convert("RGB")``.
+    Args:
+        image (`str`, `os.PathLike` or `PIL.Image.Image`):
+            A local path, an ``http://`` / ``https://`` URL (fetched with a 60 s timeout, through
+            `requests` when it is installed) or a PIL image. Its EXIF orientation is applied
+            (``PIL.ImageOps.exif_transpose``).
+        convert_method (`Callable[[PIL.Image.Image], PIL.Image.Image]`, *optional*):
+            Applied to the image last, e.g. ``lambda im: im.convert("L")``; when None the image is
+            converted to RGB.
+
+    Returns:
+        `PIL.Image.Image`: the loaded image, read fully (no file is left open).
     """
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
@@ -89,9 +97,19 @@ def _open_bytes(data: bytes, source: str) -> PIL.Image.Image:
 def make_image_grid(images: Sequence, rows: int, cols: int, resize: Optional[int] = None) -> PIL.Image.Image:
     """Paste `images` row-major into one RGB grid; mirrors ``diffusers.utils.make_image_grid``.
 
-    Each cell is the size of the first image (after ``resize``, which makes every image
-    ``resize x resize``), so the images should share that size. Images are PIL images or HWC arrays
-    (float in [0, 1], or uint8).
+    Args:
+        images (`List[PIL.Image.Image]`, a list of HWC arrays, or an NHWC array):
+            Exactly ``rows * cols`` images: PIL images or HWC arrays (float in [0, 1], or uint8), e.g. a
+            pipeline's ``.images``. Each cell is the size of the first image, so they should share it.
+        rows (`int`):
+            The number of rows of the grid.
+        cols (`int`):
+            The number of columns of the grid.
+        resize (`int`, *optional*):
+            When given, every image is first resized to ``resize x resize`` pixels.
+
+    Returns:
+        `PIL.Image.Image`: the grid, an RGB image of ``cols`` x ``rows`` cells.
     """
     images = [_to_pil(img) for img in _as_list(images)]
     if len(images) != rows * cols:
@@ -114,9 +132,20 @@ def make_image_grid(images: Sequence, rows: int, cols: int, resize: Optional[int
 def export_to_gif(frames: Sequence, output_gif_path: Optional[Union[str, os.PathLike]] = None, fps: int = 10) -> str:
     """Write `frames` as a looping animated GIF and return its path; mirrors ``diffusers.utils.export_to_gif``.
 
-    Frames are PIL images or HWC arrays (float in [0, 1], or uint8), shown ``1000 // fps`` ms each.
-    With no `output_gif_path` a new temporary ``.gif`` file is written (and left for the caller).
     As in diffusers, PIL merges consecutive identical frames into one of the summed duration.
+
+    Args:
+        frames (`List[PIL.Image.Image]`, a list of HWC arrays, or an NHWC array):
+            The frames, PIL images or HWC arrays (float in [0, 1], or uint8), e.g. an AnimateDiff
+            pipeline's ``.frames[0]``.
+        output_gif_path (`str` or `os.PathLike`, *optional*):
+            Where to write the GIF (written as GIF whatever its extension). When None, a new temporary
+            ``.gif`` file is written and left for the caller.
+        fps (`int`, *optional*, defaults to 10):
+            Frames per second: each frame is shown ``1000 // fps`` ms.
+
+    Returns:
+        `str`: the path of the written GIF.
     """
     frames = [_to_pil(frame) for frame in _as_list(frames)]
     if not frames:
@@ -145,10 +174,21 @@ def export_to_video(video_frames: Sequence, output_video_path: Optional[Union[st
                     fps: float = 10) -> str:
     """Write `video_frames` as an MP4 video and return its path; mirrors ``diffusers.utils.export_to_video``.
 
-    Frames are PIL images or HWC arrays (float in [0, 1], or uint8), all of one size, e.g. an
-    AnimateDiff pipeline's ``.frames[0]``. Written through OpenCV (``cv2.VideoWriter``, fourcc "mp4v")
-    when it is installed, else through imageio with imageio-ffmpeg; both encoders are lossy. With no
-    `output_video_path` a new temporary ``.mp4`` file is written (and left for the caller).
+    Written through OpenCV (``cv2.VideoWriter``, fourcc "mp4v") when it is installed, else through
+    imageio with imageio-ffmpeg; both encoders are lossy.
+
+    Args:
+        video_frames (`List[PIL.Image.Image]`, a list of HWC arrays, or an NHWC array):
+            The frames, PIL images or HWC arrays (float in [0, 1], or uint8), all of one size, e.g. an
+            AnimateDiff pipeline's ``.frames[0]``.
+        output_video_path (`str` or `os.PathLike`, *optional*):
+            Where to write the video. When None, a new temporary ``.mp4`` file is written and left for
+            the caller.
+        fps (`float`, *optional*, defaults to 10):
+            Frames per second.
+
+    Returns:
+        `str`: the path of the written video.
     """
     frames = [np.asarray(_to_pil(frame).convert("RGB")) for frame in _as_list(video_frames)]
     if not frames:
