@@ -79,6 +79,24 @@ class _AutoPipeline:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, backend: str = "torch", **kwargs):
+        """The pipeline of this class's task for a folder of any task, as diffusers' AutoPipelines pick it:
+        the model family (SD / SDXL) and any adapter come from the folder's model_index.json.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                A folder holding model_index.json or a hub repository id, as `DiffusionPipeline.from_pretrained`
+                takes it.
+            backend (`str`, *optional*, defaults to "torch"):
+                "torch" (diffusers and transformers) or "mindspore" (mindone).
+            **kwargs (*optional*):
+                Passed on to the chosen class's `from_pretrained`: `dtype`, `device`, `variant` and
+                components. `controlnet=` (or `adapter=`, `motion_adapter=`) picks the pipeline with that
+                adapter; `controlnet=None` picks the one without it.
+
+        Returns:
+            A fewstep pipeline, e.g. `StableDiffusionXLImg2ImgPipeline` for an SDXL folder and
+            `AutoPipelineForImage2Image`.
+        """
         from fewstep.pipelines import loading
 
         folder = loading.resolve_folder(pretrained_model_name_or_path)
@@ -91,7 +109,19 @@ class _AutoPipeline:
 
     @classmethod
     def from_pipe(cls, pipeline, **components):
-        """The class for this task on `pipeline`'s components, sharing its weights."""
+        """The pipeline of this class's task on `pipeline`'s components, sharing its weights.
+
+        Args:
+            pipeline (`DiffusionPipeline`):
+                A loaded fewstep pipeline of any task; its model family and adapter are kept.
+            **components (*optional*):
+                Components to add or replace, as `DiffusionPipeline.from_pipe` takes them; `controlnet=`
+                (or `adapter=`, `motion_adapter=`) picks the pipeline with that adapter, `controlnet=None`
+                the one without it.
+
+        Returns:
+            A fewstep pipeline of this task on the same backend.
+        """
         key = key_of(type(pipeline).__name__, f"{type(pipeline).__name__}")
         target = cls._target(key, components, type(pipeline).__name__)
         components = {k: v for k, v in components.items() if not (k in _EXTENSION_COMPONENTS and v is None)}
