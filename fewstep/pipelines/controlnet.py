@@ -19,6 +19,7 @@ from typing import Any, List, Mapping, Optional
 import numpy as np
 
 from fewstep.pipelines import image_processing, prompts
+from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.extensions import Extension
 
 # UNet config entries a ControlNet copies from the UNet it was trained with; any difference means
@@ -69,6 +70,27 @@ class ControlNet(Extension):
         self.image_argument = image_argument
         self.arguments = {image_argument: None, "controlnet_conditioning_scale": 1.0, "control_guidance_start": 0.0,
                           "control_guidance_end": 1.0, "guess_mode": False}
+        self.argument_docs = {
+            image_argument: Arg(
+                "`PIL.Image.Image`, `np.ndarray` or a list of them",
+                "The ControlNet input condition (an edge map, a depth map...): a PIL image (resized to the output "
+                "size) or an HWC array in [0, 1] of the output size; one for all outputs or a list with one per "
+                "prompt. With several ControlNets, a list with one such condition per ControlNet. Required; "
+                "`height` and `width` default to its size."),
+            "controlnet_conditioning_scale": Arg(
+                "`float` or `List[float]`", "The ControlNet's residuals are multiplied by it before they are added "
+                "to the UNet's; with several ControlNets, one value for all or one per ControlNet."),
+            "control_guidance_start": Arg(
+                "`float` or `List[float]`", "The share of the steps after which the ControlNet starts to apply "
+                "(0 to 1); one value or one per ControlNet."),
+            "control_guidance_end": Arg(
+                "`float` or `List[float]`", "The share of the steps after which the ControlNet stops applying "
+                "(above `control_guidance_start`, at most 1); one value or one per ControlNet."),
+            "guess_mode": Arg(
+                "`bool`", "Under classifier-free guidance, the ControlNet sees only the conditional half of the "
+                "batch and the unconditional half gets no residuals, so it must recognise the content without "
+                "the prompt. Always on for a ControlNet whose config sets `global_pool_conditions`."),
+        }
 
     # ------------------------------------------------------------------ checks
     def check_components(self, pipe) -> None:

@@ -5,8 +5,9 @@ object a pipeline class lists in `_extensions`. It says
 
 - which pipeline components it needs (`components`: e.g. "controlnet"), checked when the pipeline is
   built (`check_components`), so a part that does not fit the UNet fails before the first call;
-- which call arguments it owns (`arguments`, with their defaults); the loop hands them over and
-  never reads them itself;
+- which call arguments it owns (`arguments`, with their defaults, and `argument_docs`, what each
+  means, in diffusers' words: they are added to the `__call__` docstring of every class that lists the
+  extension); the loop hands them over and never reads them itself;
 - what it does once per call before the loop (`prepare`: a T2I-Adapter's features, the control
   images), returning its per-call state;
 - what it adds to each UNet call (`unet_inputs`: a ControlNet's residuals, within its guidance window).
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from fewstep.pipelines.docstrings import Arg
 
 # The UNet keyword arguments extensions may add, and how two contributions to one of them combine.
 # Residual lists and tensors add up elementwise in extension order (as diffusers' MultiControlNet
@@ -84,6 +87,8 @@ class Extension:
     components: Tuple[str, ...] = ()
     #: call arguments this extension owns, with their defaults
     arguments: Mapping[str, Any] = {}
+    #: the documentation of each owned argument (its type and what it does; the default is added)
+    argument_docs: Mapping[str, Arg] = {}
 
     def check_components(self, pipe) -> None:
         """Raise ValueError when the components do not fit the pipeline's UNet (at construction)."""

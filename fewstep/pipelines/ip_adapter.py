@@ -29,6 +29,7 @@ import numpy as np
 from fewstep.backends import load_component
 from fewstep.core.lora.reading import read_safetensors
 from fewstep.pipelines import image_processing
+from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.extensions import Extension
 
 _ENCODER_CLASS = "CLIPVisionModelWithProjection"
@@ -298,6 +299,18 @@ class IPAdapter(Extension):
     """Image embeddings for every UNet call when an IP-Adapter is loaded (a no-op otherwise)."""
 
     arguments = {"ip_adapter_image": None, "ip_adapter_image_embeds": None}
+    argument_docs = {
+        "ip_adapter_image": Arg(
+            "`PIL.Image.Image`, `np.ndarray` or a list of them",
+            "The image prompt for the IP-Adapter loaded with `load_ip_adapter`: a PIL image or an HWC array; with "
+            "several adapters loaded, a list with one per adapter. Pass this or `ip_adapter_image_embeds` while an "
+            "IP-Adapter is loaded, neither otherwise."),
+        "ip_adapter_image_embeds": Arg(
+            "`List` of backend tensors or `np.ndarray`",
+            "Pre-computed image embeddings, one per loaded IP-Adapter, as `prepare_ip_adapter_image_embeds` "
+            "returns them (with the negative half first when computed with classifier-free guidance), instead of "
+            "`ip_adapter_image`."),
+    }
 
     def check_arguments(self, pipe, args, prompt_batch) -> None:
         image, embeds = args["ip_adapter_image"], args["ip_adapter_image_embeds"]

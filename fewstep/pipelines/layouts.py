@@ -17,11 +17,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from fewstep.pipelines import image_processing
+from fewstep.pipelines.docstrings import Arg
 
 
 class ImageLayout:
-    arguments: Mapping[str, Any] = {}
+    arguments: Mapping[str, Any] = {}  # call arguments the layout owns, with their defaults
+    argument_docs: Mapping[str, Arg] = {}
     output_field = "images"
+    output_doc = ('`.images` holds a list of PIL images (`output_type="pil"`), an NHWC float array in [0, 1] '
+                  '("np") or the final latents ("latent")')
 
     def check_arguments(self, pipe, args: Mapping[str, Any]) -> None:
         """Raise ValueError on bad layout arguments, before any work."""
@@ -44,7 +48,15 @@ class ImageLayout:
 
 class VideoLayout(ImageLayout):
     arguments = {"num_frames": 16, "decode_chunk_size": 16}
+    argument_docs = {
+        "num_frames": Arg("`int`", "The number of video frames to generate, at most the motion adapter's "
+                          "`motion_max_seq_length` (32 for AnimateDiff's)."),
+        "decode_chunk_size": Arg("`int`", "The number of frames the VAE decodes per call; each frame is decoded "
+                                 "on its own, so it changes only the peak memory, never the frames."),
+    }
     output_field = "frames"
+    output_doc = ('`.frames` holds per video a list of PIL frames (`output_type="pil"`), a float array (videos, '
+                  'frames, height, width, 3) in [0, 1] ("np") or the final 5-D latents ("latent")')
 
     def check_arguments(self, pipe, args) -> None:
         frames, chunk = args["num_frames"], args["decode_chunk_size"]

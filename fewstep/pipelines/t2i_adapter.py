@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
 from fewstep.pipelines import image_processing, prompts
+from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.extensions import Extension
 
 
@@ -36,6 +37,17 @@ class T2IAdapter(Extension):
 
     components = ("adapter",)
     arguments = {"image": None, "adapter_conditioning_scale": 1.0, "adapter_conditioning_factor": 1.0}
+    argument_docs = {
+        "image": Arg("`PIL.Image.Image`, `np.ndarray` or a list of them",
+                     "The adapter's conditioning image (a sketch, a depth map...): a PIL image (resized to the "
+                     "output size) or an HWC array in [0, 1] of the output size; one for all outputs or one per "
+                     "prompt. Required; `height` and `width` default to its size, rounded down to the adapter's "
+                     "downscale factor."),
+        "adapter_conditioning_scale": Arg("`float`", "The adapter's features are multiplied by it before they are "
+                                          "added inside the UNet's down blocks."),
+        "adapter_conditioning_factor": Arg("`float`", "The share of the steps (from the first, 0 to 1) during which "
+                                           "the adapter's features are added: int(steps x factor) steps."),
+    }
 
     def check_components(self, pipe) -> None:
         if isinstance(pipe.adapter, (list, tuple)):

@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 
 from fewstep.pipelines import image_processing
+from fewstep.pipelines.docstrings import Arg
+
+_IMAGE = "`PIL.Image.Image`, `np.ndarray` or a list of them"
+_STRENGTH = ("How much the input image is changed: only the last int(num_inference_steps x strength) timesteps "
+             "run, {start}; at least one step must remain. `None` uses the class's default.")
 
 
 @dataclass
@@ -50,6 +55,13 @@ class _ImageTaskMixin:
 
 class Text2ImageTask:
     _task = "text-to-image"
+    # what the loop's image arguments mean here (see base.CALL_ARGUMENTS); an adapter may own `image`
+    _argument_docs = {
+        "image": Arg("`None`", "Not taken: a text-to-image pipeline starts from noise. Use the Img2Img or Inpaint "
+                     "pipeline to start from an image."),
+        "mask_image": Arg("`None`", "Not taken; see the Inpaint pipelines."),
+        "strength": Arg("`float`", "Leave it at 1.0: text-to-image runs the whole schedule from noise."),
+    }
 
     def _check_task_inputs(self, image, mask_image):
         if image is not None or mask_image is not None:
@@ -83,6 +95,15 @@ class Text2ImageTask:
 class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
     _task = "img2img"
     _default_strength = 0.8
+    _argument_docs = {
+        "image": Arg(_IMAGE, "The image to start from: a PIL image (resized to the output size) or an HWC array "
+                     "in [0, 1] of that size; one for all outputs, or a list whose length divides the number of "
+                     "outputs. Required."),
+        "mask_image": Arg("`None`", "Not taken: img2img changes the whole image; see the Inpaint pipelines."),
+        "strength": Arg("`float`", _STRENGTH.format(start="starting from the encoded image noised to the first of "
+                                                           "them (1.0 keeps little of the image)")),
+        "latents": Arg("`None`", "Not used: img2img starts from the encoded image, noised with `generator`."),
+    }
 
     def _check_task_inputs(self, image, mask_image):
         if image is None:
@@ -102,6 +123,15 @@ class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
 
 class InpaintTask(_ImageTaskMixin, Text2ImageTask):
     _task = "inpainting"
+    _argument_docs = {
+        "image": Arg(_IMAGE, "The image to repaint: a PIL image (resized to the output size) or an HWC array in "
+                     "[0, 1] of that size; one for all outputs, or a list whose length divides the number of "
+                     "outputs. Required."),
+        "mask_image": Arg(_IMAGE, "Where to repaint: white (at least 0.5) is repainted, black kept. The size of "
+                          "`image`; one mask, or one per image. Required."),
+        "strength": Arg("`float`", _STRENGTH.format(start="starting from the encoded image noised to the first of "
+                                                           "them; at 1.0 from pure noise")),
+    }
 
     def _check_task_inputs(self, image, mask_image):
         if image is None or mask_image is None:
