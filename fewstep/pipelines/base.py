@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fewstep.backends import _framework_of, get_backend
+from fewstep.backends import framework_of, get_backend
 from fewstep.core.guidance import guidance_scale_embedding
 from fewstep.core.noise import randn_like
 from fewstep.core.random import Generator
@@ -51,7 +51,7 @@ def as_backend_tensor(ops, x, name: str, dtype: Optional[str] = None, like=None)
         return ops.cast(x, dtype) if dtype else x
     if isinstance(x, np.ndarray):
         return ops.from_numpy(x, like=like, dtype=dtype)
-    framework = _framework_of(x) or type(x).__name__
+    framework = framework_of(x) or type(x).__name__
     raise ValueError(
         f"{name} is a {framework} tensor but this pipeline runs on {ops.name}; pass a {ops.name} tensor or a "
         f"NumPy array, or load the pipeline with backend={framework!r}."
