@@ -445,9 +445,9 @@ CALL_ARGUMENTS: Dict[str, Arg] = {
     "mask_image": Arg("`PIL.Image.Image`, `np.ndarray` or a list of them",
                       "Inpainting pipelines only: where to repaint (white) and what to keep (black)."),
     "height": Arg("`int`", "The height in pixels of the output, a multiple of the VAE's downsampling factor "
-                  "(`vae_scale_factor`: 8 for SD and SDXL). By default the UNet's `sample_size` times that factor for text-to-image, "
-                  "the input image's height rounded down to the factor for img2img and inpainting, and the "
-                  "conditioning image's for ControlNet and T2I-Adapter pipelines."),
+                  "(`vae_scale_factor`: 8 for SD and SDXL). By default the UNet's `sample_size` times that factor "
+                  "for text-to-image, the input image's height rounded down to the factor for img2img and "
+                  "inpainting, and the conditioning image's for ControlNet and T2I-Adapter pipelines."),
     "width": Arg("`int`", "The width in pixels of the output; see `height`."),
     "num_inference_steps": Arg("`int`", "The number of denoising steps; TCD and LCM need only a few (2 to 8). "
                                "Ignored when `timesteps` is given."),
