@@ -281,8 +281,9 @@ class ConsistencyScheduler(Configurable):
         Args:
             timestep (`int` or a one-element tensor): a timestep of the schedule.
 
-        Returns a Python int while `timesteps` is a NumPy array; a 0-d tensor of the timesteps' framework
-        and device once `set_timesteps(device=...)` made them tensors (diffusers returns a tensor)."""
+        Returns a NumPy int64 scalar while `timesteps` is a NumPy array; a 0-d tensor of the timesteps'
+        framework and device once `set_timesteps(device=...)` made them tensors. Either has `.item()`, as
+        diffusers' tensor does."""
         t = timestep_as_int(timestep, len(self))
         if self.custom_timesteps or self.num_inference_steps:
             schedule = self._timestep_list
@@ -294,7 +295,7 @@ class ConsistencyScheduler(Configurable):
             previous = t - 1
         view = self._timesteps_view
         if isinstance(view, np.ndarray):
-            return previous
+            return np.int64(previous)
         return backend_of(view).from_numpy(np.asarray(previous, dtype=np.int64), like=view, dtype="int64")
 
     # -- forward process -------------------------------------------------------------------
