@@ -6,54 +6,63 @@ DiagonalGaussianDistribution does."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import mint
 
+from fewstep.backends import components_common
+from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TransformersModel,
+                                                 VAEModel, load_pretrained, wrapper_class)
+from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
-from fewstep.core.ops import check_dtype
 
 _LIBRARIES = {"diffusers": "mindone.diffusers", "transformers": "mindone.transformers"}
 
 
-def _dtype_name(module) -> str:
-    param = next(iter(module.get_parameters()))
-    return check_dtype(str(param.dtype).lower())
+class _MindSpore:
+    """The hooks of fewstep.backends.components_common, on MindSpore."""
+
+    @staticmethod
+    def _dtype_of(module) -> str:
+        return MS_DTYPES.name(next(iter(module.get_parameters())).dtype)
+
+    def _lora_layers(self):
+        # Linear / Dense / ungrouped Conv2d cells: mindone uses mint.nn.Linear and mint.nn.Conv2d in its
+        # diffusers port, nn.Dense in its transformers port
+        linear = (ms.nn.Dense, mint.nn.Linear)
+        conv = (ms.nn.Conv2d, mint.nn.Conv2d)
+        for path, cell in self.module.cells_and_names():
+            if isinstance(cell, linear):
+                yield path, cell
+            elif isinstance(cell, conv) and getattr(cell, "groups", getattr(cell, "group", 1)) == 1:
+                yield path, cell  # mint.nn.Conv2d names it groups, nn.Conv2d group
+
+    @staticmethod
+    def _tensor_of(param):
+        return ms.Tensor(param)  # shares the Parameter's data
+
+    @staticmethod
+    def _device_of(tensor):
+        return None  # PyNative places tensors itself: shape and dtype are what must match
+
+    @staticmethod
+    def _rebind(param, tensor) -> None:
+        # Parameter.set_data rebinds the parameter to the new tensor's data; a tensor that held the previous
+        # values (a saved base weight) is left as it was.
+        param.set_data(tensor)
 
 
-class _LoraWeights:
-    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
-
-    def lora_targets(self) -> dict:
-        """Weight shape of every module a LoRA may change, by module path: Linear/Dense (out, in),
-        Conv2d (out, in, kh, kw)."""
-        return {name: tuple(int(d) for d in cell.weight.shape) for name, cell in _lora_cells(self).items()}
-
-    def named_weight(self, path: str):
-        """The current weight of the module at `path` as a Tensor sharing the Parameter's data (no copy)."""
-        return ms.Tensor(_lora_cells(self)[path].weight)
-
-    def set_weight(self, path: str, tensor) -> None:
-        """Make `tensor` (same shape and dtype) the weight of the module at `path`, without writing into
-        the tensor that held the weight before."""
-        _set_weight(_lora_cells(self)[path].weight, path, tensor)
+class _DiffusersModel(_MindSpore, Model):
+    """A mindone.diffusers model."""
 
 
-class _DiffusersModel:
-    """module (the library's model), its config as a dict, and its weights' dtype name."""
-
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
-
-
-class _IPAttention:
+class _IPAttention(IPAdapterScale):
     """IP-Adapter attention on the UNet through mindone's own loader (fewstep.pipelines.ip_adapter
     reads and checks the file; mindone converts it and installs its IP attention processors)."""
+
+    _diffusers = _LIBRARIES["diffusers"]
 
     def install_ip_adapters(self, state_dicts):
         """As the torch backend's; returns what `restore_attention` needs."""
@@ -76,16 +85,8 @@ class _IPAttention:
         self.module.config.encoder_hid_dim_type = hid_type
         self.module.config["encoder_hid_dim_type"] = hid_type_item
 
-    def set_ip_adapter_scale(self, scales) -> None:
-        """mindone's own scale logic (floats, lists, per-block dicts) on this UNet."""
-        from types import SimpleNamespace
 
-        from mindone.diffusers.loaders.ip_adapter import IPAdapterMixin
-
-        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.module), scales)
-
-
-class MindSporeUNet(_DiffusersModel, _LoraWeights, _IPAttention):
+class MindSporeUNet(_DiffusersModel, LoraWeights, _IPAttention):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
@@ -100,14 +101,6 @@ class MindSporeMotionAdapter(_DiffusersModel):
     """AnimateDiff's motion modules; pipelines insert them into the UNet with `motion_unet`."""
 
 
-def motion_unet(unet, motion_adapter):
-    """The UNetMotionModel that mindone.diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
-    import importlib
-
-    cls = importlib.import_module("mindone.diffusers").UNetMotionModel
-    return wrap_component("unet", cls.from_unet2d(unet.module, motion_adapter.module))
-
-
 class MindSporeControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
@@ -119,23 +112,14 @@ class MindSporeControlNet(_DiffusersModel):
         return list(down), mid
 
 
-class MindSporeT2IAdapter(_DiffusersModel):
-    def __init__(self, module):
-        super().__init__(module)
-        self.downscale_factor = int(module.downscale_factor)
-
+class MindSporeT2IAdapter(_MindSpore, T2IAdapterModel):
     def __call__(self, image):
         return list(self.module(image.astype(getattr(ms, self.dtype))))
 
 
-class MindSporeImageEncoder:
+class MindSporeImageEncoder(_MindSpore, TransformersModel):
     """mindone's CLIPVisionModelWithProjection: projected image embeddings, or the penultimate hidden
     states, for pixel values given as a NumPy array (mindone returns tuples)."""
-
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config.to_dict())
-        self.dtype = _dtype_name(module)
 
     def __call__(self, pixel_values: np.ndarray, hidden_states: bool = False):
         x = ms.tensor(np.ascontiguousarray(pixel_values)).astype(getattr(ms, self.dtype))
@@ -144,11 +128,7 @@ class MindSporeImageEncoder:
         return self.module(x, return_dict=False)[0]
 
 
-class MindSporeVAE(_DiffusersModel):
-    def __init__(self, module):
-        super().__init__(module)
-        self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
-
+class MindSporeVAE(_MindSpore, VAEModel):
     def encode(self, image):
         moments = self.module.encode(image.astype(getattr(ms, self.dtype)))[0]
         mean, logvar = mint.chunk(moments, 2, dim=1)
@@ -171,11 +151,9 @@ class MindSporeVAE(_DiffusersModel):
                 p.set_dtype(ms.float16)
 
 
-class MindSporeTextEncoder(_LoraWeights):
+class MindSporeTextEncoder(_MindSpore, TransformersModel, LoraWeights):
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config.to_dict())
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self._projected = type(module).__name__.endswith("WithProjection")
 
     def __call__(self, input_ids: np.ndarray):
@@ -186,32 +164,6 @@ class MindSporeTextEncoder(_LoraWeights):
         return out[0], out[2][-2], None  # (last_hidden_state, pooler_output, hidden_states)
 
 
-
-# --- named-weight access for LoRA fusion (fewstep.pipelines.lora) ----------------------------------
-def _lora_cells(adapter) -> dict:
-    """path -> Linear / Dense / ungrouped Conv2d cell of the adapter's model (mindone uses mint.nn.Linear
-    and mint.nn.Conv2d in its diffusers port, nn.Dense in its transformers port)."""
-    cache = adapter.__dict__.get("_lora_cell_cache")
-    if cache is None:
-        linear = (ms.nn.Dense, mint.nn.Linear)
-        conv = (ms.nn.Conv2d, mint.nn.Conv2d)
-        cache = adapter._lora_cell_cache = {
-            name: cell for name, cell in adapter.module.cells_and_names()
-            if isinstance(cell, linear)
-            or (isinstance(cell, conv) and getattr(cell, "groups", getattr(cell, "group", 1)) == 1)
-        }
-    return cache
-
-
-def _set_weight(param, path: str, tensor) -> None:
-    if tuple(tensor.shape) != tuple(param.shape) or tensor.dtype != param.dtype:
-        raise ValueError(f"New weight for {path!r} is {tuple(tensor.shape)} {tensor.dtype}; the module's is "
-                         f"{tuple(param.shape)} {param.dtype}.")
-    # Parameter.set_data rebinds the parameter to the new tensor's data; a tensor that held the previous
-    # values (a saved base weight) is left as it was.
-    param.set_data(tensor)
-
-
 _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,
              "text_encoder_2": MindSporeTextEncoder, "controlnet": MindSporeControlNet,
              "motion_adapter": MindSporeMotionAdapter, "adapter": MindSporeT2IAdapter,
@@ -220,21 +172,20 @@ _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSpo
 
 def wrap_component(name: str, module):
     """The adapter for a model the user loaded with mindone and passed in."""
-    if name not in _ADAPTERS:
-        raise ValueError(f"fewstep has no {name!r} component; components are {sorted(_ADAPTERS)}.")
+    cls = wrapper_class(_ADAPTERS, name)
     module.set_train(False)
-    return _ADAPTERS[name](module)
+    return cls(module)
 
 
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
                    device: Optional[str] = None, variant: Optional[str] = None):
     """Load one component folder with mindone's class of the name model_index.json gives."""
-    if library not in _LIBRARIES:
-        raise ValueError(f"Component {name!r} comes from {library!r}; fewstep loads diffusers and transformers components.")
-    install_cpu_kernels()  # before mindone's modules are imported: they bind mint ops at import time
-    cls = getattr(importlib.import_module(_LIBRARIES[library]), class_name)
-    kwargs = {"mindspore_dtype": getattr(ms, check_dtype(dtype))}
-    if variant:
-        kwargs["variant"] = variant
-    module = cls.from_pretrained(folder, **kwargs)
+    # install_cpu_kernels before mindone's modules are imported: they bind mint ops at import time
+    module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant,
+                             {"mindspore_dtype": MS_DTYPES.native(dtype)}, before_import=install_cpu_kernels)
     return wrap_component(name, module)
+
+
+def motion_unet(unet, motion_adapter):
+    """The UNetMotionModel that mindone.diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
+    return components_common.motion_unet(_LIBRARIES["diffusers"], wrap_component, unet, motion_adapter)

@@ -3,52 +3,57 @@ adapters of `fewstep.pipelines.components`."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import numpy as np
 import torch
 
-from fewstep.core.ops import check_dtype
+from fewstep.backends import components_common
+from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TransformersModel,
+                                                 VAEModel, load_pretrained, wrapper_class)
+from fewstep.backends.torch_backend import TORCH_DTYPES
 
 # model_index.json names the library of each component; these are the ones the torch side loads.
 _LIBRARIES = {"diffusers": "diffusers", "transformers": "transformers"}
 
 
-def _dtype_name(module) -> str:
-    return check_dtype(str(module.dtype))
+class _Torch:
+    """The hooks of fewstep.backends.components_common, on torch."""
+
+    @staticmethod
+    def _dtype_of(module) -> str:
+        return TORCH_DTYPES.name(module.dtype)
+
+    def _lora_layers(self):
+        # Linear and ungrouped Conv2d: the modules a LoRA may change
+        for path, m in self.module.named_modules():
+            if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1):
+                yield path, m
+
+    @staticmethod
+    def _tensor_of(param):
+        return param.data
+
+    @staticmethod
+    def _device_of(tensor):
+        return tensor.device
+
+    @staticmethod
+    def _rebind(param, tensor) -> None:
+        # Rebinding .data swaps the storage without a copy; the tensor that held the previous values (a
+        # saved base weight) is left as it was.
+        param.data = tensor
 
 
-class _LoraWeights:
-    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
-
-    def lora_targets(self) -> dict:
-        """Weight shape of every module a LoRA may change, by module path: Linear (out, in),
-        Conv2d (out, in, kh, kw)."""
-        return {name: tuple(m.weight.shape) for name, m in _lora_modules(self).items()}
-
-    def named_weight(self, path: str):
-        """The current weight tensor of the module at `path` (the tensor itself, not a copy)."""
-        return _lora_modules(self)[path].weight.data
-
-    def set_weight(self, path: str, tensor) -> None:
-        """Make `tensor` (same shape, dtype, device) the weight of the module at `path`, without
-        copying it and without writing into the tensor that held the weight before."""
-        _set_weight(_lora_modules(self)[path].weight, path, tensor)
+class _DiffusersModel(_Torch, Model):
+    """A diffusers model on torch."""
 
 
-class _DiffusersModel:
-    """module (the library's model), its config as a dict, and its weights' dtype name."""
-
-    def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config)
-        self.dtype = _dtype_name(module)
-
-
-class _IPAttention:
+class _IPAttention(IPAdapterScale):
     """IP-Adapter attention on the UNet through diffusers' own loader (fewstep.pipelines.ip_adapter
     reads and checks the file; diffusers converts it and installs its IP attention processors)."""
+
+    _diffusers = _LIBRARIES["diffusers"]
 
     def install_ip_adapters(self, state_dicts):
         """Install IP-Adapters from {"image_proj": {...}, "ip_adapter": {...}} dicts of NumPy arrays;
@@ -68,16 +73,8 @@ class _IPAttention:
         self.module.set_attn_processor(processors)  # the very processor objects it had
         self.module.config.encoder_hid_dim_type = hid_type  # diffusers reads the attribute
 
-    def set_ip_adapter_scale(self, scales) -> None:
-        """diffusers' own scale logic (floats, lists, per-block dicts) on this UNet."""
-        from types import SimpleNamespace
 
-        from diffusers.loaders.ip_adapter import IPAdapterMixin
-
-        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.module), scales)
-
-
-class TorchUNet(_DiffusersModel, _LoraWeights, _IPAttention):
+class TorchUNet(_DiffusersModel, LoraWeights, _IPAttention):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
@@ -91,14 +88,6 @@ class TorchMotionAdapter(_DiffusersModel):
     """AnimateDiff's motion modules; pipelines insert them into the UNet with `motion_unet`."""
 
 
-def motion_unet(unet, motion_adapter):
-    """The UNetMotionModel that diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
-    import importlib
-
-    cls = importlib.import_module("diffusers").UNetMotionModel
-    return wrap_component("unet", cls.from_unet2d(unet.module, motion_adapter.module))
-
-
 class TorchControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
@@ -109,23 +98,17 @@ class TorchControlNet(_DiffusersModel):
         return list(down), mid
 
 
-class TorchT2IAdapter(_DiffusersModel):
-    def __init__(self, module):
-        super().__init__(module)
-        self.downscale_factor = int(module.downscale_factor)
-
+class TorchT2IAdapter(_Torch, T2IAdapterModel):
     def __call__(self, image):
         return list(self.module(image.to(self.module.dtype)))
 
 
-class TorchImageEncoder:
+class TorchImageEncoder(_Torch, TransformersModel):
     """CLIPVisionModelWithProjection: projected image embeddings, or the penultimate hidden states
     (what IP-Adapter Plus reads), for pixel values given as a NumPy array."""
 
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config.to_dict())
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self._device = next(module.parameters()).device
 
     def __call__(self, pixel_values: np.ndarray, hidden_states: bool = False):
@@ -135,11 +118,7 @@ class TorchImageEncoder:
         return self.module(x).image_embeds
 
 
-class TorchVAE(_DiffusersModel):
-    def __init__(self, module):
-        super().__init__(module)
-        self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
-
+class TorchVAE(_Torch, VAEModel):
     def encode(self, image):
         dist = self.module.encode(image.to(self.module.dtype)).latent_dist
         return dist.mean, dist.std
@@ -161,11 +140,9 @@ class TorchVAE(_DiffusersModel):
             vae.to(dtype=torch.float16)
 
 
-class TorchTextEncoder(_LoraWeights):
+class TorchTextEncoder(_Torch, TransformersModel, LoraWeights):
     def __init__(self, module):
-        self.module = module
-        self.config = dict(module.config.to_dict())
-        self.dtype = _dtype_name(module)
+        super().__init__(module)
         self._device = next(module.parameters()).device
 
     def __call__(self, input_ids: np.ndarray):
@@ -175,28 +152,6 @@ class TorchTextEncoder(_LoraWeights):
         return out.last_hidden_state, out.hidden_states[-2], pooled
 
 
-
-# --- named-weight access for LoRA fusion (fewstep.pipelines.lora) ----------------------------------
-def _lora_modules(adapter) -> dict:
-    """path -> Linear / ungrouped Conv2d of the adapter's model: the modules a LoRA may change."""
-    cache = adapter.__dict__.get("_lora_module_cache")
-    if cache is None:
-        cache = adapter._lora_module_cache = {
-            name: m for name, m in adapter.module.named_modules()
-            if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)
-        }
-    return cache
-
-
-def _set_weight(param, path: str, tensor) -> None:
-    if tensor.shape != param.shape or tensor.dtype != param.dtype or tensor.device != param.device:
-        raise ValueError(f"New weight for {path!r} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}; the "
-                         f"module's is {tuple(param.shape)} {param.dtype} on {param.device}.")
-    # Rebinding .data swaps the storage without a copy; the tensor that held the previous values (a
-    # saved base weight) is left as it was.
-    param.data = tensor
-
-
 _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder,
              "controlnet": TorchControlNet, "motion_adapter": TorchMotionAdapter, "adapter": TorchT2IAdapter,
              "image_encoder": TorchImageEncoder}
@@ -204,22 +159,21 @@ _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncode
 
 def wrap_component(name: str, module):
     """The adapter for a model the user loaded with diffusers/transformers and passed in."""
-    if name not in _ADAPTERS:
-        raise ValueError(f"fewstep has no {name!r} component; components are {sorted(_ADAPTERS)}.")
+    cls = wrapper_class(_ADAPTERS, name)
     module.eval().requires_grad_(False)
-    return _ADAPTERS[name](module)
+    return cls(module)
 
 
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
                    device: Optional[str] = None, variant: Optional[str] = None):
     """Load one component folder with the class model_index.json names and wrap it in its adapter."""
-    if library not in _LIBRARIES:
-        raise ValueError(f"Component {name!r} comes from {library!r}; fewstep loads diffusers and transformers components.")
-    cls = getattr(importlib.import_module(_LIBRARIES[library]), class_name)
-    kwargs = {"torch_dtype": getattr(torch, check_dtype(dtype))}
-    if variant:
-        kwargs["variant"] = variant
-    module = cls.from_pretrained(folder, **kwargs)
+    module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant,
+                             {"torch_dtype": TORCH_DTYPES.native(dtype)})
     if device:
         module.to(device)
     return wrap_component(name, module)
+
+
+def motion_unet(unet, motion_adapter):
+    """The UNetMotionModel that diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
+    return components_common.motion_unet(_LIBRARIES["diffusers"], wrap_component, unet, motion_adapter)

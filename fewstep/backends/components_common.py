@@ -1,0 +1,136 @@
+"""What the torch and MindSpore component wrappers (`torch_components`, `mindspore_components`) share,
+written once. Framework-free: each backend supplies the few hooks named below.
+
+A backend's wrappers mix in one class of hooks:
+- `_dtype_of(module)`: the fewstep dtype name of a model's weights;
+- `_lora_layers()`: (path, layer) pairs of the modules a LoRA may change, each with a `.weight`;
+- `_tensor_of(param)`: a parameter's data as a tensor, without a copy;
+- `_device_of(tensor)`: where a tensor lives, or None where the framework places tensors itself;
+- `_rebind(param, tensor)`: make `tensor` the parameter's data, without writing into the old data.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import SimpleNamespace
+from typing import Callable, Mapping, Optional
+
+from fewstep.backends.common import as_ints
+
+
+class Model:
+    """module (the library's model), its config as a dict, and its weights' dtype name."""
+
+    def __init__(self, module):
+        self.module = module
+        self.config = self._config_dict(module.config)
+        self.dtype = self._dtype_of(module)
+
+    @staticmethod
+    def _config_dict(config) -> dict:
+        return dict(config)  # diffusers' FrozenDict
+
+
+class TransformersModel(Model):
+    """A transformers model (text or image encoder): its config is a PretrainedConfig."""
+
+    @staticmethod
+    def _config_dict(config) -> dict:
+        return dict(config.to_dict())
+
+
+class VAEModel(Model):
+    """A VAE: `scale_factor` is how many times smaller than the image its latents are, per side."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
+
+
+class T2IAdapterModel(Model):
+    """A T2I-Adapter: `downscale_factor` is how many times smaller than the image its first features are."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.downscale_factor = int(module.downscale_factor)
+
+
+class IPAdapterScale:
+    """`set_ip_adapter_scale` as the backend's diffusers port does it (floats, lists, per-block dicts),
+    on this UNet; `_diffusers` names that port's module."""
+
+    _diffusers: str
+
+    def set_ip_adapter_scale(self, scales) -> None:
+        mixin = importlib.import_module(f"{self._diffusers}.loaders.ip_adapter").IPAdapterMixin
+        mixin.set_ip_adapter_scale(SimpleNamespace(unet=self.module), scales)
+
+
+class LoraWeights:
+    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
+
+    def _lora_layer_map(self) -> dict:
+        # built once: walking a UNet's modules costs more than a fusion of a small LoRA
+        cache = self.__dict__.get("_lora_layer_cache")
+        if cache is None:
+            cache = self._lora_layer_cache = dict(self._lora_layers())
+        return cache
+
+    def lora_targets(self) -> dict:
+        """Weight shape of every module a LoRA may change, by module path: Linear (out, in),
+        Conv2d (out, in, kh, kw)."""
+        return {path: as_ints(layer.weight.shape) for path, layer in self._lora_layer_map().items()}
+
+    def named_weight(self, path: str):
+        """The current weight of the module at `path`, sharing the parameter's data (not a copy)."""
+        return self._tensor_of(self._lora_layer_map()[path].weight)
+
+    def set_weight(self, path: str, tensor) -> None:
+        """Make `tensor` (the weight's shape, dtype and device) the weight of the module at `path`,
+        without copying it and without writing into the tensor that held the weight before (a saved
+        base weight stays as it was)."""
+        param = self._lora_layer_map()[path].weight
+        new, old = self._layout(tensor), self._layout(param)
+        if new != old:
+            raise ValueError(f"New weight for {path!r} is {_describe(new)}; the module's is {_describe(old)}.")
+        self._rebind(param, tensor)
+
+    def _layout(self, tensor) -> tuple:
+        return as_ints(tensor.shape), tensor.dtype, self._device_of(tensor)
+
+
+def _describe(layout: tuple) -> str:
+    shape, dtype, device = layout
+    return f"{shape} {dtype}" + (f" on {device}" if device is not None else "")
+
+
+def wrapper_class(wrappers: Mapping[str, type], name: str) -> type:
+    """The wrapper class for component `name`, or a ValueError naming the components there are."""
+    if name not in wrappers:
+        raise ValueError(f"fewstep has no {name!r} component; components are {sorted(wrappers)}.")
+    return wrappers[name]
+
+
+def load_pretrained(libraries: Mapping[str, str], name: str, library: str, class_name: str, folder: str,
+                    variant: Optional[str], dtype_kwargs: dict, before_import: Optional[Callable[[], None]] = None):
+    """The model of class `class_name` from the module `libraries[library]` (the backend's port of
+    diffusers or transformers), loaded from `folder` with `dtype_kwargs` (the library's dtype keyword)
+    and `variant` when one is given. `before_import` runs after the library is checked, before it is
+    imported."""
+    if library not in libraries:
+        raise ValueError(f"Component {name!r} comes from {library!r}; fewstep loads diffusers and transformers "
+                         f"components.")
+    if before_import is not None:
+        before_import()
+    cls = getattr(importlib.import_module(libraries[library]), class_name)
+    kwargs = dict(dtype_kwargs)
+    if variant:
+        kwargs["variant"] = variant
+    return cls.from_pretrained(folder, **kwargs)
+
+
+def motion_unet(diffusers: str, wrap_component: Callable, unet, motion_adapter):
+    """The UNetMotionModel that `diffusers` (the module of the backend's diffusers port) builds from an
+    SD UNet and a motion adapter (fewstep components), wrapped as a UNet by `wrap_component`."""
+    cls = importlib.import_module(diffusers).UNetMotionModel
+    return wrap_component("unet", cls.from_unet2d(unet.module, motion_adapter.module))
