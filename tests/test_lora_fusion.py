@@ -246,6 +246,22 @@ def test_bad_inputs_raise_and_leave_every_weight_unchanged(tmp_path_factory, tmp
         assert pipe.get_active_adapters() == ["a"] and list(pipe.get_list_adapters()) == case.components
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mindspore", marks=pytest.mark.mindspore)])
+def test_safe_fusing_checks_on_the_device_and_writes_what_plain_fusing_writes(tmp_path_factory, backend):
+    case = sd15_case(tmp_path_factory)
+    pipe = case.pipeline(backend)
+    pipe.load_lora_weights(case.files["kohya"], adapter_name="a")
+    before = fused(pipe, case)
+    with pytest.raises(LoraError, match=r"NaN or inf in .* no weight was changed"):
+        pipe.fuse_lora(lora_scale=float("inf"), safe_fusing=True)
+    assert_bitwise(fused(pipe, case), before)
+    pipe.fuse_lora(lora_scale=0.5, safe_fusing=True)
+    safe = fused(pipe, case)
+    pipe.fuse_lora(lora_scale=1.0)
+    pipe.fuse_lora(lora_scale=0.5)
+    assert_bitwise(fused(pipe, case), safe)
+
+
 # ----------------------------------------------------------------------------------- MindSpore
 @pytest.mark.mindspore
 @pytest.mark.parity

@@ -41,7 +41,7 @@ import numpy as np
 from fewstep.backends import get_backend
 from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraSource, find_weight_file, fused_weight,
                                normalise, read_lora)
-from fewstep.core.lora.fusion import scaling
+from fewstep.core.lora.plan import plan_refresh, wanted_terms
 
 __all__ = ["LoraError", "LoraMixin"]
 
@@ -292,28 +292,17 @@ class LoraMixin:
     def _lora_refresh(self, scale: Optional[float] = None, check_finite: bool = False) -> None:
         """Bring every LoRA-able weight to what the state asks for: base + sum of the active adapters'
         weighted deltas in applied components, the saved base elsewhere. Only weights whose content
-        changes are recomputed; each is computed from its saved base, so the result is the same
-        whatever was fused before."""
+        changes are recomputed (`fewstep.core.lora.plan` says which); each is computed from its saved
+        base, so the result is the same whatever was fused before."""
         state = self._lora_state()
         scale = state.lora_scale if scale is None else float(scale)
         components = self._lora_components()
-        wanted: Dict[Tuple[str, str], list] = {}
-        for name in state.active:
-            adapter = state.adapters[name]
-            for component in sorted(state.applied):
-                weight = state.weights[name].get(component, 1.0)
-                if weight == 0.0:  # no term at all: the weight stays the base, bit for bit
-                    continue
-                for path, f in adapter.layers.get(component, {}).items():
-                    wanted.setdefault((component, path), []).append(
-                        (adapter.token, f.up, f.down, scaling(f.alpha, f.rank, f.rslora, weight, scale)))
+        wanted = wanted_terms(state.active, state.adapters, state.weights, state.applied, scale)
+        plan = plan_refresh(wanted, state.signature, state.saved)
         ops = self.ops
         with ops.no_grad():
             updates = []
-            for key, terms in wanted.items():
-                signature = tuple((token, s) for token, _, _, s in terms)
-                if state.signature.get(key) == signature:
-                    continue
+            for key, terms, signature in plan.fuse:
                 component, path = key
                 base = state.saved.get(key)
                 # a weight fused before is ours: re-fuse into it rather than into new memory (not
@@ -321,8 +310,8 @@ class LoraMixin:
                 current = None if base is None or check_finite else components[component].named_weight(path)
                 if base is None:
                     base = components[component].named_weight(path)
-                fused = fused_weight(ops, base, [(up, down, s) for _, up, down, s in terms], out=current)
-                if check_finite and not np.isfinite(ops.to_numpy(fused)).all():
+                fused = fused_weight(ops, base, [(t.factors.up, t.factors.down, t.scale) for t in terms], out=current)
+                if check_finite and not ops.all_finite(fused):  # checked on the device: one bool comes back
                     raise LoraError(f"Fusing gives NaN or inf in {component} module {path!r}; no weight was changed. "
                                     f"The adapter is broken, or lora_scale/adapter_weights are too large.")
                 if not check_finite:  # safe fusing writes nothing until every weight is checked
@@ -331,7 +320,7 @@ class LoraMixin:
                     updates.append((key, base, fused, signature))
             for key, base, fused, signature in updates:
                 self._write_fused(state, components, key, base, fused, signature)
-            for key in [k for k in state.saved if k not in wanted]:
+            for key in plan.restore:
                 component, path = key
                 components[component].set_weight(path, state.saved.pop(key))
                 state.signature.pop(key, None)

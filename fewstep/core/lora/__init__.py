@@ -1,6 +1,7 @@
 """LoRA in core: read a file (reading.py), split its keys (keys.py), map SGM names (sgm.py), check it
-against a model and normalise it to {component: {module path: LoraLayer}} (normalise.py), and the
-fusion maths on any backend through TensorOps (fusion.py). NumPy and the standard library only."""
+against a model and normalise it to {component: {module path: LoraLayer}} (normalise.py), the
+fusion maths on any backend through TensorOps (fusion.py), and which terms each fused weight holds as
+adapters, weights and scales change (plan.py). NumPy and the standard library only."""
 
 from fewstep.core.lora.errors import LoraError
 from fewstep.core.lora.fusion import LoraLayer, fused_weight
