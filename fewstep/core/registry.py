@@ -50,6 +50,7 @@ _INSTANCES: Dict[str, TensorOps] = {}
 
 def register_backend(name: str, entry: BackendEntry, aliases=()) -> None:
     _ENTRIES[name] = entry
+    _BY_TYPE.clear()
     for alias in aliases:
         _ALIASES[alias] = name
 
@@ -85,7 +86,21 @@ def _load(name: str) -> TensorOps:
 
 
 def framework_of(obj: Any) -> str:
-    """The framework an object belongs to, or "" if none that fewstep knows. Imports nothing."""
+    """The framework an object belongs to, or "" if none that fewstep knows. Imports nothing.
+
+    Memoised per type: an object of a framework's type exists only once that framework is imported, so
+    a type's answer never changes (and a step asks once or twice per call)."""
+    kind = type(obj)
+    name = _BY_TYPE.get(kind)
+    if name is None:
+        name = _BY_TYPE[kind] = _detect(obj)
+    return name
+
+
+_BY_TYPE: Dict[type, str] = {}
+
+
+def _detect(obj: Any) -> str:
     if isinstance(obj, (np.ndarray, np.generic)):
         return "numpy"
     for name, entry in _ENTRIES.items():

@@ -80,6 +80,8 @@ def tcd_coefficients(
 
 
 def _check_eta(eta: Any) -> float:
+    if type(eta) is float and 0.0 <= eta <= 1.0:  # the common case, once per step: skip the ABC check
+        return eta
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
         raise ValueError(
             f"eta must be a number in [0, 1], got {eta!r}: 0 is deterministic, 1 fully stochastic; TCD's "
