@@ -187,6 +187,12 @@ def _ip_layers(hidden_sizes, cross) -> dict:
     return out
 
 
+# per Resampler layer, diffusers' name -> the original's: whole names, and prefixes of parameter names
+_RESAMPLER_NAMES = {"attn.to_q.weight": "0.to_q.weight", "attn.to_out.0.weight": "0.to_out.weight",
+                    "ff.1.net.0.proj.weight": "1.1.weight", "ff.1.net.2.weight": "1.3.weight"}
+_RESAMPLER_PREFIXES = {"ln0.": "0.norm1.", "ln1.": "0.norm2.", "ff.0.": "1.0."}
+
+
 def _resampler_original_keys(state: dict) -> dict:
     """diffusers' IPAdapterPlusImageProjection keys -> the original IP-Adapter Resampler's (the inverse of
     diffusers' `_convert_ip_adapter_image_proj_to_diffusers`, Plus branch)."""
@@ -199,24 +205,15 @@ def _resampler_original_keys(state: dict) -> dict:
             continue
         _, i, rest = key.split(".", 2)
         head = f"layers.{i}"
-        if rest.startswith("ln0."):
-            out[f"{head}.0.norm1.{rest[4:]}"] = value
-        elif rest.startswith("ln1."):
-            out[f"{head}.0.norm2.{rest[4:]}"] = value
-        elif rest == "attn.to_q.weight":
-            out[f"{head}.0.to_q.weight"] = value
-        elif rest == "attn.to_k.weight":
+        prefix = next((p for p in _RESAMPLER_PREFIXES if rest.startswith(p)), None)
+        if rest == "attn.to_k.weight":
             out[f"{head}.0.to_kv.weight"] = torch.cat([value, state[f"{head}.attn.to_v.weight"]], dim=0)
         elif rest == "attn.to_v.weight":
             continue  # in to_kv
-        elif rest == "attn.to_out.0.weight":
-            out[f"{head}.0.to_out.weight"] = value
-        elif rest.startswith("ff.0."):
-            out[f"{head}.1.0.{rest[5:]}"] = value
-        elif rest == "ff.1.net.0.proj.weight":
-            out[f"{head}.1.1.weight"] = value
-        elif rest == "ff.1.net.2.weight":
-            out[f"{head}.1.3.weight"] = value
+        elif rest in _RESAMPLER_NAMES:
+            out[f"{head}.{_RESAMPLER_NAMES[rest]}"] = value
+        elif prefix is not None:
+            out[f"{head}.{_RESAMPLER_PREFIXES[prefix]}{rest[len(prefix):]}"] = value
         else:
             raise KeyError(f"unexpected Resampler tensor {key!r}")
     return out

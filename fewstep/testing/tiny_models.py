@@ -227,20 +227,29 @@ def _scheduler(spec):
     return getattr(diffusers, name).from_config(dict(config))
 
 
+def _unet(spec, seed: int, down_block_types, up_block_types, **kind_kwargs):
+    """The tiny UNet every kind shares in size (two levels, two layers each), drawn from `seed`;
+    `kind_kwargs` is what SD and SDXL set differently (attention, text-time conditioning)."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(seed)
+    return diffusers.UNet2DConditionModel(
+        sample_size=UNET_SAMPLE_SIZE, in_channels=spec["in_channels"], out_channels=4,
+        down_block_types=down_block_types, up_block_types=up_block_types,
+        block_out_channels=UNET_BLOCK_OUT_CHANNELS, layers_per_block=2, norm_num_groups=UNET_NORM_GROUPS,
+        **kind_kwargs,
+    ).eval()
+
+
 def _build_sd(spec, seed: int, workdir: Path):
     import diffusers
     import torch
     from transformers import CLIPTextModel
 
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=UNET_SAMPLE_SIZE, in_channels=spec["in_channels"], out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=UNET_BLOCK_OUT_CHANNELS, layers_per_block=2, norm_num_groups=UNET_NORM_GROUPS,
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=spec["head_dim"],
-        use_linear_projection=spec["linear_proj"],
-    ).eval()
+    unet = _unet(spec, seed, ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D"),
+                 cross_attention_dim=TEXT_HIDDEN, attention_head_dim=spec["head_dim"],
+                 use_linear_projection=spec["linear_proj"])
     vae = _vae(seed, spec["scaling_factor"], force_upcast=True)
     tokenizer = _tokenizer(workdir, spec["pad"])
     torch.manual_seed(seed)
@@ -260,17 +269,11 @@ def _build_xl(spec, seed: int, workdir: Path):
     # add_time_ids: original size, crop top-left, target size (2 numbers each) = 6 values; an
     # aesthetics-score model would have 5. Pooled text embeddings come from text_encoder_2's projection.
     time_ids = 6
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=UNET_SAMPLE_SIZE, in_channels=spec["in_channels"], out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=UNET_BLOCK_OUT_CHANNELS, layers_per_block=2, norm_num_groups=UNET_NORM_GROUPS,
-        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
-        cross_attention_dim=TEXT_HIDDEN + XL_TEXT2_HIDDEN,
-        addition_embed_type="text_time", addition_time_embed_dim=XL_TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=time_ids * XL_TIME_EMBED_DIM + XL_TEXT2_PROJECTION,
-    ).eval()
+    unet = _unet(spec, seed, ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D"),
+                 attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+                 cross_attention_dim=TEXT_HIDDEN + XL_TEXT2_HIDDEN,
+                 addition_embed_type="text_time", addition_time_embed_dim=XL_TIME_EMBED_DIM,
+                 projection_class_embeddings_input_dim=time_ids * XL_TIME_EMBED_DIM + XL_TEXT2_PROJECTION)
     vae = _vae(seed, spec["scaling_factor"], force_upcast=True)
     tokenizer = _tokenizer(workdir, "<|endoftext|>")  # CLIP ViT-L's tokenizer pads with <|endoftext|>
     tokenizer_2 = _tokenizer(workdir, "!")  # OpenCLIP bigG's pads with "!"
