@@ -70,7 +70,7 @@ class LoraWeights:
     """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
 
     def _lora_layer_map(self) -> dict:
-        # built once: walking a UNet's modules costs more than a fusion of a small LoRA
+        # built once: every refresh reads and writes the weight of each module a LoRA touches by path
         cache = self.__dict__.get("_lora_layer_cache")
         if cache is None:
             cache = self._lora_layer_cache = dict(self._lora_layers())
