@@ -62,8 +62,18 @@ def _defined(cls, method: str) -> bool:
     return any(method in klass.__dict__ for klass in cls.__mro__ if klass is not object)
 
 
+# The schedulers' public methods (constructor arguments are documented on __init__, as help() shows them);
+# those that return nothing need no Returns section.
+_SCHEDULER_METHODS = ("__init__", "set_timesteps", "step", "set_begin_index", "index_for_timestep",
+                      "scale_model_input", "previous_timestep", "add_noise", "get_velocity", "from_config",
+                      "from_pretrained", "save_config")
+_RETURNS_NOTHING = ("__init__", "set_timesteps", "set_begin_index")
+
+
 def _cases():
-    cases = [pytest.param(cls, m, id=f"{cls.__name__}.{m}") for cls in _public_classes() for m in _METHODS
+    cases = [pytest.param(cls, m, id=f"{cls.__name__}.{m}") for cls in (fewstep.TCDScheduler, fewstep.LCMScheduler)
+             for m in _SCHEDULER_METHODS]
+    cases += [pytest.param(cls, m, id=f"{cls.__name__}.{m}") for cls in _public_classes() for m in _METHODS
              if _defined(cls, m)]
     cases += [pytest.param(None, name, id=f"fewstep.utils.{name}") for name, f in vars(fewstep.utils).items()
               if inspect.isfunction(f) and f.__module__ == "fewstep.utils" and not name.startswith("_")]
@@ -101,12 +111,12 @@ def test_every_public_entry_point_is_checked():
     assert len(classes) == 12  # DiffusionPipeline and the eleven named pipelines
 
 
-def problems(qualname: str, doc, arguments: dict, var_keyword) -> list:
+def problems(qualname: str, doc, arguments: dict, var_keyword, returns: bool = True) -> list:
     """What is wrong with `doc` for a function taking `arguments` ({name: default}) and `**var_keyword`."""
     if not doc:
         return [f"{qualname} has no docstring"]
     found = []
-    if not re.search(r"^\s*Returns:\s*$", doc, re.M):
+    if returns and not re.search(r"^\s*Returns:\s*$", doc, re.M):
         found.append(f"{qualname}: no 'Returns:' section")
     entries = args_section(doc)
     missing = [name for name in arguments if name not in entries]
@@ -138,7 +148,8 @@ def problems(qualname: str, doc, arguments: dict, var_keyword) -> list:
 @pytest.mark.parametrize("cls, method", _cases())
 def test_docstring_lists_every_argument(cls, method):
     function, arguments, var_keyword = _expected(cls, method)
-    assert problems(function.__qualname__, function.__doc__, arguments, var_keyword) == []
+    assert problems(function.__qualname__, function.__doc__, arguments, var_keyword,
+                    returns=method not in _RETURNS_NOTHING) == []
 
 
 def _without_entry(doc: str, name: str) -> str:
@@ -160,12 +171,14 @@ def _without_entry(doc: str, name: str) -> str:
     (pipelines.StableDiffusionPipeline, "__call__", "num_inference_steps"),  # the loop's
     (pipelines.ControlNetModel, "from_pretrained", "subfolder"),
     (None, "export_to_gif", "fps"),
+    (fewstep.TCDScheduler, "step", "eta"),
+    (fewstep.LCMScheduler, "__init__", "timestep_scaling"),
 ])
 def test_the_check_fails_when_an_argument_is_not_documented(cls, method, name):
     function, arguments, var_keyword = _expected(cls, method)
     cut = _without_entry(function.__doc__, name)
     assert cut != function.__doc__ and name not in args_section(cut)
-    assert problems(function.__qualname__, cut, arguments, var_keyword) == [
+    assert problems(function.__qualname__, cut, arguments, var_keyword, returns=method not in _RETURNS_NOTHING) == [
         f"{function.__qualname__}: arguments not in the Args section: {[name]}"]
 
 

@@ -167,15 +167,18 @@ class Configurable:
         """A scheduler from a config.
 
         Args:
-            config (`dict`, `str` or `os.PathLike`):
+            config (`dict`, `str` or `os.PathLike`, *optional*):
                 A config dict (e.g. another scheduler's `.config`, diffusers' included), a folder holding
                 `scheduler_config.json` (`subfolder="scheduler"` for a pipeline folder), or that file's path.
-            return_unused_kwargs (`bool`, *optional*, defaults to `False`):
+            return_unused_kwargs (`bool`, *optional*, defaults to False):
                 Also return the keyword arguments and config keys the constructor did not take.
             subfolder (`str`, *optional*):
                 The folder below `config` that holds the scheduler config.
-            kwargs:
+            kwargs (remaining keyword arguments, *optional*):
                 Values that override the config's.
+
+        Returns:
+            The scheduler, and with `return_unused_kwargs` also a dict of what it did not use.
 
         Keys the constructor does not take (an SD pipeline's `skip_prk_steps`, `interpolation_type`, ...)
         are ignored but kept in `.config`, as diffusers keeps them, so they survive a round trip; keys a
@@ -226,15 +229,18 @@ class Configurable:
         """A scheduler from a local folder, as diffusers' `SchedulerMixin.from_pretrained`.
 
         Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`):
+            pretrained_model_name_or_path (`str` or `os.PathLike`, *optional*):
                 A folder holding `scheduler_config.json`, or a pipeline folder with `subfolder="scheduler"`.
             subfolder (`str`, *optional*):
                 The folder below it that holds the scheduler config.
-            return_unused_kwargs (`bool`, *optional*, defaults to `False`):
+            return_unused_kwargs (`bool`, *optional*, defaults to False):
                 Also return the keyword arguments the constructor did not take.
-            kwargs:
+            kwargs (remaining keyword arguments, *optional*):
                 Values that override the config's. Hub download options (`cache_dir`, `revision`, ...) are
-                not used: fewstep reads local folders."""
+                not used: fewstep reads local folders.
+
+        Returns:
+            The scheduler, as `from_config` returns it."""
         for option in ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision",
                        "use_auth_token", "resume_download", "user_agent"):
             kwargs.pop(option, None)
@@ -256,10 +262,13 @@ class Configurable:
         Args:
             save_directory (`str` or `os.PathLike`):
                 The folder (created if missing). diffusers' and mindone's `from_pretrained(folder)` read it.
-            push_to_hub (`bool`, *optional*, defaults to `False`):
+            push_to_hub (`bool`, *optional*, defaults to False):
                 Not supported (no hub access); `True` is an error.
+            kwargs (remaining keyword arguments, *optional*):
+                Accepted for diffusers' signature; unused.
 
-        Returns the file's path."""
+        Returns:
+            `str`: the path of the file written."""
         if push_to_hub:
             raise ValueError("fewstep does not push to a hub; save locally and upload with huggingface_hub.")
         save_directory = os.fspath(save_directory)

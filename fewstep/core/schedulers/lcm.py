@@ -184,17 +184,24 @@ class LCMScheduler(ConsistencyScheduler):
     _saved_as_module = "diffusers.schedulers.scheduling_lcm"
 
     def step(self, model_output: Any, timestep: Any, sample: Any, generator: Any = None, return_dict: bool = True):
-        """Advance one timestep.
+        """Advance one timestep: the stateless `lcm_step` with this scheduler's schedule, step index and options.
 
         Args:
-            model_output: the UNet's output for (sample, timestep); NumPy array, torch or MindSpore tensor.
-            timestep: the current timestep (an element of `timesteps`): int, NumPy integer, or one-element tensor.
-            sample: the current noisy sample x_t, same framework as model_output.
-            generator: noise source for every step but the last: a `fewstep.Generator`,
-                `np.random.Generator`, `torch.Generator` (drawn as diffusers draws), a list of them, or None.
-            return_dict: False returns the tuple (prev_sample, denoised).
+            model_output (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The UNet's output for (sample, timestep).
+            timestep (`int` or a one-element tensor):
+                The current timestep, an element of `timesteps`.
+            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The current noisy sample x_t, of model_output's framework.
+            generator (*optional*):
+                Noise source for every step but the last: a `fewstep.Generator`, `np.random.Generator`,
+                `torch.Generator` (drawn as diffusers draws), a list of them, or None.
+            return_dict (`bool`, *optional*, defaults to True):
+                False returns the tuple (prev_sample, denoised).
 
-        Returns `LCMSchedulerOutput(prev_sample, denoised)` of the input's type and dtype."""
+        Returns:
+            `LCMSchedulerOutput(prev_sample, denoised)` (or the tuple) of the input's type and dtype.
+        """
         t, index = self._begin_step(timestep)
         config = self.config
         prev_sample, denoised = lcm_step(

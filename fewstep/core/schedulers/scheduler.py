@@ -92,6 +92,47 @@ class ConsistencyScheduler(Configurable):
         timestep_scaling: float = 10.0,
         rescale_betas_zero_snr: bool = False,
     ):
+        """Build a scheduler; arguments and defaults are diffusers' TCDScheduler / LCMScheduler's.
+
+        Args:
+            num_train_timesteps (`int`, *optional*, defaults to 1000):
+                The number of diffusion steps the model was trained with.
+            beta_start (`float`, *optional*, defaults to 0.00085):
+                The first beta of the schedule.
+            beta_end (`float`, *optional*, defaults to 0.012):
+                The last beta of the schedule.
+            beta_schedule (`str`, *optional*, defaults to 'scaled_linear'):
+                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
+            trained_betas (`np.ndarray` or `List[float]`, *optional*):
+                Betas to use instead of a schedule; exactly `num_train_timesteps` of them.
+            original_inference_steps (`int`, *optional*, defaults to 50):
+                The size of the distillation grid the timesteps are picked from.
+            clip_sample (`bool`, *optional*, defaults to False):
+                LCM: clip the predicted x0 to [-clip_sample_range, clip_sample_range]. TCD keeps it for compatibility.
+            clip_sample_range (`float`, *optional*, defaults to 1.0):
+                The clipping bound.
+            set_alpha_to_one (`bool`, *optional*, defaults to True):
+                Kept for compatibility (`final_alpha_cumprod`); a schedule never steps below timestep 0.
+            steps_offset (`int`, *optional*, defaults to 0):
+                Kept for compatibility; the consistency schedulers do not offset timesteps.
+            prediction_type (`str`, *optional*, defaults to 'epsilon'):
+                What the model predicts: "epsilon", "sample" or "v_prediction".
+            thresholding (`bool`, *optional*, defaults to False):
+                LCM: Imagen's dynamic thresholding of the predicted x0.
+            dynamic_thresholding_ratio (`float`, *optional*, defaults to 0.995):
+                The quantile of |x0| dynamic thresholding clips at.
+            sample_max_value (`float`, *optional*, defaults to 1.0):
+                The largest threshold dynamic thresholding uses.
+            timestep_spacing (`str`, *optional*, defaults to 'leading'):
+                Kept for compatibility; the timesteps follow the distillation grid.
+            timestep_scaling (`float`, *optional*, defaults to 10.0):
+                LCM: the timestep scale of the boundary-condition scalings.
+            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
+                Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").
+
+        Raises ValueError for an unknown beta_schedule or prediction_type, zero-terminal SNR with epsilon
+        prediction, or trained_betas of the wrong length, before anything is built.
+        """
         T = as_int(num_train_timesteps, "num_train_timesteps")
         if T < 1:
             raise ValueError(f"num_train_timesteps must be at least 1, got {T}.")
@@ -159,24 +200,25 @@ class ConsistencyScheduler(Configurable):
             num_inference_steps (`int`, *optional*):
                 How many steps; picked evenly from the distillation grid. Exclusive with `timesteps`.
             device (`str` or `torch.device`, *optional*):
-                Where `timesteps` should live. None keeps them a host NumPy int64 array; a `torch.device`
-                (or a device string once torch is imported) makes them a torch int64 tensor there, as
-                diffusers' pipelines expect. The schedule is planned on the host either way.
+                Where `timesteps` should live. None keeps them a host NumPy int64 array; a `torch.device` (or a
+                device string once torch is imported) makes them a torch int64 tensor there, as diffusers'
+                pipelines expect. The schedule is planned on the host either way.
             original_inference_steps (`int`, *optional*):
-                Size of the distillation grid (config default 50). For TCD, passing it (even 50) selects
-                from all training timesteps, as in diffusers.
+                Size of the distillation grid (config default 50). For TCD, passing it (even 50) selects from
+                all training timesteps, as in diffusers.
             timesteps (`List[int]`, *optional*):
                 A custom strictly descending list of timesteps in [0, num_train_timesteps).
             strength (`float`, *optional*, defaults to 1.0):
-                In (0, 1]; img2img starts at a lower noise level. With `num_inference_steps`, the grid is
-                cut to its first int(original_inference_steps * strength) points and the steps are picked
-                from it; with custom `timesteps`, the last int(len * strength) entries are kept.
+                In (0, 1]; img2img starts at a lower noise level. With `num_inference_steps`, the grid is cut to
+                its first int(original_inference_steps * strength) points and the steps are picked from it; with
+                custom `timesteps`, the last int(len * strength) entries are kept.
 
-        Deliberate difference from diffusers: with custom `timesteps` and strength < 1,
-        `num_inference_steps` is set to the number of timesteps kept (diffusers keeps the full length,
-        so its LCM adds noise on the last step and its TCD draws one noise tensor more than it uses).
+        Deliberate difference from diffusers: with custom `timesteps` and strength < 1, `num_inference_steps`
+        is set to the number of timesteps kept (diffusers keeps the full length, so its LCM adds noise on the
+        last step and its TCD draws one noise tensor more than it uses).
 
-        Raises ValueError (and changes nothing) for invalid combinations; the message names the fix."""
+        Raises ValueError (and changes nothing) for invalid combinations; the message names the fix.
+        """
         plan = select_timesteps(
             self.config["num_train_timesteps"],
             self.config["original_inference_steps"],
@@ -232,7 +274,9 @@ class ConsistencyScheduler(Configurable):
         """Start the next run at `timesteps[begin_index]` (img2img pipelines that slice the schedule).
 
         Args:
-            begin_index (`int`, defaults to 0): the index of the first step."""
+            begin_index (`int`, *optional*, defaults to 0):
+                The index of the first step.
+        """
         begin_index = as_int(begin_index, "begin_index")
         if begin_index < 0:
             raise ValueError(f"begin_index must be non-negative, got {begin_index}.")
@@ -242,8 +286,14 @@ class ConsistencyScheduler(Configurable):
         """Position of `timestep` in the schedule (the second match if it occurs twice, as diffusers).
 
         Args:
-            timestep (`int` or a one-element tensor): a timestep of the schedule.
-            schedule_timesteps (`List[int]` or tensor, *optional*): the schedule; default `self.timesteps`."""
+            timestep (`int` or a one-element tensor):
+                A timestep of the schedule.
+            schedule_timesteps (`List[int]` or a tensor, *optional*):
+                The schedule to search; `self.timesteps` when not given.
+
+        Returns:
+            `int`: the index.
+        """
         schedule = self._timestep_list if schedule_timesteps is None else _as_list(schedule_timesteps)
         return index_for_timestep(schedule, timestep_as_int(timestep, len(self)))
 
@@ -271,19 +321,27 @@ class ConsistencyScheduler(Configurable):
         """Identity: consistency models take the noisy sample unscaled (init_noise_sigma is 1).
 
         Args:
-            sample: the noisy sample, returned as is.
-            timestep (*optional*): unused."""
+            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The noisy sample, returned as is.
+            timestep (`int`, *optional*):
+                Unused.
+
+        Returns:
+            The sample.
+        """
         return sample
 
     def previous_timestep(self, timestep: Any):
         """The timestep after `timestep` in the schedule, -1 after the last one (t - 1 before set_timesteps).
 
         Args:
-            timestep (`int` or a one-element tensor): a timestep of the schedule.
+            timestep (`int` or a one-element tensor):
+                A timestep of the schedule.
 
-        Returns a NumPy int64 scalar while `timesteps` is a NumPy array; a 0-d tensor of the timesteps'
-        framework and device once `set_timesteps(device=...)` made them tensors. Either has `.item()`, as
-        diffusers' tensor does."""
+        Returns:
+            A NumPy int64 scalar while `timesteps` is a NumPy array; a 0-d tensor of the timesteps' framework and
+            device once `set_timesteps(device=...)` made them tensors. Either has `.item()`, as diffusers' tensor.
+        """
         t = timestep_as_int(timestep, len(self))
         if self.custom_timesteps or self.num_inference_steps:
             schedule = self._timestep_list
@@ -330,11 +388,16 @@ class ConsistencyScheduler(Configurable):
         """Forward diffusion: x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * noise (DDPM eq. 4).
 
         Args:
-            original_samples: the clean samples x_0 (NumPy array, torch or MindSpore tensor).
-            noise: standard normal noise of the same shape and framework.
-            timesteps: one timestep for the batch, or one per batch item (ints, an array or a tensor).
+            original_samples (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The clean samples x_0.
+            noise (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                Standard normal noise of the same shape and framework.
+            timesteps (`int`, `List[int]`, an array or a tensor):
+                One timestep for the batch, or one per batch item.
 
-        Returns the samples' type and dtype."""
+        Returns:
+            The noisy samples, of the samples' type and dtype.
+        """
         ops = backend_of(original_samples, noise)
         signal, noise_scale = self._alpha_scalings(timesteps, ops.dtype_name(original_samples), ops)
         a = self._broadcast(signal, original_samples, ops)
@@ -345,9 +408,16 @@ class ConsistencyScheduler(Configurable):
         """The v-prediction target (Salimans & Ho 2022): v = sqrt(alpha_bar_t) * noise - sqrt(1 - alpha_bar_t) * x_0.
 
         Args:
-            sample: the clean samples x_0.
-            noise: the noise added to them.
-            timesteps: one timestep for the batch, or one per batch item."""
+            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The clean samples x_0.
+            noise (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The noise added to them.
+            timesteps (`int`, `List[int]`, an array or a tensor):
+                One timestep for the batch, or one per batch item.
+
+        Returns:
+            The velocity, of the sample's type and dtype.
+        """
         ops = backend_of(sample, noise)
         signal, noise_scale = self._alpha_scalings(timesteps, ops.dtype_name(sample), ops)
         a = self._broadcast(signal, sample, ops)

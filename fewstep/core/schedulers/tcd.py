@@ -165,18 +165,26 @@ class TCDScheduler(ConsistencyScheduler):
         generator: Any = None,
         return_dict: bool = True,
     ):
-        """Advance one timestep.
+        """Advance one timestep: the stateless `tcd_step` with this scheduler's schedule and step index.
 
         Args:
-            model_output: the UNet's output for (sample, timestep); NumPy array, torch or MindSpore tensor.
-            timestep: the current timestep (an element of `timesteps`): int, NumPy integer, or one-element tensor.
-            sample: the current noisy sample x_t, same framework as model_output.
-            eta: the paper's gamma in [0, 1]; 0 deterministic, 0.3 recommended.
-            generator: noise source for eta > 0: a `fewstep.Generator`, `np.random.Generator`,
-                `torch.Generator` (drawn as diffusers draws), a list of them (one per batch item), or None.
-            return_dict: False returns the tuple (prev_sample, pred_noised_sample).
+            model_output (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The UNet's output for (sample, timestep).
+            timestep (`int` or a one-element tensor):
+                The current timestep, an element of `timesteps`.
+            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The current noisy sample x_t, of model_output's framework.
+            eta (`float`, *optional*, defaults to 0.3):
+                The paper's gamma in [0, 1]; 0 deterministic, 0.3 recommended.
+            generator (*optional*):
+                Noise source for eta > 0: a `fewstep.Generator`, `np.random.Generator`, `torch.Generator` (drawn
+                as diffusers draws), a list of them (one per batch item), or None.
+            return_dict (`bool`, *optional*, defaults to True):
+                False returns the tuple (prev_sample, pred_noised_sample).
 
-        Returns `TCDSchedulerOutput(prev_sample, pred_noised_sample)` of the input's type and dtype."""
+        Returns:
+            `TCDSchedulerOutput(prev_sample, pred_noised_sample)` (or the tuple) of the input's type and dtype.
+        """
         t, index = self._begin_step(timestep)
         prev_sample, pred_noised = tcd_step(
             model_output, t, sample, timesteps=self._timestep_list, step_index=index,
