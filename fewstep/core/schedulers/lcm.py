@@ -25,7 +25,8 @@ import numpy as np
 from fewstep.core.noise import randn_like
 from fewstep.core.registry import backend_of
 from fewstep.core.schedulers.parameterisation import Linear, cached, linear_combination, x0_and_eps_coefficients
-from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput
+from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput, step_docstring
+from fewstep.core.schedulers.timesteps import step_position
 
 SIGMA_DATA = 0.5  # the data standard deviation the consistency parameterisation assumes
 
@@ -124,21 +125,10 @@ _DEFAULT_OPTIONS = {
 }
 
 
-def lcm_step(
-    model_output: Any,
-    timestep: int,
-    sample: Any,
-    *,
-    timesteps: Sequence[int],
-    step_index: int,
-    alphas_cumprod: Sequence[float],
-    prediction_type: str = "epsilon",
-    timestep_scaling: float = 10.0,
-    generator: Any = None,
-    num_inference_steps: Optional[int] = None,
-    coefficient_cache: Optional[dict] = None,
-    **options,
-) -> Tuple[Any, Any]:
+def lcm_step(model_output: Any, timestep: int, sample: Any, *, timesteps: Sequence[int], step_index: int,
+             alphas_cumprod: Sequence[float], prediction_type: str = "epsilon", timestep_scaling: float = 10.0,
+             generator: Any = None, num_inference_steps: Optional[int] = None,
+             coefficient_cache: Optional[dict] = None, **options) -> Tuple[Any, Any]:
     """One LCM step with the step index given explicitly (no scheduler state); `LCMScheduler.step` is this.
 
     Args:
@@ -160,11 +150,9 @@ def lcm_step(
     if unknown:
         raise ValueError(f"Unknown LCM options {sorted(unknown)}; use {sorted(_DEFAULT_OPTIONS)}.")
     options = {**_DEFAULT_OPTIONS, **options}
-    steps = len(timesteps) if num_inference_steps is None else num_inference_steps
-    t = int(timestep)
-    # After the last timestep there is no previous one; the last step draws no noise, so t stands in.
-    prev_t = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else t
-    noisy = step_index != steps - 1
+    t, prev, last = step_position(timesteps, step_index, timestep, num_inference_steps)
+    prev_t = t if prev is None else prev  # the last step draws no noise, so its target is never used
+    noisy = not last
     scaling = float(timestep_scaling)
     coefficients = cached(coefficient_cache, ("lcm", t, prev_t, noisy, prediction_type, scaling),
                           lambda: lcm_coefficients(alphas_cumprod, t, prev_t, prediction_type, scaling, noisy))
@@ -183,16 +171,12 @@ class LCMScheduler(ConsistencyScheduler):
 
     _saved_as_module = "diffusers.schedulers.scheduling_lcm"
 
+    @step_docstring
     def step(self, model_output: Any, timestep: Any, sample: Any, generator: Any = None, return_dict: bool = True):
         """Advance one timestep: the stateless `lcm_step` with this scheduler's schedule, step index and options.
 
         Args:
-            model_output (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
-                The UNet's output for (sample, timestep).
-            timestep (`int` or a one-element tensor):
-                The current timestep, an element of `timesteps`.
-            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
-                The current noisy sample x_t, of model_output's framework.
+            {step_arguments}
             generator (*optional*):
                 Noise source for every step but the last: a `fewstep.Generator`, `np.random.Generator`,
                 `torch.Generator` (drawn as diffusers draws), a list of them, or None.

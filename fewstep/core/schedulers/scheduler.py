@@ -425,6 +425,22 @@ class ConsistencyScheduler(Configurable):
         return a * noise - b * sample
 
 
+_STEP_ARGUMENTS = """
+            model_output (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The UNet's output for (sample, timestep).
+            timestep (`int` or a one-element tensor):
+                The current timestep, an element of `timesteps`.
+            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
+                The current noisy sample x_t, of model_output's framework."""
+
+
+def step_docstring(step):
+    """Decorator for a scheduler's `step`: its docstring's `{step_arguments}` becomes the entries of the
+    arguments every consistency step takes, written once here."""
+    step.__doc__ = step.__doc__.replace("\n            {step_arguments}", _STEP_ARGUMENTS)
+    return step
+
+
 def _scheduler_classes() -> list:
     found, stack = [], [ConsistencyScheduler]
     while stack:

@@ -29,7 +29,8 @@ import numpy as np
 from fewstep.core.noise import randn_like
 from fewstep.core.registry import backend_of
 from fewstep.core.schedulers.parameterisation import cached, linear_combination, x0_and_eps_coefficients
-from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput
+from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput, step_docstring
+from fewstep.core.schedulers.timesteps import step_position
 
 
 @dataclass
@@ -99,20 +100,10 @@ def _apply(ops, model_output, sample, coefficients: TCDCoefficients, noisy: bool
     return linear_combination(pred_noised, coefficients.prev_xs, noise, coefficients.prev_noise), pred_noised
 
 
-def tcd_step(
-    model_output: Any,
-    timestep: int,
-    sample: Any,
-    *,
-    timesteps: Sequence[int],
-    step_index: int,
-    alphas_cumprod: Sequence[float],
-    prediction_type: str = "epsilon",
-    eta: float = 0.3,
-    generator: Any = None,
-    num_inference_steps: Optional[int] = None,
-    coefficient_cache: Optional[dict] = None,
-):
+def tcd_step(model_output: Any, timestep: int, sample: Any, *, timesteps: Sequence[int], step_index: int,
+             alphas_cumprod: Sequence[float], prediction_type: str = "epsilon", eta: float = 0.3,
+             generator: Any = None, num_inference_steps: Optional[int] = None,
+             coefficient_cache: Optional[dict] = None):
     """One TCD step with the step index given explicitly (no scheduler state); `TCDScheduler.step` is this.
 
     Args:
@@ -130,10 +121,9 @@ def tcd_step(
 
     Returns (prev_sample, pred_noised_sample)."""
     eta = _check_eta(eta)
-    steps = len(timesteps) if num_inference_steps is None else num_inference_steps
-    t = int(timestep)
-    prev_t = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else 0
-    noisy = eta > 0 and step_index != steps - 1
+    t, prev, last = step_position(timesteps, step_index, timestep, num_inference_steps)
+    prev_t = 0 if prev is None else prev  # after the last timestep TCD steps to s = 0
+    noisy = eta > 0 and not last
     coefficients = cached(coefficient_cache, ("tcd", t, prev_t, eta, noisy, prediction_type),
                           lambda: tcd_coefficients(alphas_cumprod, t, prev_t, eta, prediction_type, noisy))
     return _apply(backend_of(model_output, sample), model_output, sample, coefficients, noisy, generator)
@@ -156,6 +146,7 @@ class TCDScheduler(ConsistencyScheduler):
     _full_range_if_explicit = True
     _saved_as_module = "diffusers.schedulers.scheduling_tcd"
 
+    @step_docstring
     def step(
         self,
         model_output: Any,
@@ -168,12 +159,7 @@ class TCDScheduler(ConsistencyScheduler):
         """Advance one timestep: the stateless `tcd_step` with this scheduler's schedule and step index.
 
         Args:
-            model_output (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
-                The UNet's output for (sample, timestep).
-            timestep (`int` or a one-element tensor):
-                The current timestep, an element of `timesteps`.
-            sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
-                The current noisy sample x_t, of model_output's framework.
+            {step_arguments}
             eta (`float`, *optional*, defaults to 0.3):
                 The paper's gamma in [0, 1]; 0 deterministic, 0.3 recommended.
             generator (*optional*):

@@ -11,7 +11,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -202,6 +202,25 @@ def _warn_unusual_custom(values: List[int], grid: np.ndarray, T: int, original_s
         logger.warning(
             f"{len(values)} custom timesteps are more than original_inference_steps={original_steps}; results may degrade."
         )
+
+
+class StepPosition(NamedTuple):
+    """Where a step sits in its schedule: the one place the previous-timestep and last-step rules live."""
+
+    timestep: int
+    prev_timestep: Optional[int]  # the next timestep of the schedule; None after the last one
+    last: bool                    # the final step: the samplers return their clean estimate, draw no noise
+
+
+def step_position(timesteps: Sequence[int], step_index: int, timestep: Any,
+                  num_inference_steps: Optional[int] = None) -> StepPosition:
+    """The position of step `step_index` (at `timestep`) in `timesteps`.
+
+    The step at index num_inference_steps - 1 is the last (num_inference_steps defaults to len(timesteps);
+    with custom timesteps and img2img strength the two differ in diffusers, see select_timesteps)."""
+    steps = len(timesteps) if num_inference_steps is None else num_inference_steps
+    prev = int(timesteps[step_index + 1]) if step_index + 1 < len(timesteps) else None
+    return StepPosition(int(timestep), prev, step_index == steps - 1)
 
 
 def index_for_timestep(schedule: Sequence[int], timestep: int) -> int:
