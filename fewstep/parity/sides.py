@@ -1,0 +1,150 @@
+"""The two sides of a comparison: a pipeline (fewstep's on either backend, diffusers' on torch, mindone's
+on MindSpore) and how to run it so that both draw the same numbers.
+
+Both sides get the same initial latents, drawn once on the host, and a generator of the same seed for
+the per-step noise, each of the kind its library honours: `fewstep.Generator` for fewstep, a CPU
+`torch.Generator` for diffusers (the same stream as fewstep.Generator's default), an
+`np.random.Generator(PCG64)` for mindone (then fewstep draws with `stream="numpy"`, the same numbers).
+
+diffusers, mindone and the frameworks are imported lazily, inside the functions that load or run a
+reference library's pipeline (this module is importable without them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+import fewstep
+from fewstep.backends import framework_of, get_backend
+from fewstep.pipelines import DiffusionPipeline
+from fewstep.backends.hooks import first_parameter
+from fewstep.parity.recording import framework_model
+
+LIBRARIES = ("fewstep", "diffusers", "mindone")
+SCHEDULERS = ("tcd", "lcm")
+
+
+@dataclass
+class Side:
+    """One side: a loaded pipeline and a label for the report."""
+
+    pipe: Any
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            self.label = f"{self.library}/{self.framework}/{self.dtype}"
+
+    @property
+    def library(self) -> str:
+        if isinstance(self.pipe, DiffusionPipeline):
+            return "fewstep"
+        return "mindone" if type(self.pipe).__module__.startswith("mindone") else "diffusers"
+
+    @property
+    def unet_module(self):
+        return framework_model(self.pipe.unet)
+
+    @property
+    def framework(self) -> str:
+        return framework_of(self.unet_module)
+
+    @property
+    def dtype(self) -> str:
+        return get_backend(self.framework).dtype_name(first_parameter(self.unet_module))
+
+    @property
+    def device(self) -> str:
+        param = first_parameter(self.unet_module)
+        if self.framework == "torch":
+            return str(param.device)
+        import mindspore  # lazily: only a MindSpore side asks
+
+        return str(mindspore.get_context("device_target"))
+
+    def describe(self) -> Dict[str, Any]:
+        return {"label": self.label, "library": self.library, "backend": self.framework, "dtype": self.dtype,
+                "device": self.device, "model": str(getattr(self.pipe, "name_or_path", "") or "")}
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple:
+        factor = int(self.pipe.vae_scale_factor)
+        channels = int(_config(framework_model(self.pipe.vae))["latent_channels"])
+        return (batch, channels, height // factor, width // factor)
+
+    def default_size(self) -> tuple:
+        size = int(_config(self.unet_module)["sample_size"]) * int(self.pipe.vae_scale_factor)
+        return size, size
+
+    def run(self, call_kwargs: Dict[str, Any], latents: Optional[np.ndarray], seed: int, stream: str) -> np.ndarray:
+        """One call with the given initial latents (None: the pipeline draws them) and a fresh generator of
+        `seed`; the images as NHWC floats in [0, 1]."""
+        kwargs = dict(call_kwargs, output_type="np")
+        if latents is not None:
+            ops = get_backend(self.framework)
+            kwargs["latents"] = ops.from_numpy(latents, like=first_parameter(self.unet_module))
+        if self.library == "fewstep":
+            kwargs["generator"] = fewstep.Generator(seed, stream=stream)
+        elif self.library == "diffusers":
+            import torch  # lazily: only a diffusers side needs a torch.Generator
+
+            kwargs["generator"] = torch.Generator().manual_seed(seed)
+        else:
+            kwargs["generator"] = np.random.Generator(np.random.PCG64(seed))
+        if hasattr(self.pipe, "set_progress_bar_config"):
+            self.pipe.set_progress_bar_config(disable=True)
+        out = self.pipe(**kwargs)
+        images = out.images if hasattr(out, "images") else out[0]
+        return np.asarray(images, dtype=np.float32)
+
+
+def _config(module) -> Dict[str, Any]:
+    config = module.config
+    return dict(config) if hasattr(config, "keys") else vars(config)
+
+
+TASKS = {"text2image": "AutoPipelineForText2Image", "img2img": "AutoPipelineForImage2Image",
+         "inpaint": "AutoPipelineForInpainting"}
+
+
+def load_side(model: str, library: str = "fewstep", backend: Optional[str] = None, dtype: str = "float32",
+              device: Optional[str] = None, scheduler: str = "tcd", label: str = "", task: str = "text2image") -> Side:
+    """A side from a model folder or hub id: fewstep's pipeline on `backend` (default torch), diffusers'
+    pipeline (torch), or mindone's (MindSpore), for `task` ("text2image", "img2img", "inpaint"), with
+    the TCD or LCM scheduler of that library."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; use one of {', '.join(TASKS)}.")
+    if library not in LIBRARIES:
+        raise ValueError(f"Unknown library {library!r}; use one of {', '.join(LIBRARIES)}.")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {scheduler!r}; use 'tcd' or 'lcm'.")
+    name = {"tcd": "TCDScheduler", "lcm": "LCMScheduler"}[scheduler]
+    if library == "fewstep":
+        pipe = getattr(fewstep, TASKS[task]).from_pretrained(model, backend=backend or "torch", dtype=dtype,
+                                                             device=device)
+        pipe.scheduler = getattr(fewstep, name).from_config(pipe.scheduler.config)
+    elif library == "diffusers":
+        if backend not in (None, "torch"):
+            raise ValueError("diffusers runs on torch; use library='mindone' for MindSpore.")
+        import diffusers  # lazily: the reference library of the torch side
+        import torch
+
+        pipe = getattr(diffusers, TASKS[task]).from_pretrained(model, torch_dtype=getattr(torch, dtype))
+        if device:
+            pipe = pipe.to(device)
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+    else:
+        if backend not in (None, "mindspore"):
+            raise ValueError("mindone runs on MindSpore; use library='diffusers' for torch.")
+        from fewstep.backends.mindspore_cpu import install_cpu_kernels
+
+        install_cpu_kernels()  # before mindone's models are imported: they bind mint ops at import time
+        import mindspore  # lazily: the reference library of the MindSpore side
+        import mindone.diffusers as md
+        from mindone.diffusers import schedulers
+
+        pipe = getattr(md, TASKS[task]).from_pretrained(model, mindspore_dtype=getattr(mindspore, dtype))
+        pipe.scheduler = getattr(schedulers, name).from_config(pipe.scheduler.config)
+    return Side(pipe, label)
