@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -40,10 +41,28 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder or hub id (default with the tiny demo "
                                               "model: a tiny random one)")
     gen.add_argument("--fps", type=int, default=8, help="frames per second of the video file (default 8)")
-    par = sub.add_parser("parity", help="the same generation on torch and MindSpore, compared")
+    par = sub.add_parser("parity", help="the same generation on two sides (frameworks, dtypes, libraries, folders), "
+                                        "compared stage by stage")
     _add_common(par)
-    par.add_argument("-o", "--output", default="parity.png")
+    par.add_argument("--backend", choices=("torch", "mindspore"), default=None,
+                     help="side a's backend (default torch; mindspore with --against mindone)")
+    par.add_argument("--against", choices=AGAINST, default=None,
+                     help="side b: fewstep on the other backend (mindspore / torch), the reference library on "
+                          "side a's backend (diffusers / mindone), or side a in another dtype (float16 / bfloat16). "
+                          "Default: mindspore, or with --model-b the same as side a")
+    par.add_argument("--model-b", help="side b's model folder (a converted or re-saved checkpoint), compared with --model")
+    par.add_argument("--backend-b", choices=("torch", "mindspore"), default=None, help="side b's backend")
+    par.add_argument("--tolerance", type=float, default=None,
+                     help="largest allowed max abs difference of the final images in [0, 1] (default by dtype: "
+                          "1e-3 float32); above it the exit status is 1")
+    par.add_argument("--report", metavar="DIR", help="write report.json, images.png and latents.png there")
+    par.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    par.add_argument("--no-localise", action="store_true", help="skip the per-layer rerun of the first divergent call")
+    par.add_argument("-o", "--output", default="parity.png", help="the two images side by side")
     return parser
+
+
+AGAINST = ("mindspore", "torch", "diffusers", "mindone", "float16", "bfloat16")
 
 
 def _pipeline_class(model_folder: str, image: Optional[str], mask: Optional[str]):
@@ -58,10 +77,8 @@ def _pipeline_class(model_folder: str, image: Optional[str], mask: Optional[str]
 
 
 def _resolve_model(args) -> str:
-    from fewstep.pipelines.loading import resolve_folder
-
     if args.model:
-        return resolve_folder(args.model)
+        return _resolve_folder(args.model)
     from fewstep.testing import tiny_pipeline
 
     kind = "sd15-inpaint" if args.mask else "sd15"
@@ -147,23 +164,80 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _parity_sides(args, folder: str):
+    """(side a, side b) as the flags ask: side a is fewstep on --backend with --dtype; side b is chosen
+    by --against, on --model-b's folder when given."""
+    from fewstep.parity import load_side
+
+    against = args.against or ("mindspore" if not args.model_b else None)
+    backend_a = args.backend or ("mindspore" if against == "mindone" else "torch")
+    if against == "mindone" and backend_a != "mindspore":
+        raise ValueError("--against mindone compares with mindone on MindSpore: side a must be --backend mindspore.")
+    if against == "diffusers" and backend_a != "torch":
+        raise ValueError("--against diffusers compares with diffusers on torch: side a must be --backend torch.")
+    library_b, backend_b, dtype_b = "fewstep", args.backend_b or backend_a, args.dtype
+    if against in ("mindspore", "torch"):
+        backend_b = args.backend_b or against
+    elif against in ("diffusers", "mindone"):
+        library_b, backend_b = against, None
+    elif against in ("float16", "bfloat16"):
+        dtype_b = against
+    folder_b = _resolve_folder(args.model_b) if args.model_b else folder
+    task = "inpaint" if args.mask else "img2img" if args.image else "text2image"
+    common = dict(device=args.device, scheduler=args.scheduler, task=task)
+    side_a = load_side(folder, backend=backend_a, dtype=args.dtype, label=f"{backend_a}", **common)
+    label_b = backend_b if library_b == "fewstep" and against not in ("float16", "bfloat16") else against or backend_b
+    if args.model_b and not args.against:
+        label_b = f"{backend_b} ({os.path.basename(os.path.normpath(folder_b))})"
+    side_b = load_side(folder_b, library=library_b, backend=backend_b, dtype=dtype_b, label=label_b, **common)
+    return side_a, side_b
+
+
+def _resolve_folder(model: str) -> str:
+    from fewstep.pipelines.loading import resolve_folder
+
+    return resolve_folder(model)
+
+
 def _cmd_parity(args) -> int:
     from PIL import Image
+
+    from fewstep.parity import compare, format_report, write_report
 
     folder = _resolve_model(args)
     if args.seed is None:
         args.seed = int(np.random.SeedSequence().entropy % (2**31))
-    results = {}
-    for backend in ("torch", "mindspore"):
-        out = _generate(args, folder, backend, "np")
-        results[backend] = out.images
-        print(f"{backend:9s} {out.timings['per_step_s'] * 1000:.1f} ms/step")
-    diff = float(np.abs(results["torch"] - results["mindspore"]).max())
-    side = np.concatenate([results["torch"][0], results["mindspore"][0]], axis=1)
-    Image.fromarray((side * 255).round().astype(np.uint8)).save(args.output)
-    print(f"seed {args.seed}  largest difference torch vs mindspore: {diff:.3g} (images in [0, 1])")
-    print(f"wrote {os.path.abspath(args.output)} (left torch, right MindSpore)")
-    return 0
+    side_a, side_b = _parity_sides(args, folder)
+    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance)
+    if args.height is not None:
+        kwargs["height"] = args.height
+    if args.width is not None:
+        kwargs["width"] = args.width
+    if args.scheduler == "tcd":
+        kwargs["eta"] = args.eta
+    if args.image:
+        kwargs["image"] = Image.open(args.image)
+        if args.strength is not None:
+            kwargs["strength"] = args.strength
+    if args.mask:
+        kwargs["mask_image"] = Image.open(args.mask)
+    report = compare(side_a, side_b, kwargs, seed=args.seed, tolerance=args.tolerance,
+                     localise_layers=not args.no_localise)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report))
+    a, b = report.images
+    Image.fromarray((np.concatenate([a[0], b[0]], axis=1) * 255).round().astype(np.uint8)).save(args.output)
+    if args.report:
+        for path in write_report(report, args.report).values():
+            print(f"wrote {os.path.abspath(path)}", file=sys.stderr if args.json else sys.stdout)
+    out = sys.stderr if args.json else sys.stdout
+    print(f"seed {args.seed}  largest difference {side_a.label} vs {side_b.label}: {report.image_max_abs:.3g} "
+          f"(images in [0, 1]; tolerance {report.tolerance:.3g})", file=out)
+    print(f"wrote {os.path.abspath(args.output)} (left {side_a.label}, right {side_b.label})", file=out)
+    return 0 if report.passed else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
