@@ -93,6 +93,33 @@ def test_fewstep_agrees_with_mindone():
     assert report.passed
 
 
+@pytest.mark.torch
+def test_controlnet_residuals_are_stages_and_a_controlnet_fault_is_found_in_it():
+    import diffusers
+
+    from fewstep.parity import Side
+    from fewstep.pipelines import StableDiffusionControlNetPipeline
+    from fewstep.testing import tiny_controlnet
+    from tests.adapter_cases import CONTROL
+
+    folder, net = tiny_pipeline("sd15"), tiny_controlnet("sd15")
+    ours = StableDiffusionControlNetPipeline.from_pretrained(
+        folder, controlnet=fewstep.ControlNetModel.from_pretrained(net))
+    ours.scheduler = fewstep.TCDScheduler.from_config(ours.scheduler.config)
+    ref = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
+        folder, controlnet=diffusers.ControlNetModel.from_pretrained(net), safety_checker=None,
+        requires_safety_checker=False)
+    ref.scheduler = diffusers.TCDScheduler.from_config(ref.scheduler.config)
+    kwargs = dict(CASES["tcd"], image=CONTROL, controlnet_conditioning_scale=0.8)
+    report = compare(Side(ours), Side(ref), kwargs, seed=6)
+    residuals = [s for s in report.stages if s.stage.startswith("controlnet.residual")]
+    assert len(residuals) >= STEPS * 2 and all(s.ok for s in report.stages), report.first_stage
+    _perturb_torch(ref.controlnet, "controlnet_mid_block.weight")
+    report = compare(Side(ours), Side(ref), kwargs, seed=6)
+    assert report.first_stage.stage.startswith("controlnet.residual") and report.first_stage.index == 0
+    assert report.first_module.path == "controlnet_mid_block"
+
+
 # ---------------------------------------------------------------------------------------------
 # planted faults
 

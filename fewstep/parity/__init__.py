@@ -125,7 +125,7 @@ def compare(side_a: Union[Side, Any], side_b: Union[Side, Any], call_kwargs: Opt
     # mindone draws with NumPy's PCG64; fewstep then draws the same numbers with its numpy stream.
     stream = "numpy" if "mindone" in (side_a.library, side_b.library) else "torch"
     latents = None
-    if "image" not in call_kwargs:
+    if not (side_a.starts_from_image or side_b.starts_from_image):
         # Text-to-image: both sides start from one host draw. Img2img / inpainting start from the encoded
         # image, noised by each side's generator of the same seed and stream, so from the same numbers.
         if "height" not in call_kwargs or "width" not in call_kwargs:

@@ -45,6 +45,13 @@ class Side:
         return "mindone" if type(self.pipe).__module__.startswith("mindone") else "diffusers"
 
     @property
+    def starts_from_image(self) -> bool:
+        """An img2img or inpainting pipeline (named so by fewstep, diffusers and mindone alike): its
+        latents start from the encoded image, not from initial noise passed in."""
+        name = type(self.pipe).__name__
+        return "Img2Img" in name or "Inpaint" in name
+
+    @property
     def unet_module(self):
         return framework_model(self.pipe.unet)
 
