@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                           "Default: mindspore, or with --model-b the same as side a")
     par.add_argument("--model-b", help="side b's model folder (a converted or re-saved checkpoint), compared with --model")
     par.add_argument("--backend-b", choices=("torch", "mindspore"), default=None, help="side b's backend")
+    par.add_argument("--device-b", default=None, help="side b's torch device (e.g. cuda against --device cpu)")
     par.add_argument("--tolerance", type=float, default=None,
                      help="largest allowed max abs difference of the final images in [0, 1] (default by dtype: "
                           "1e-3 float32); above it the exit status is 1")
@@ -184,12 +185,15 @@ def _parity_sides(args, folder: str):
         dtype_b = against
     folder_b = _resolve_folder(args.model_b) if args.model_b else folder
     task = "inpaint" if args.mask else "img2img" if args.image else "text2image"
-    common = dict(device=args.device, scheduler=args.scheduler, task=task)
-    side_a = load_side(folder, backend=backend_a, dtype=args.dtype, label=f"{backend_a}", **common)
+    common = dict(scheduler=args.scheduler, task=task)
+    side_a = load_side(folder, backend=backend_a, dtype=args.dtype, device=args.device, label=f"{backend_a}", **common)
     label_b = backend_b if library_b == "fewstep" and against not in ("float16", "bfloat16") else against or backend_b
     if args.model_b and not args.against:
         label_b = f"{backend_b} ({os.path.basename(os.path.normpath(folder_b))})"
-    side_b = load_side(folder_b, library=library_b, backend=backend_b, dtype=dtype_b, label=label_b, **common)
+    if args.device_b and args.device_b != args.device:
+        label_b = f"{label_b} ({args.device_b})"
+    side_b = load_side(folder_b, library=library_b, backend=backend_b, dtype=dtype_b, label=label_b,
+                       device=args.device_b or args.device, **common)
     return side_a, side_b
 
 

@@ -255,8 +255,9 @@ def test_cli_against_diffusers_and_float16_are_clean(capsys):
 
     assert main(["parity", "a fox", "--against", "diffusers", "--steps", "2", "--seed", "2"]) == 0
     assert "first stage out of bounds: none" in capsys.readouterr().out
-    assert main(["parity", "a fox", "--against", "float16", "--steps", "2", "--seed", "2"]) == 0
-    assert "dtype=float16" in capsys.readouterr().out
+    assert main(["parity", "a fox", "--against", "float16", "--steps", "2", "--seed", "2", "--device-b", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "dtype=float16" in printed and "device=cpu" in printed
 
 
 @pytest.mark.torch
