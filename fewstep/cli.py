@@ -1,4 +1,4 @@
-"""`fewstep generate` and `fewstep parity`: few-step sampling from the command line."""
+"""`fewstep generate`, `fewstep parity` and `fewstep batch`: few-step sampling from the command line."""
 
 from __future__ import annotations
 
@@ -60,7 +60,37 @@ def _parser() -> argparse.ArgumentParser:
     par.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     par.add_argument("--no-localise", action="store_true", help="skip the per-layer rerun of the first divergent call")
     par.add_argument("-o", "--output", default="parity.png", help="the two images side by side")
+    _add_batch(sub)
     return parser
+
+
+def _add_batch(sub) -> None:
+    bat = sub.add_parser("batch", help="a job of prompts x seeds x settings into a folder; scales out on torchrun, "
+                                      "msrun or Ray, resumes after a crash")
+    bat.add_argument("job", help="a .jsonl (one item per line, optional {\"defaults\": ..., \"seed\": N} header) "
+                                 "or .csv job file")
+    bat.add_argument("--out", required=True, help="the job folder (images, done-records, manifest.jsonl)")
+    bat.add_argument("--model", help="diffusers-format pipeline folder or hub id (default: the tiny demo model)")
+    bat.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
+    bat.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    bat.add_argument("--device", default=None, help="torch device such as cuda")
+    bat.add_argument("--batch-size", type=int, default=4, help="items per pipeline call, fixed for the job (default 4)")
+    bat.add_argument("--seed", type=int, default=None, help="job seed that items without a seed derive theirs from")
+    bat.add_argument("--scheduler", choices=("tcd", "lcm"), default=None, help="default scheduler of the items")
+    bat.add_argument("--steps", type=int, default=None, help="default num_inference_steps of the items")
+    bat.add_argument("--guidance", type=float, default=None, help="default guidance_scale of the items")
+    bat.add_argument("--eta", type=float, default=None, help="default TCD eta of the items")
+    bat.add_argument("--width", type=int, default=None)
+    bat.add_argument("--height", type=int, default=None)
+    bat.add_argument("--negative-prompt", default=None)
+    bat.add_argument("--threads", type=int, default=1, help="CPU threads per process, pinned (default 1)")
+    bat.add_argument("--deterministic", action="store_true", help="deterministic algorithms on CUDA / Ascend")
+    bat.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process is one rank (one process, torchrun, msrun); ray: drive Ray actors")
+    bat.add_argument("--num-workers", type=int, default=None, help="Ray actors (default: the GPUs, else 2)")
+    bat.add_argument("--allow-different-env", action="store_true",
+                     help="resume a folder started with other versions, backend, device, dtype or threads")
+    bat.add_argument("--grid", metavar="FILE", help="a contact sheet of the results, once the job is complete")
 
 
 AGAINST = ("mindspore", "torch", "diffusers", "mindone", "float16", "bfloat16")
@@ -244,11 +274,48 @@ def _cmd_parity(args) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_batch(args) -> int:
+    import fewstep.batch as batch
+
+    defaults = {name: value for name, value in (
+        ("scheduler", args.scheduler), ("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
+        ("eta", args.eta), ("width", args.width), ("height", args.height), ("negative_prompt", args.negative_prompt))
+        if value is not None}
+    job = batch.load_job(args.job, defaults=defaults, seed=args.seed)
+    summary = batch.run(job, args.out, model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
+                        batch_size=args.batch_size, threads=args.threads, deterministic=args.deterministic,
+                        allow_different_env=args.allow_different_env, engine=args.engine,
+                        num_workers=args.num_workers)
+    ran = len(summary["batches_run"])
+    print(f"rank {summary['rank']} of {summary['world_size']}: ran {ran} batch{'es' if ran != 1 else ''}"
+          f"{' (resumed)' if summary['resumed'] else ''}; folder {summary['folder']}")
+    if summary["manifest"]:
+        print(f"job complete: {summary['manifest']}")
+        if args.grid:
+            _write_grid(job, summary["folder"], args.grid)
+    return 0
+
+
+def _write_grid(job, folder: str, path: str) -> None:
+    import math
+
+    from PIL import Image
+
+    from fewstep.utils import make_image_grid
+
+    images = [Image.open(os.path.join(folder, "images", f"{item.id}.png")) for item in job.items]
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    images += [Image.new("RGB", images[0].size)] * (rows * cols - len(images))
+    make_image_grid(images, rows=rows, cols=cols).save(path)
+    print(f"wrote {os.path.abspath(path)}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _cmd_generate, "parity": _cmd_parity}[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
+        return {"generate": _cmd_generate, "parity": _cmd_parity, "batch": _cmd_batch}[args.command](args)
+    except (ValueError, FileNotFoundError) as err:  # JobError and LoraError are ValueErrors
         print(f"fewstep: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,69 @@
+"""Running a job on Ray: the driver places the batches that have no done-record on actors that each hold
+one pipeline (`BatchWorker`), through Ray's own `ActorPool`; outputs go to the job folder, which must be
+storage every node sees. An actor asks for one GPU on NVIDIA clusters and the `NPU` resource on Ascend
+ones, else one CPU. Ray is imported lazily, only here (`pip install 'fewstep[ray]'`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from fewstep.batch.job import Job, JobError
+from fewstep.batch.plan import plan_batches
+from fewstep.batch.runner import BatchWorker, RunConfig
+from fewstep.batch.store import JobFolder
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise JobError("--engine ray needs Ray: pip install 'fewstep[ray]' -c constraints.txt") from err
+    return ray
+
+
+def _actor_resources(ray) -> Dict[str, Any]:
+    cluster = ray.cluster_resources()
+    if cluster.get("GPU", 0) >= 1:
+        return {"num_gpus": 1}
+    if cluster.get("NPU", 0) >= 1:
+        return {"resources": {"NPU": 1}}
+    return {"num_cpus": 1}
+
+
+def run_on_ray(job: Job, out: str, config: RunConfig, num_workers: Optional[int] = None,
+               progress: bool = True) -> Dict[str, Any]:
+    ray = _ray()
+    from ray.util import ActorPool
+
+    if not ray.is_initialized():
+        ray.init()  # a local cluster, or the one RAY_ADDRESS names
+    resources = _actor_resources(ray)
+    if num_workers is None:
+        cluster = ray.cluster_resources()
+        num_workers = int(cluster.get("GPU", 0) or cluster.get("NPU", 0) or 2)
+    batches = plan_batches(job, config.batch_size)
+    folder = JobFolder(out)
+    actor = ray.remote(BatchWorker).options(**resources)
+    workers = [actor.remote(job, out, config, rank) for rank in range(num_workers)]
+    environment = ray.get(workers[0].environment.remote())
+    existed = folder.claim(job, batches, config.identity(), environment, config.allow_different_env)
+    pending = [u for u in range(len(batches)) if not folder.is_done(u)]
+    resumed = existed and len(pending) < len(batches)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(job.items), initial=len(job.items) - sum(len(batches[u]) for u in pending), unit="img",
+                   desc="fewstep batch (ray)", dynamic_ncols=True)
+    pool = ActorPool(workers)
+    for record in pool.map_unordered(lambda w, u: w.run_batch.remote(u), pending):
+        if bar is not None:
+            bar.update(len(record["ids"]))
+    if bar is not None:
+        bar.close()
+    manifest = folder.finish(job, len(batches))
+    for worker in workers:
+        ray.kill(worker)
+    return {"rank": 0, "world_size": num_workers, "batches_run": pending, "resumed": resumed, "manifest": manifest,
+            "folder": folder.out}
