@@ -25,8 +25,6 @@ LCM_OPTIONS = ({}, {"clip_sample": True, "clip_sample_range": 0.5},
 def _stateless_loop(step, reference, config, ref_kwargs=None, our_kwargs=None):
     """Run diffusers' scheduler and the stateless function side by side from diffusers' own schedule;
     every output within 1e-12 (relative to its magnitude) of diffusers' float64 step."""
-    import diffusers  # noqa: F401  (the fixture below patches its randn_tensor)
-
     ref = reference
     timesteps = ref.timesteps.tolist()
     alphas = ref.alphas_cumprod.numpy()

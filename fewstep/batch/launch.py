@@ -16,7 +16,7 @@ MindSpore and torch are imported lazily here, only for the launcher or backend i
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from typing import Tuple
 
 
 def detect_world() -> Tuple[int, int]:
@@ -31,9 +31,8 @@ def detect_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def pin_determinism(backend: str, threads: int, deterministic: bool = False) -> Dict[str, object]:
-    """Pin what changes the bits between runs of one job; returns what was set (for environment.json)."""
-    settings: Dict[str, object] = {"threads": int(threads)}
+def pin_determinism(backend: str, threads: int, deterministic: bool = False) -> None:
+    """Pin what changes the bits between runs of one job (environment.json records the same settings)."""
     if backend == "torch":
         import torch  # lazily: the torch backend is in use
 
@@ -41,7 +40,6 @@ def pin_determinism(backend: str, threads: int, deterministic: bool = False) -> 
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        settings["deterministic_algorithms"] = bool(deterministic)
     elif backend == "mindspore":
         import mindspore  # lazily: the MindSpore backend is in use
 
@@ -51,5 +49,3 @@ def pin_determinism(backend: str, threads: int, deterministic: bool = False) -> 
             pass
         if deterministic:
             mindspore.set_context(deterministic="ON")
-        settings["deterministic"] = bool(deterministic)
-    return settings

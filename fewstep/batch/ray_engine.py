@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 
 from fewstep.batch.job import Job, JobError
 from fewstep.batch.plan import plan_batches
-from fewstep.batch.runner import BatchWorker, RunConfig
+from fewstep.batch.runner import BatchWorker, RunConfig, job_environment
 from fewstep.batch.store import JobFolder
 
 
@@ -44,10 +44,9 @@ def run_on_ray(job: Job, out: str, config: RunConfig, num_workers: Optional[int]
         num_workers = int(cluster.get("GPU", 0) or cluster.get("NPU", 0) or 2)
     batches = plan_batches(job, config.batch_size)
     folder = JobFolder(out)
+    existed = folder.claim(job, batches, config.identity(), job_environment(config), config.allow_different_env)
     actor = ray.remote(BatchWorker).options(**resources)
     workers = [actor.remote(job, out, config, rank) for rank in range(num_workers)]
-    environment = ray.get(workers[0].environment.remote())
-    existed = folder.claim(job, batches, config.identity(), environment, config.allow_different_env)
     pending = [u for u in range(len(batches)) if not folder.is_done(u)]
     resumed = existed and len(pending) < len(batches)
     bar = None

@@ -11,7 +11,7 @@ import io
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from fewstep.batch.job import Job, JobError
 from fewstep.batch.plan import batches_for_rank, plan_batches
@@ -49,6 +49,26 @@ def resolve_model(model: Optional[str]) -> str:
     return tiny_pipeline("sd15")
 
 
+_LIBRARIES = {"torch": ("torch", "diffusers", "transformers"), "mindspore": ("mindspore", "mindone")}
+
+
+def job_environment(config: RunConfig) -> Dict[str, Any]:
+    """What environment.json records and a resume compares: fewstep's and the backend's library versions,
+    backend, device, dtype and the determinism settings. Computed before any model loads, so a folder that
+    cannot be resumed is refused at once."""
+    import importlib
+
+    import numpy
+    import fewstep
+
+    versions = {"numpy": numpy.__version__}
+    for name in _LIBRARIES.get(config.backend, ()):
+        versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+    return {"fewstep": fewstep.__version__, "versions": versions, "backend": config.backend,
+            "device": str(config.device or "default"), "dtype": config.dtype, "threads": int(config.threads),
+            "deterministic": bool(config.deterministic)}
+
+
 class BatchWorker:
     """One pipeline and the job's LoRAs, loaded once; runs batches of the plan by index."""
 
@@ -59,7 +79,7 @@ class BatchWorker:
         self.job, self.config, self.rank = job, config, rank
         self.folder = JobFolder(out)
         self.batches = plan_batches(job, config.batch_size)
-        self.determinism = pin_determinism(config.backend, config.threads, config.deterministic)
+        pin_determinism(config.backend, config.threads, config.deterministic)
         self.pipe = fewstep.AutoPipelineForText2Image.from_pretrained(
             resolve_model(config.model), backend=config.backend, dtype=config.dtype, device=config.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -82,16 +102,6 @@ class BatchWorker:
             except ValueError as err:  # LoraError is a ValueError
                 raise JobError(f"LoRA {path!r} does not fit the model: {err}") from err
         self._lora_names = list(paths)
-
-    def environment(self) -> Dict[str, Any]:
-        import sys
-
-        import fewstep
-
-        versions = {name: getattr(sys.modules[name], "__version__", "?") for name in
-                    ("numpy", "torch", "diffusers", "transformers", "mindspore", "mindone") if name in sys.modules}
-        return {"fewstep": fewstep.__version__, "versions": versions, "backend": self.config.backend,
-                "device": str(self.config.device or "default"), "dtype": self.config.dtype, **self.determinism}
 
     def _configure(self, settings: Dict[str, Any]) -> None:
         import fewstep
@@ -153,10 +163,11 @@ def run(job: Job, out: str, config: RunConfig, rank: Optional[int] = None, world
 
     if rank is None or world_size is None:
         rank, world_size = detect_world()
+    folder = JobFolder(out)
+    batches = plan_batches(job, config.batch_size)
+    existed = folder.claim(job, batches, config.identity(), job_environment(config), config.allow_different_env)
+    resumed = existed and bool(folder.done_batches(len(batches)))
     worker = BatchWorker(job, out, config, rank)
-    folder = worker.folder
-    existed = folder.claim(job, worker.batches, config.identity(), worker.environment(), config.allow_different_env)
-    resumed = existed and bool(folder.done_batches(len(worker.batches)))
     mine = [u for u in batches_for_rank(len(worker.batches), rank, world_size) if not folder.is_done(u)]
     bar = _progress(len(job.items), _items_done(worker, folder)) if progress and rank == 0 else None
     ran = []
