@@ -149,9 +149,28 @@ def _motion_pipeline(args, folder: str, backend: str):
                                                motion_adapter=adapter)
 
 
-def _generate(args, folder: str, backend: str, output_type: str):
+def _call_kwargs(args) -> dict:
+    """The pipeline call the common flags describe (no generator or output type)."""
     from PIL import Image
 
+    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance)
+    if args.height is not None:
+        kwargs["height"] = args.height
+    if args.width is not None:
+        kwargs["width"] = args.width
+    if args.scheduler == "tcd":
+        kwargs["eta"] = args.eta
+    if args.image:
+        kwargs["image"] = Image.open(args.image)
+        if args.strength is not None:
+            kwargs["strength"] = args.strength
+    if args.mask:
+        kwargs["mask_image"] = Image.open(args.mask)
+    return kwargs
+
+
+def _generate(args, folder: str, backend: str, output_type: str):
     from fewstep import Generator, LCMScheduler, TCDScheduler
 
     if getattr(args, "frames", None) is not None:
@@ -161,17 +180,7 @@ def _generate(args, folder: str, backend: str, output_type: str):
         pipe = cls.from_pretrained(folder, backend=backend, dtype=args.dtype, device=args.device)
     scheduler_cls = TCDScheduler if args.scheduler == "tcd" else LCMScheduler
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
-    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, height=args.height, width=args.width,
-                  generator=Generator(args.seed), output_type=output_type)
-    if args.scheduler == "tcd":
-        kwargs["eta"] = args.eta
-    if args.image:
-        kwargs["image"] = Image.open(args.image)
-        if args.strength is not None:
-            kwargs["strength"] = args.strength
-    if args.mask:
-        kwargs["mask_image"] = Image.open(args.mask)
+    kwargs = dict(_call_kwargs(args), generator=Generator(args.seed), output_type=output_type)
     if getattr(args, "frames", None) is not None:
         kwargs["num_frames"] = args.frames
     return pipe(**kwargs)
@@ -242,21 +251,7 @@ def _cmd_parity(args) -> int:
     if args.seed is None:
         args.seed = int(np.random.SeedSequence().entropy % (2**31))
     side_a, side_b = _parity_sides(args, folder)
-    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance)
-    if args.height is not None:
-        kwargs["height"] = args.height
-    if args.width is not None:
-        kwargs["width"] = args.width
-    if args.scheduler == "tcd":
-        kwargs["eta"] = args.eta
-    if args.image:
-        kwargs["image"] = Image.open(args.image)
-        if args.strength is not None:
-            kwargs["strength"] = args.strength
-    if args.mask:
-        kwargs["mask_image"] = Image.open(args.mask)
-    report = compare(side_a, side_b, kwargs, seed=args.seed, tolerance=args.tolerance,
+    report = compare(side_a, side_b, _call_kwargs(args), seed=args.seed, tolerance=args.tolerance,
                      localise_layers=not args.no_localise)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
