@@ -28,6 +28,7 @@ def test_import_fewstep_imports_no_framework():
         import numpy as np
         import fewstep
         import fewstep.backends, fewstep.core.ops, fewstep.core.noise
+        import fewstep.parity, fewstep.batch, fewstep.testing, fewstep.cli  # framework-neutral until used
         ops = fewstep.get_backend("numpy")
         ops = fewstep.get_backend(np.zeros(2))
         fewstep.backend_of(np.zeros(2), None)
