@@ -13,11 +13,15 @@ PEFT-format safetensors file (lora_alpha 32, so the scale 0.5 is really applied)
   [a] at 1.0): fewstep `set_adapters` (re-fuses from the saved base) vs diffusers' fused equivalent
   `unfuse_lora` + `set_adapters` + `fuse_lora`. diffusers' bare `set_adapters` (which only changes the
   scales of unfused PEFT layers, making every later step slower) is printed for context.
+  fewstep's switch is timed for each `--keep-base` mode (where the unfused bases are kept: "device" beside
+  the weights, "host" in NumPy, "file" read back from the UNet's safetensors files, which the UNet is
+  saved to first and indexed from); load + fuse is timed with keep_base="device".
 - `--mindspore`: fewstep load + fuse of the same file on mindone's UNet of the same config.
 
 Medians over repeats; the first fused weights of both are compared before timing.
 
     python benchmarks/bench_lora_fuse.py [--repeats 3] [--switch-repeats 3] [--cold N] [--mindspore] [--threads N]
+        [--keep-base device,host,file]
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ def main() -> None:
                         help="also time each side's first load + fuse in N fresh processes")
     parser.add_argument("--cold-side", choices=("ours", "ref"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--keep-base", default="device,host,file", help="keep_base modes the switch is timed in")
     args = parser.parse_args()
     if args.cold_side:
         return cold_side(args.cold_side)
@@ -160,6 +165,7 @@ def run(args, workdir: str) -> None:
     start = time.perf_counter()
     unet = torch_unet()
     ours = unet_only("torch", unet)
+    ours.fuse_lora(keep_base="device")
     shapes = ours.unet.lora_targets()
     file_a, file_b = (os.path.join(workdir, f"{n}.safetensors") for n in ("a", "b"))
     n_params = write_lora(shapes, file_a, seed=1)
@@ -220,15 +226,28 @@ def run(args, workdir: str) -> None:
               f"{', '.join(f'{t:.1f}' for t in cold['ref'])}; fewstep {', '.join(f'{t:.1f}' for t in cold['ours'])})")
 
     if args.switch_repeats:
-        ours.load_lora_weights(file_a, adapter_name="a")
-        ours.load_lora_weights(file_b, adapter_name="b")
-        ours.set_adapters(["a"], [1.0])
         combos = [(["a", "b"], [1.0, 0.8]), (["a"], [1.0])]
-        switch = {"ours": [], "ref": [], "ref_bare": []}
-        for i in range(args.switch_repeats):
-            names, weights = combos[i % 2]
-            switch["ours"].append(timed(lambda: ours.set_adapters(names, weights)))
-        ours.unload_lora_weights()
+        switch = {"ref": [], "ref_bare": []}
+        modes = args.keep_base.split(",")
+        if "file" in modes:  # the UNet's own safetensors files, for keep_base="file" to read bases back from
+            from fewstep.core.lora.weight_files import WeightFiles
+
+            unet.save_pretrained(os.path.join(workdir, "unet"), safe_serialization=True)
+            ours.unet.weight_files = WeightFiles.scan(os.path.join(workdir, "unet"))
+        for mode in modes:
+            ours.fuse_lora(keep_base=mode)
+            ours.load_lora_weights(file_a, adapter_name="a")
+            ours.load_lora_weights(file_b, adapter_name="b")
+            ours.set_adapters(["a"], [1.0])
+            kept = sorted({type(v).__name__ for v in ours._lora_state().saved.values()})
+            switch[mode] = []
+            for i in range(args.switch_repeats):
+                names, weights = combos[i % 2]
+                switch[mode].append(timed(lambda: ours.set_adapters(names, weights)))
+            ours.unload_lora_weights()
+            print(f"switch       fewstep set_adapters keep_base={mode:6s} median "
+                  f"{statistics.median(switch[mode]):6.2f} s   (bases kept as {kept})", flush=True)
+        ours.fuse_lora(keep_base="device")
         ref.load_lora_weights(workdir, weight_name="a.safetensors", adapter_name="a")
         ref.load_lora_weights(workdir, weight_name="b.safetensors", adapter_name="b")
         ref.set_adapters(["a"], [1.0])
@@ -247,9 +266,15 @@ def run(args, workdir: str) -> None:
             names, weights = combos[i % 2]
             switch["ref_bare"].append(timed(lambda: ref.set_adapters(names, weights)))
         ref.unload_lora_weights()
-        s_ours, s_ref, s_bare = (statistics.median(switch[k]) for k in ("ours", "ref", "ref_bare"))
-        print(f"switch       diffusers unfuse+set_adapters+fuse median {s_ref:6.2f} s   fewstep set_adapters median "
-              f"{s_ours:6.2f} s   ratio {s_ours / s_ref:.3f}   (diffusers set_adapters alone, unfused: {s_bare:.3f} s)")
+        s_ref, s_bare = (statistics.median(switch[k]) for k in ("ref", "ref_bare"))
+        print(f"switch       diffusers unfuse+set_adapters+fuse median {s_ref:6.2f} s   (diffusers set_adapters alone, "
+              f"unfused: {s_bare:.3f} s)")
+        for mode in modes:
+            s_ours = statistics.median(switch[mode])
+            extra = (f"   {s_ours / statistics.median(switch['device']):.2f}x keep_base='device'"
+                     if "device" in modes else "")
+            print(f"switch       fewstep set_adapters keep_base={mode:6s} median {s_ours:6.2f} s   ratio to diffusers "
+                  f"{s_ours / s_ref:.3f}{extra}")
 
     if args.mindspore:
         del ours, ref, unet

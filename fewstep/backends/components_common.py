@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Callable, Mapping, Optional
 
 from fewstep.backends.common import as_ints
+from fewstep.core.lora.weight_files import WeightFiles
 
 
 class Model:
@@ -67,7 +68,13 @@ class IPAdapterScale:
 
 
 class LoraWeights:
-    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders."""
+    """Named-weight access for LoRA fusion (fewstep.pipelines.lora), shared by the UNet and text encoders.
+
+    `weight_files`: the safetensors files the component was loaded from, indexed at load (see
+    `record_weight_files`), or None (built in code, passed in): what `fuse_lora(keep_base="file")`
+    reads bases back from."""
+
+    weight_files: Optional[WeightFiles] = None
 
     def _lora_layer_map(self) -> dict:
         # built once: every refresh reads and writes the weight of each module a LoRA touches by path
@@ -127,6 +134,14 @@ def load_pretrained(libraries: Mapping[str, str], name: str, library: str, class
     if variant:
         kwargs["variant"] = variant
     return cls.from_pretrained(folder, **kwargs)
+
+
+def record_weight_files(wrapper, folder: str, variant: Optional[str]):
+    """Index, at load, the safetensors files a LoRA-able component was just loaded from (their tensors
+    and each file's stamp then), so LoRA fusion can restore weights from them."""
+    if isinstance(wrapper, LoraWeights):
+        wrapper.weight_files = WeightFiles.scan(folder, variant)
+    return wrapper
 
 
 def motion_unet(diffusers: str, wrap_component: Callable, unet, motion_adapter):

@@ -14,7 +14,8 @@ from mindspore import mint
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TransformersModel,
-                                                 VAEModel, load_pretrained, wrapper_class)
+                                                 VAEModel, load_pretrained, record_weight_files,
+                                                 wrapper_class)
 from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
 
@@ -183,7 +184,7 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
     # install_cpu_kernels before mindone's modules are imported: they bind mint ops at import time
     module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant,
                              {"mindspore_dtype": MS_DTYPES.native(dtype)}, before_import=install_cpu_kernels)
-    return wrap_component(name, module)
+    return record_weight_files(wrap_component(name, module), folder, variant)
 
 
 def motion_unet(unet, motion_adapter):

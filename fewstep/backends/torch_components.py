@@ -10,7 +10,8 @@ import torch
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TransformersModel,
-                                                 VAEModel, load_pretrained, wrapper_class)
+                                                 VAEModel, load_pretrained, record_weight_files,
+                                                 wrapper_class)
 from fewstep.backends.torch_backend import TORCH_DTYPES
 
 # model_index.json names the library of each component; these are the ones the torch side loads.
@@ -171,7 +172,7 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
                              {"torch_dtype": TORCH_DTYPES.native(dtype)})
     if device:
         module.to(device)
-    return wrap_component(name, module)
+    return record_weight_files(wrap_component(name, module), folder, variant)
 
 
 def motion_unet(unet, motion_adapter):

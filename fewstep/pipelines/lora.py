@@ -8,16 +8,18 @@ weights are recomputed from it whenever it changes:
   dtype) and which of them are active, with their weights (`set_adapters`);
 - the lora_scale (`fuse_lora(lora_scale=...)`, or a call's `cross_attention_kwargs={"scale": s}`)
   and which components carry the LoRA (`fuse_lora(components=...)` / `unfuse_lora(components=...)`);
-- saved base weights. The first time a module is fused, its original weight tensor is kept — on the
-  device, in its own dtype — and the fused weight is a new tensor; every later fusion of that module
-  is computed from the saved tensor, and `unfuse_lora` / `unload_lora_weights` put the saved tensor
-  itself back. So a fused weight never depends on what was fused before (switching adapters 20
-  times ends bit for bit where one fusion does), and unfusing restores the base bit for bit. The
-  cost is one extra copy of every weight a loaded LoRA touches, for as long as it is fused: an
-  LCM/TCD-LoRA touches nearly every UNet weight, so one more UNet's worth (SD 1.5: 1.7 GB in
-  float16, 3.4 GB in float32; SDXL: 5.1 GB / 10.2 GB); nothing is kept for modules no LoRA
-  touches, and unfusing or unloading frees it. A re-fusion (set_adapters, a new scale) writes into
-  the fused tensor it replaces, so switching allocates nothing.
+- kept base weights. The first time a module is fused, its original weight is kept where
+  `fuse_lora(keep_base=...)` says (`fewstep.pipelines.lora_bases`: "file", the default, keeps only a
+  reference into the safetensors file the component was loaded from, verified byte for byte, else a
+  host copy; "host" a NumPy copy; "device" the original tensor itself), and the fused weight is a new
+  tensor; every later fusion of that module is computed from the kept base, and `unfuse_lora` /
+  `unload_lora_weights` put it back. So a fused weight never depends on what was fused before
+  (switching adapters 20 times ends bit for bit where one fusion does), and unfusing restores the
+  base bit for bit. With "device" the cost is one extra copy of every touched weight on the device
+  (an LCM/TCD-LoRA touches nearly every UNet weight: SD 1.5: 1.7 GB in float16, 3.4 GB in float32;
+  SDXL: 5.1 GB / 10.2 GB); with "host" the same in host memory; with "file" none. Nothing is kept
+  for modules no LoRA touches, and unfusing or unloading frees it. A re-fusion (set_adapters, a new
+  scale) writes into the fused tensor it replaces.
 
 Differences from diffusers, all following from "always fused": loading an adapter applies it at
 once (diffusers: applied unfused); after `unfuse_lora()` the pipeline runs the base model until
@@ -42,6 +44,7 @@ from fewstep.backends import get_backend
 from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraSource, find_weight_file, fused_weight,
                                normalise, read_lora)
 from fewstep.core.lora.plan import plan_refresh, wanted_terms
+from fewstep.pipelines import lora_bases
 
 __all__ = ["LoraError", "LoraMixin"]
 
@@ -72,7 +75,8 @@ class _LoraState:
     lora_scale: float = 1.0                  # the scale fuse_lora asked for
     fused_scale: Optional[float] = None      # the scale the fused weights carry now
     applied: Set[str] = field(default_factory=set)  # components whose weights carry the active LoRAs
-    saved: Dict[Tuple[str, str], Any] = field(default_factory=dict)       # (component, path) -> base weight
+    saved: Dict[Tuple[str, str], Any] = field(default_factory=dict)       # (component, path) -> kept base
+    keep_base: str = "file"                  # where new bases are kept: lora_bases.MODES
     signature: Dict[Tuple[str, str], tuple] = field(default_factory=dict)  # what each fused weight holds
     loads: int = 0
 
@@ -240,14 +244,23 @@ class LoraMixin:
         return names
 
     def fuse_lora(self, components: Optional[Sequence[str]] = None, lora_scale: float = 1.0,
-                  safe_fusing: bool = False, adapter_names: Optional[Sequence[str]] = None):
+                  safe_fusing: bool = False, adapter_names: Optional[Sequence[str]] = None,
+                  keep_base: Optional[str] = None):
         """Fuse the active adapters (or `adapter_names`) at `lora_scale` into `components` (default: all
         of unet / text encoders); the other components get their base weights back. `safe_fusing`
-        checks every fused weight for NaN/inf before any is written."""
+        checks every fused weight for NaN/inf before any is written.
+
+        `keep_base` says where the unfused value of each fused weight is kept, for exact unfusing and
+        switching ("file": read back from the safetensors file the component was loaded from, a host
+        copy where the file cannot give it back exactly; "host": a copy in host memory; "device": a copy
+        beside the weight). It stays the pipeline's setting for later fusions (set_adapters, loads);
+        bases already kept move to the new place. Default: the pipeline's setting, initially "file"."""
         if isinstance(components, (int, float)) and not isinstance(components, bool):
             raise LoraError("fuse_lora's first argument is `components` (as in diffusers); pass lora_scale=... by name.")
         names = self._components_arg(components)
         state = self._lora_state()
+        if keep_base is not None and lora_bases.check_mode(keep_base) != state.keep_base:
+            self._move_bases(keep_base)
         active = state.active
         if adapter_names is not None:
             active = _names(adapter_names)
@@ -273,7 +286,23 @@ class LoraMixin:
         state = self._lora_state()
         state.applied = set()
         self._lora_refresh()
-        self._lora = _LoraState()
+        self._lora = _LoraState(keep_base=state.keep_base)
+
+    def _move_bases(self, mode: str) -> None:
+        """Make `mode` the place bases are kept, and move the bases kept now there (exactly)."""
+        state = self._lora_state()
+        components = self._lora_components()
+        ops = self.ops
+        lora_bases.check(ops, [(key, saved, components[key[0]].named_weight(key[1]))
+                               for key, saved in state.saved.items()])
+        with ops.no_grad():
+            for key, saved in list(state.saved.items()):
+                if lora_bases.kind(saved) != mode:
+                    component, path = key
+                    like = components[component].named_weight(path)
+                    base = lora_bases.materialize(ops, saved, like)
+                    state.saved[key] = lora_bases.keep(ops, mode, components[component], path, base)
+        state.keep_base = mode
 
     def _apply_lora_scale(self, cross_attention_kwargs: Optional[Mapping]) -> Optional[dict]:
         """Called by `__call__` before encoding the prompt: takes "scale" out of cross_attention_kwargs
@@ -300,16 +329,21 @@ class LoraMixin:
         wanted = wanted_terms(state.active, state.adapters, state.weights, state.applied, scale)
         plan = plan_refresh(wanted, state.signature, state.saved)
         ops = self.ops
+        # a base kept as a file reference is read back only if the file still gives it exactly: checked
+        # for all of them before anything is written
+        lora_bases.check(ops, [(key, state.saved[key], components[key[0]].named_weight(key[1]))
+                               for key in [k for k, _, _ in plan.fuse] + list(plan.restore)
+                               if isinstance(state.saved.get(key), lora_bases.FileBase)])
         with ops.no_grad():
             updates = []
             for key, terms, signature in plan.fuse:
                 component, path = key
-                base = state.saved.get(key)
+                saved = state.saved.get(key)
+                weight = components[component].named_weight(path)
                 # a weight fused before is ours: re-fuse into it rather than into new memory (not
                 # under safe fusing, which writes nothing until every weight is checked)
-                current = None if base is None or check_finite else components[component].named_weight(path)
-                if base is None:
-                    base = components[component].named_weight(path)
+                current = None if saved is None or check_finite else weight
+                base = weight if saved is None else lora_bases.materialize(ops, saved, weight)
                 fused = fused_weight(ops, base, [(t.factors.up, t.factors.down, t.scale) for t in terms], out=current)
                 if check_finite and not ops.all_finite(fused):  # checked on the device: one bool comes back
                     raise LoraError(f"Fusing gives NaN or inf in {component} module {path!r}; no weight was changed. "
@@ -322,13 +356,14 @@ class LoraMixin:
                 self._write_fused(state, components, key, base, fused, signature)
             for key in plan.restore:
                 component, path = key
-                components[component].set_weight(path, state.saved.pop(key))
+                like = components[component].named_weight(path)
+                components[component].set_weight(path, lora_bases.materialize(ops, state.saved.pop(key), like))
                 state.signature.pop(key, None)
         state.fused_scale = scale
 
-    @staticmethod
-    def _write_fused(state, components, key, base, fused, signature) -> None:
-        state.saved.setdefault(key, base)
+    def _write_fused(self, state, components, key, base, fused, signature) -> None:
+        if key not in state.saved:  # the first fusion of this weight: `base` is the original tensor
+            state.saved[key] = lora_bases.keep(self.ops, state.keep_base, components[key[0]], key[1], base)
         components[key[0]].set_weight(key[1], fused)
         state.signature[key] = signature
 
