@@ -5,7 +5,7 @@
 - "host": a NumPy copy in host memory (bfloat16 kept as float32, which is exact), copied back to the
   device for every re-fusion and on restore.
 - "file": nothing but a reference to the tensor in the safetensors file the component was loaded
-  from (`fewstep.core.lora.weight_files`), read back (memory-mapped) and converted as loading
+  from (`fewstep.core.lora.weight_files`), read back (from the page cache) and converted as loading
   converted it (`ops.from_numpy(array, like=weight)`) whenever the base is needed. At the first fuse
   of a weight, the file is trusted only when it still has the stamp it had at load and its tensor,
   converted, equals the weight in memory byte for byte; otherwise (the weight was changed after

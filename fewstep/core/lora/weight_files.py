@@ -5,8 +5,8 @@ back instead of keeping a copy (`fuse_lora(keep_base="file")`, fewstep.pipelines
 folder: it reads the headers of the component's safetensors files (the ones `from_pretrained` reads:
 the variant's files when one is given, else the plain ones, sharded or not) and records, for every
 tensor, its file, dtype, shape and byte range, and for every file a stamp (inode, size, mtime) taken
-then. `read(key)` memory-maps the tensor's bytes (bfloat16 widened to float32, exactly, as NumPy has
-no bfloat16); `unchanged(key)` says whether the file still has the stamp it had at load, so a file
+then. `read(key)` reads the tensor's bytes (bfloat16 widened to float32, exactly, as NumPy has no
+bfloat16); `unchanged(key)` says whether the file still has the stamp it had at load, so a file
 rewritten after loading is never trusted without a check. Framework-free: NumPy and the standard
 library only.
 """
@@ -109,9 +109,22 @@ class WeightFiles:
         return entry is not None and stamp(entry.path) == self.stamps.get(entry.path)
 
     def read(self, key: str) -> np.ndarray:
-        """The tensor `key` as a NumPy array, memory-mapped from its file (bfloat16 widened to float32)."""
+        """The tensor `key` as a new NumPy array read from its file (bfloat16 widened to float32).
+
+        Read with one `readinto` from the page cache into a fresh writable array, which a framework
+        wraps without another copy (a memory map would need a copy to be writable, and a page fault
+        per 4 KiB on every read)."""
         entry = self.entries[key]
-        raw = np.memmap(entry.path, dtype=_DTYPES[entry.dtype], mode="r", offset=entry.offset, shape=entry.shape)
+        out = np.empty(entry.shape, dtype=_DTYPES[entry.dtype])
+        with open(entry.path, "rb", buffering=0) as f:
+            f.seek(entry.offset)
+            view = memoryview(out.reshape(-1)).cast("B")
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise OSError(f"{entry.path} ends before tensor {key!r} does")
+                done += n
         if entry.dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        return raw
+            return (out.astype(np.uint32) << 16).view(np.float32)
+        return out
