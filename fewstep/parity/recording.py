@@ -44,8 +44,10 @@ def to_host(value: Any) -> Any:
         return get_backend(value).to_numpy(value)
     if isinstance(value, dict):
         return {k: to_host(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_host(v) for v in value) if isinstance(value, list) else tuple(to_host(v) for v in value)
+    if isinstance(value, list):
+        return [to_host(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(to_host(v) for v in value)
     return value
 
 
