@@ -6,7 +6,8 @@ adapters, weights and scales change (plan.py). NumPy and the standard library on
 from fewstep.core.lora.errors import LoraError
 from fewstep.core.lora.fusion import LoraLayer, fused_weight
 from fewstep.core.lora.normalise import normalise
-from fewstep.core.lora.reading import DEFAULT_WEIGHT_NAME, LoraSource, find_weight_file, read_lora, read_safetensors
+from fewstep.core.lora.reading import (DEFAULT_WEIGHT_NAME, LoraSource, find_weight_file, read_header, read_lora,
+                                      read_safetensors)
 
 __all__ = ["DEFAULT_WEIGHT_NAME", "LoraError", "LoraLayer", "LoraSource", "find_weight_file", "fused_weight",
-           "normalise", "read_lora", "read_safetensors"]
+           "normalise", "read_header", "read_lora", "read_safetensors"]

@@ -21,7 +21,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Optional, Tuple
 
+from fewstep.core.lora.sgm import is_sgm_name
+
 DOWN, UP, ALPHA = "down", "up", "alpha"
+# the file formats a key can belong to (module docstring), as `key_format` names them
+PEFT, OLD_DIFFUSERS, KOHYA, KOHYA_SGM = "peft", "old_diffusers", "kohya", "kohya_sgm"
+FORMAT_NAMES = {PEFT: "diffusers/PEFT", OLD_DIFFUSERS: "older diffusers", KOHYA: "kohya/A1111 (diffusers names)",
+                KOHYA_SGM: "kohya/A1111 (SGM names)"}
 
 KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"),
                   ("lora_te_", "text_encoder"))
@@ -95,6 +101,15 @@ def parse_key(key: str) -> Optional[ParsedKey]:
         if rest.endswith(suffix):
             return ParsedKey(key, component, False, (_drop_processor(rest[:-len(suffix)]),), part)
     return None
+
+
+def key_format(parsed: ParsedKey) -> str:
+    """Which format a parsed key is written in: PEFT, OLD_DIFFUSERS, KOHYA or KOHYA_SGM (a kohya UNet key
+    with an original SGM/LDM module name)."""
+    if parsed.kohya:
+        return KOHYA_SGM if parsed.component == "unet" and is_sgm_name(parsed.names[0]) else KOHYA
+    return PEFT if _PEFT_NAMED.match(parsed.key) or ".lora_A." in parsed.key or ".lora_B." in parsed.key \
+        else OLD_DIFFUSERS
 
 
 def _drop_processor(path: str) -> str:

@@ -50,7 +50,8 @@ def kohya_table(component: str, paths, unet_config: Optional[Mapping]) -> Dict[s
     return table
 
 
-def _component_config(metadata: Mapping[str, str], component: str, origin: str) -> dict:
+def component_config(metadata: Mapping[str, str], component: str, origin: str) -> dict:
+    """One component's PEFT LoraConfig from diffusers' `lora_adapter_metadata` ({} when the file has none)."""
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return {}
@@ -60,6 +61,13 @@ def _component_config(metadata: Mapping[str, str], component: str, origin: str) 
         raise LoraError(f"{origin}: its {METADATA_KEY} metadata is not valid JSON ({err}).") from err
     prefix = component + "."
     return {k[len(prefix):]: v for k, v in config.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
+def metadata_alpha(config: Mapping, path: str, rank: int) -> float:
+    """The alpha of a module whose file has no `.alpha` key: PEFT's alpha_pattern, else its lora_alpha,
+    else the rank (scale 1)."""
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, path)
+    return float(config.get("lora_alpha", rank) if alpha is None else alpha)
 
 
 def _pattern_value(patterns: Mapping, path: str):
@@ -142,7 +150,7 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
         raise LoraError(f"{origin}: keys that match no module of this model: {_listing(unmatched)}. The LoRA was "
                         f"probably made for another base model.")
 
-    configs = {c: _component_config(metadata, c, origin) for c in targets}
+    configs = {c: component_config(metadata, c, origin) for c in targets}
     for config in configs.values():
         if config.get("use_dora"):
             raise LoraError(f"{origin} is a DoRA adapter; fewstep fuses plain LoRA only.")
@@ -159,8 +167,6 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
         if ALPHA in keys:
             alpha = _scalar(keys[ALPHA], tensors[keys[ALPHA]], origin)
         else:
-            alpha = _pattern_value(config.get("alpha_pattern") or {}, path)
-            if alpha is None:
-                alpha = config.get("lora_alpha", rank)
+            alpha = metadata_alpha(config, path, rank)
         layers[component][path] = LoraLayer(down=down, up=up, alpha=float(alpha), rslora=bool(config.get("use_rslora")))
     return dict(layers)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Mapping, NamedTuple, Optional
+from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -27,6 +27,10 @@ _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
+# bytes per element of every safetensors dtype, also those fewstep does not read as arrays (a header read
+# must still check their offsets, e.g. the float8 weights of some checkpoints)
+_ITEMSIZES = {**{name: np.dtype(dtype).itemsize for name, dtype in _DTYPES.items()},
+              "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 _MAX_HEADER = 100 * 2 ** 20  # safetensors' own limit on the JSON header
 
 
@@ -36,8 +40,23 @@ class LoraSource(NamedTuple):
     origin: str                # what was read, for error messages
 
 
-def read_safetensors(path: str):
-    """(tensors, metadata) of a safetensors file; bfloat16 tensors are returned as float32."""
+class TensorInfo(NamedTuple):
+    dtype: str                 # the safetensors dtype name ("F16", "BF16", ...)
+    shape: Tuple[int, ...]
+    begin: int                 # byte range in the data section (which starts after the header)
+    end: int
+
+
+class SafetensorsHeader(NamedTuple):
+    tensors: Dict[str, TensorInfo]
+    metadata: Dict[str, str]
+    data_start: int            # file offset of the data section
+
+
+def read_header(path: str) -> SafetensorsHeader:
+    """The header of a safetensors file (every tensor's dtype, shape and byte range, and the metadata),
+    read without reading any tensor data; checked against the file's size, so a truncated or corrupt
+    file is reported here. Raises LoraError naming the file."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -55,37 +74,65 @@ def read_safetensors(path: str):
                 header = json.loads(f.read(length).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as err:
                 raise LoraError(f"{path} is corrupt: its safetensors header is not valid JSON ({err}).") from err
-            data = np.fromfile(f, dtype=np.uint8)
     except OSError as err:
-        raise LoraError(f"Cannot read the LoRA file {path}: {err}") from err
+        raise LoraError(f"Cannot read the safetensors file {path}: {err}") from err
     if not isinstance(header, dict):
         raise LoraError(f"{path} is corrupt: its safetensors header is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
-    tensors = {name: _tensor(path, name, info, data) for name, info in header.items()}
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    data_size = size - 8 - length
+    tensors = {name: _entry(path, name, info, data_size) for name, info in header.items()}
+    return SafetensorsHeader(tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + length)
 
 
-def _tensor(path: str, name: str, info: Any, data: np.ndarray) -> np.ndarray:
+def _entry(path: str, name: str, info: Any, data_size: int) -> TensorInfo:
     try:
-        dtype, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+        dtype, shape, (begin, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
         begin, end = int(begin), int(end)
     except (KeyError, TypeError, ValueError) as err:
         raise LoraError(f"{path} is corrupt: the header entry of tensor {name!r} is malformed ({info!r}).") from err
-    if dtype not in _DTYPES:
-        raise LoraError(f"{path}: tensor {name!r} has dtype {dtype}, which fewstep does not read as a LoRA factor.")
-    itemsize = np.dtype(_DTYPES[dtype]).itemsize
-    if min(shape, default=0) < 0 or not 0 <= begin <= end or end - begin != int(np.prod(shape)) * itemsize:
-        raise LoraError(f"{path} is corrupt: tensor {name!r} ({dtype}, shape {shape}) has data offsets {begin}..{end}.")
-    if end > data.size:
+    itemsize = _ITEMSIZES.get(dtype)
+    if min(shape, default=0) < 0 or not 0 <= begin <= end or (
+            itemsize is not None and end - begin != int(np.prod(shape)) * itemsize):
+        raise LoraError(f"{path} is corrupt: tensor {name!r} ({dtype}, shape {list(shape)}) has data offsets "
+                        f"{begin}..{end}.")
+    if end > data_size:
         raise LoraError(
             f"{path} is truncated: tensor {name!r} needs bytes {begin}..{end} of the data section, which has only "
-            f"{data.size}. Download the file again."
+            f"{data_size}. Download the file again."
         )
-    raw = data[begin:end]
-    if dtype == "BF16":
+    return TensorInfo(dtype, shape, begin, end)
+
+
+def read_safetensors(path: str, names: Optional[Iterable[str]] = None):
+    """(tensors, metadata) of a safetensors file; bfloat16 tensors are returned as float32.
+
+    `names`: read only these tensors (seeking to each; e.g. a LoRA's alphas without its factors)."""
+    header = read_header(path)
+    wanted = header.tensors if names is None else {name: header.tensors[name] for name in names}
+    for name, info in wanted.items():
+        if info.dtype not in _DTYPES:
+            raise LoraError(f"{path}: tensor {name!r} has dtype {info.dtype}, which fewstep does not read as a LoRA "
+                            f"factor.")
+    try:
+        with open(path, "rb") as f:
+            if names is None:
+                f.seek(header.data_start)
+                data = np.fromfile(f, dtype=np.uint8)
+                return {name: _array(data[i.begin:i.end], i) for name, i in wanted.items()}, header.metadata
+            tensors = {}
+            for name, info in wanted.items():
+                f.seek(header.data_start + info.begin)
+                tensors[name] = _array(np.frombuffer(f.read(info.end - info.begin), dtype=np.uint8).copy(), info)
+            return tensors, header.metadata
+    except OSError as err:
+        raise LoraError(f"Cannot read the safetensors file {path}: {err}") from err
+
+
+def _array(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
+    if info.dtype == "BF16":
         # bfloat16 is the top half of a float32: widening is exact.
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    arr = raw.view(_DTYPES[dtype]).reshape(shape)
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+    arr = raw.view(_DTYPES[info.dtype]).reshape(info.shape)
     return arr if arr.flags.aligned else arr.copy()
 
 

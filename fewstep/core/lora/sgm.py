@@ -28,6 +28,15 @@ _TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0"
         "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
 
 
+# the first part of every SGM module name (see _TOP and block_prefixes); no diffusers path starts with one
+SGM_ROOTS = ("input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb", "out")
+
+
+def is_sgm_name(name: str) -> bool:
+    """Whether a UNet module name, with "." or kohya's "_" between parts, is in the SGM/LDM naming."""
+    return any(name.startswith(root) and name[len(root):len(root) + 1] in (".", "_") for root in SGM_ROOTS)
+
+
 def _per_level(value, levels: int):
     return list(value) if isinstance(value, (list, tuple)) else [value] * levels
 
