@@ -38,11 +38,18 @@ class JobError(ValueError):
 class Lora:
     path: str
     weight: float = 1.0
+    adapter_name: Optional[str] = None   # default: the file's name (`name`)
+    weight_name: Optional[str] = None    # the file inside a folder or hub repository
 
     @property
     def name(self) -> str:
-        """The adapter name: the file's (or folder's) name without its extension."""
-        return os.path.splitext(os.path.basename(os.path.normpath(self.path)))[0]
+        """The adapter name: `adapter_name`, else the file's (or folder's) name without its extension."""
+        return self.adapter_name or os.path.splitext(os.path.basename(os.path.normpath(self.path)))[0]
+
+    def record(self) -> Dict[str, Any]:
+        """path and weight; the name and weight name only when set (so older jobs keep their digest)."""
+        extra = {k: v for k, v in (("name", self.adapter_name), ("weight_name", self.weight_name)) if v is not None}
+        return {"path": self.path, "weight": self.weight, **extra}
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Item:
     def record(self) -> Dict[str, Any]:
         """What the manifest says of the item (no timing, so two runs' manifests can be equal)."""
         settings = dict(self.settings)
-        settings["loras"] = [{"path": lora.path, "weight": lora.weight} for lora in settings["loras"]]
+        settings["loras"] = [lora.record() for lora in settings["loras"]]
         return {"id": self.id, "prompt": self.prompt, "seed": self.seed, **settings}
 
 
@@ -118,15 +125,24 @@ def _loras(value, where: str) -> Tuple[Lora, ...]:
         if isinstance(entry, str):
             path, _, weight = entry.rpartition(":") if ":" in entry and not os.path.exists(entry) else (entry, "", "")
             out.append(Lora(path.strip(), _number(weight, "loras weight", where) if weight else 1.0))
-        elif isinstance(entry, dict) and "path" in entry and set(entry) <= {"path", "weight"}:
-            out.append(Lora(str(entry["path"]), _number(entry.get("weight", 1.0), "loras weight", where)))
+        elif isinstance(entry, dict) and "path" in entry and set(entry) <= {"path", "weight", "name", "weight_name"}:
+            out.append(Lora(str(entry["path"]), _number(entry.get("weight", 1.0), "loras weight", where),
+                            entry.get("name"), entry.get("weight_name")))
         else:
-            raise JobError(f"{where}: a `loras` entry must be \"path:weight\" or {{\"path\": ..., \"weight\": ...}}, "
-                           f"got {entry!r}.")
+            raise JobError(f"{where}: a `loras` entry must be \"path:weight\" or {{\"path\": ..., \"weight\": ..., "
+                           f"\"name\": ..., \"weight_name\": ...}} (name and weight_name optional), got {entry!r}.")
     return tuple(out)
 
 
-def _item(values: Dict[str, Any], defaults: Dict[str, Any], job_seed: int, where: str, line: int) -> Item:
+def _with_common(common: Tuple[Lora, ...], own: Tuple[Lora, ...]) -> Tuple[Lora, ...]:
+    """The caller's LoRAs (the CLI's --lora, for every item) first, then the item's own; an item's LoRA of the
+    same adapter name replaces the caller's, so an item can change a common LoRA's weight."""
+    names = {lora.name for lora in own}
+    return tuple(lora for lora in common if lora.name not in names) + own
+
+
+def _item(values: Dict[str, Any], defaults: Dict[str, Any], job_seed: int, where: str, line: int,
+          common_loras: Tuple[Lora, ...] = ()) -> Item:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise JobError(f"{where}: unknown field(s) {unknown}; an item may have {', '.join(FIELDS)}.")
@@ -148,7 +164,7 @@ def _item(values: Dict[str, Any], defaults: Dict[str, Any], job_seed: int, where
         merged[name] = _number(merged[name], name, where)
     if merged["scheduler"] not in ("tcd", "lcm"):
         raise JobError(f"{where}: `scheduler` must be \"tcd\" or \"lcm\", got {merged['scheduler']!r}.")
-    merged["loras"] = _loras(merged["loras"], where)
+    merged["loras"] = _with_common(common_loras, _loras(merged["loras"], where))
     settings = tuple((name, merged[name]) for name in SETTINGS)
     return Item(item_id, merged["prompt"], seed, settings, line)
 
@@ -184,7 +200,8 @@ def _rows(text: str, source: str):
     return rows, header
 
 
-def load_job(path: str, defaults: Optional[Dict[str, Any]] = None, seed: Optional[int] = None) -> Job:
+def load_job(path: str, defaults: Optional[Dict[str, Any]] = None, seed: Optional[int] = None,
+             loras: Tuple[Lora, ...] = ()) -> Job:
     """Read and check a job file.
 
     Args:
@@ -194,6 +211,9 @@ def load_job(path: str, defaults: Optional[Dict[str, Any]] = None, seed: Optiona
             Settings for items that do not give them (below the file's own header).
         seed (`int`, *optional*):
             The job seed that missing item seeds derive from (the file header's wins; default 0).
+        loras (`tuple` of `Lora`, *optional*):
+            LoRAs for every item (the CLI's --lora), before each item's own; an item's LoRA with the same
+            adapter name replaces one of these.
 
     Returns:
         `Job`. Raises `JobError` naming the line and the fix for malformed JSON, unknown fields, duplicate
@@ -216,7 +236,7 @@ def load_job(path: str, defaults: Optional[Dict[str, Any]] = None, seed: Optiona
     merged_defaults = {**caller, **header_defaults}
     items, seen = [], {}
     for line, values in rows:
-        item = _item(values, merged_defaults, job_seed, _where(path, line), line)
+        item = _item(values, merged_defaults, job_seed, _where(path, line), line, tuple(loras))
         if item.id in seen:
             raise JobError(f"{_where(path, line)}: duplicate id {item.id!r} (first on line {seen[item.id]}); "
                            f"ids name the output files and must be unique.")

@@ -90,18 +90,19 @@ class BatchWorker:
     def _load_loras(self) -> None:
         """Every LoRA the job names, loaded before the first image: a file that does not fit the model
         fails here, with the module it could not place, and nothing is generated."""
-        paths: Dict[str, str] = {}
+        files: Dict[str, tuple] = {}
         for item in self.job.items:
             for lora in item.setting("loras"):
-                if paths.setdefault(lora.name, lora.path) != lora.path:
+                file = (lora.path, lora.weight_name)
+                if files.setdefault(lora.name, file) != file:
                     raise JobError(f"{self.job.source}, line {item.line}: two LoRA files share the name {lora.name!r} "
-                                   f"({paths[lora.name]} and {lora.path}); rename one.")
-        for name, path in paths.items():
+                                   f"({files[lora.name][0]} and {lora.path}); rename one.")
+        for name, (path, weight_name) in files.items():
             try:
-                self.pipe.load_lora_weights(path, adapter_name=name)
+                self.pipe.load_lora_weights(path, weight_name=weight_name, adapter_name=name)
             except ValueError as err:  # LoraError is a ValueError
                 raise JobError(f"LoRA {path!r} does not fit the model: {err}") from err
-        self._lora_names = list(paths)
+        self._lora_names = list(files)
 
     def _configure(self, settings: Dict[str, Any]) -> None:
         import fewstep

@@ -1,0 +1,116 @@
+"""`fewstep generate`: images (or an AnimateDiff video) from a prompt, with LoRAs and adapters, one or
+several seeds, and a settings record that makes them again."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Iterable
+
+from fewstep.cli import adapters, loras, outputs, settings
+from fewstep.cli.common import add_common, call_kwargs, resolve_model, task_of
+
+
+def add_parser(sub) -> None:
+    gen = sub.add_parser("generate", help="make an image")
+    add_common(gen, prompt_optional=True)
+    gen.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
+    gen.add_argument("-o", "--output", default="out.png",
+                     help="image file; with --frames a .gif or .mp4; with --num-images N, <name>-<seed>.<ext> each")
+    gen.add_argument("--num-images", type=int, default=1, metavar="N",
+                     help="N images, seeds --seed, --seed+1, ... (each the image that seed alone gives)")
+    gen.add_argument("--grid", metavar="FILE", help="also write the images (after the control images) as one grid")
+    loras.add_lora_flags(gen)
+    adapters.add_adapter_flags(gen)
+    gen.add_argument("--frames", type=int, default=None, help="make an AnimateDiff video of this many frames (SD 1.5)")
+    gen.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder or hub id (default with the tiny demo "
+                                              "model: a tiny random one)")
+    gen.add_argument("--fps", type=int, default=8, help="frames per second of the video file (default 8)")
+    gen.add_argument("--settings", metavar="FILE",
+                     help="replay a run's settings (from --save-settings); flags given beside it override the file")
+    gen.add_argument("--save-settings", metavar="FILE", help="write this run's settings as JSON, to replay with --settings")
+
+
+def check(s, args) -> None:
+    """Everything that can be checked before a model loads (on the merged settings)."""
+    task_of(s.image, s.mask)
+    adapters.check_combination(s)
+    if s.frames is None:
+        if s.motion_adapter:
+            raise ValueError("--motion-adapter needs --frames N: the number of video frames to make.")
+        if outputs.is_video(args.output):
+            raise ValueError(f"{args.output!r} is a video name: add --frames N, or name the output .png.")
+    else:
+        if not outputs.is_video(args.output):
+            raise ValueError(f"--frames makes a video: name the output .gif or .mp4 (got {args.output!r}).")
+        if s.image or s.mask:
+            raise ValueError("--frames makes a video from text; --image / --mask are not supported with it.")
+        if s.model and not s.motion_adapter:
+            raise ValueError("--frames with --model needs --motion-adapter PATH_OR_ID (e.g. "
+                             "guoyww/animatediff-motion-adapter-v1-5).")
+        if args.grid:
+            raise ValueError("--grid puts images side by side; it does not take --frames videos.")
+    outputs.check_output(args.output)
+    if args.grid:
+        outputs.check_output(args.grid)
+
+
+def build_pipeline(s, folder: str):
+    """The pipeline the settings describe: its class from auto.py (the folder's family, the task from
+    --image / --mask, the extension from the components passed), the scheduler, the LoRAs, the IP-Adapter."""
+    import fewstep
+
+    auto = {"text2img": fewstep.AutoPipelineForText2Image, "img2img": fewstep.AutoPipelineForImage2Image,
+            "inpaint": fewstep.AutoPipelineForInpainting}[task_of(s.image, s.mask)]
+    components = adapters.load_components(s, s.backend, s.dtype, s.device)
+    pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
+    scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    loras.apply_loras(pipe, loras.specs_from_records(s.loras))
+    adapters.load_ip_adapter(pipe, s)
+    return pipe
+
+
+def run(args, given: Iterable[str]) -> int:
+    import fewstep
+
+    s = settings.resolve(args, given)
+    check(s, args)
+    seeds = settings.seeds(s)
+    print("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
+    folder = resolve_model(s.model, s.mask)
+    start = time.perf_counter()
+    pipe = build_pipeline(s, folder)
+    control = adapters.control_images(s)
+    kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control), output_type="pil")
+    if s.frames is not None:
+        kwargs["num_frames"] = s.frames
+    results = []
+    for seed in seeds:  # one call per seed: each image is bitwise the one `--seed seed` alone makes
+        step_start = time.perf_counter()
+        out = pipe(generator=fewstep.Generator(seed), **kwargs)
+        results.append(out.frames[0] if s.frames is not None else out.images[0])
+        print(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
+              f"total {time.perf_counter() - (start if len(results) == 1 else step_start):.2f} s")
+    # written only now: a run that fails on its way leaves no file
+    for path, result in zip(outputs.output_paths(args.output, seeds), results):
+        if s.frames is not None:
+            outputs.save_video(result, path, s.fps)
+        else:
+            outputs.save_image(result, path)
+        print(f"wrote {os.path.abspath(path)}")
+    if args.grid:
+        outputs.save_image(outputs.grid(list(control) + results), args.grid)
+        print(f"wrote {os.path.abspath(args.grid)}")
+    settings.save(s, args.save_settings)
+    return 0
+
+
+def parse_given(parser: argparse.ArgumentParser, argv) -> set:
+    """The argparse dests given on the command line (not defaulted): what overrides a --settings file."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["generate"]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}

@@ -1,0 +1,87 @@
+"""Output files: names that carry the seed when a run writes several, atomic writes (a failed run leaves
+no file behind), and the contact-sheet grid `generate --grid` and `batch --grid` write."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Callable, List, Sequence
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_SUFFIXES)
+
+
+def output_paths(output: str, seeds: Sequence[int]) -> List[str]:
+    """`-o out.png` for one image; `out-<seed>.png` for each of several."""
+    if len(seeds) == 1:
+        return [output]
+    stem, ext = os.path.splitext(output)
+    return [f"{stem}-{seed}{ext}" for seed in seeds]
+
+
+def _atomic(path: str, write: Callable[[str], object]) -> None:
+    """`write(temporary path)` in the destination's folder, then a rename: the file appears whole or not at
+    all. The temporary name keeps the extension, which the GIF / MP4 writers read."""
+    from fewstep.batch.store import TEMP_MARK
+
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f"{TEMP_MARK}{os.getpid()}-{name}")
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def save_image(image, path: str) -> None:
+    """A PIL image, in the format its extension names."""
+    from fewstep.batch.store import atomic_write
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=_format(path))
+    atomic_write(os.path.abspath(path), buffer.getvalue())
+
+
+def _format(path: str) -> str:
+    from PIL import Image
+
+    ext = os.path.splitext(path)[1].lower()
+    Image.init()
+    if ext not in Image.EXTENSION:
+        raise ValueError(f"Cannot tell the image format of {path!r}; name the output .png, .jpg or .webp.")
+    return Image.EXTENSION[ext]
+
+
+def save_video(frames, path: str, fps: int) -> None:
+    from fewstep import utils
+
+    export = utils.export_to_gif if path.lower().endswith(".gif") else utils.export_to_video
+    _atomic(path, lambda temp: export(frames, temp, fps=fps))
+
+
+def grid(images: Sequence):
+    """`fewstep.utils.make_image_grid` of the images, row-major on the squarest sheet, blank cells last;
+    every cell is the size of the first image."""
+    from PIL import Image
+
+    from fewstep.utils import make_image_grid
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    size = images[0].size
+    cells = [image if image.size == size else image.resize(size) for image in images]
+    cells += [Image.new("RGB", size)] * (rows * cols - len(cells))
+    return make_image_grid(cells, rows=rows, cols=cols)
+
+
+def check_output(path: str) -> None:
+    """Checked before anything loads: a name whose format cannot be told fails at once."""
+    if not is_video(path):
+        _format(path)

@@ -1,0 +1,136 @@
+"""`fewstep parity`: one generation on two sides (frameworks, dtypes, libraries, folders), compared stage
+by stage; LoRAs apply to both sides, adapters to fewstep's sides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Iterable
+
+from fewstep.cli import adapters, loras
+from fewstep.cli.common import add_common, call_kwargs, fresh_seed, resolve_model, task_of
+
+AGAINST = ("mindspore", "torch", "diffusers", "mindone", "float16", "bfloat16")
+# parity's task names for auto.py's
+_TASKS = {"text2img": "text2image", "img2img": "img2img", "inpaint": "inpaint"}
+
+
+def add_parser(sub) -> None:
+    par = sub.add_parser("parity", help="the same generation on two sides (frameworks, dtypes, libraries, folders), "
+                                        "compared stage by stage")
+    add_common(par)
+    par.add_argument("--backend", choices=("torch", "mindspore"), default=None,
+                     help="side a's backend (default torch; mindspore with --against mindone)")
+    par.add_argument("--against", choices=AGAINST, default=None,
+                     help="side b: fewstep on the other backend (mindspore / torch), the reference library on "
+                          "side a's backend (diffusers / mindone), or side a in another dtype (float16 / bfloat16). "
+                          "Default: mindspore, or with --model-b the same as side a")
+    par.add_argument("--model-b", help="side b's model folder (a converted or re-saved checkpoint), compared with --model")
+    par.add_argument("--backend-b", choices=("torch", "mindspore"), default=None, help="side b's backend")
+    par.add_argument("--device-b", default=None, help="side b's torch device (e.g. cuda against --device cpu)")
+    par.add_argument("--tolerance", type=float, default=None,
+                     help="largest allowed max abs difference of the final images in [0, 1] (default by dtype: "
+                          "1e-3 float32); above it the exit status is 1")
+    par.add_argument("--report", metavar="DIR", help="write report.json, images.png and latents.png there")
+    par.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    par.add_argument("--no-localise", action="store_true", help="skip the per-layer rerun of the first divergent call")
+    par.add_argument("-o", "--output", default="parity.png", help="the two images side by side")
+    loras.add_lora_flags(par)
+    adapters.add_adapter_flags(par)
+
+
+def _adapter_settings(args):
+    """The adapter flags as generate reads them (None when there are none); fewstep sides only."""
+    records = adapters.records_from_args(args)
+    if not (records["controlnets"] or records["t2i_adapter"] or records["ip_adapter"]):
+        return None
+    s = argparse.Namespace(**records, frames=None, motion_adapter=None, image=args.image, mask=args.mask,
+                           scheduler=args.scheduler, loras=[])
+    adapters.check_combination(s)
+    return s
+
+
+def _side(folder: str, library: str, backend, dtype: str, device, label: str, args, specs, adapter):
+    """One side: parity's own loader, or, with adapters, generate's pipeline builder (fewstep only)."""
+    from fewstep.parity import Side, load_side
+
+    if adapter is None:
+        side = load_side(folder, library=library, backend=backend, dtype=dtype, device=device, label=label,
+                         scheduler=args.scheduler, task=_TASKS[task_of(args.image, args.mask)])
+        loras.apply_loras(side.pipe, specs)
+        return side
+    from fewstep.cli.generate import build_pipeline
+
+    s = argparse.Namespace(**vars(adapter), backend=backend, dtype=dtype, device=device)
+    s.loras = [spec.record() for spec in specs]
+    return Side(build_pipeline(s, folder), label)
+
+
+def parity_sides(args, folder: str, specs=(), adapter=None):
+    """(side a, side b) as the flags ask: side a is fewstep on --backend with --dtype; side b is chosen
+    by --against, on --model-b's folder when given."""
+    from fewstep.pipelines.loading import resolve_folder
+
+    against = args.against or ("mindspore" if not args.model_b else None)
+    backend_a = args.backend or ("mindspore" if against == "mindone" else "torch")
+    if against == "mindone" and backend_a != "mindspore":
+        raise ValueError("--against mindone compares with mindone on MindSpore: side a must be --backend mindspore.")
+    if against == "diffusers" and backend_a != "torch":
+        raise ValueError("--against diffusers compares with diffusers on torch: side a must be --backend torch.")
+    if adapter is not None and against in ("diffusers", "mindone"):
+        raise ValueError(f"parity runs adapters (--controlnet, --t2i-adapter, --ip-adapter) on fewstep's sides only; "
+                         f"--against {against} is not supported with them: compare fewstep sides (--against "
+                         f"mindspore / torch / float16 / bfloat16, or --model-b), or build the reference pipeline in "
+                         f"Python and pass it as fewstep.parity.Side(pipe).")
+    library_b, backend_b, dtype_b = "fewstep", args.backend_b or backend_a, args.dtype
+    if against in ("mindspore", "torch"):
+        backend_b = args.backend_b or against
+    elif against in ("diffusers", "mindone"):
+        library_b, backend_b = against, None
+    elif against in ("float16", "bfloat16"):
+        dtype_b = against
+    folder_b = resolve_folder(args.model_b) if args.model_b else folder
+    side_a = _side(folder, "fewstep", backend_a, args.dtype, args.device, f"{backend_a}", args, specs, adapter)
+    label_b = backend_b if library_b == "fewstep" and against not in ("float16", "bfloat16") else against or backend_b
+    if args.model_b and not args.against:
+        label_b = f"{backend_b} ({os.path.basename(os.path.normpath(folder_b))})"
+    if args.device_b and args.device_b != args.device:
+        label_b = f"{label_b} ({args.device_b})"
+    side_b = _side(folder_b, library_b, backend_b, dtype_b, args.device_b or args.device, label_b, args, specs, adapter)
+    return side_a, side_b
+
+
+def run(args, given: Iterable[str] = ()) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from fewstep.parity import compare, format_report, write_report
+
+    specs = loras.specs_from_flags(args.lora)
+    adapter = _adapter_settings(args)
+    task_of(args.image, args.mask)
+    folder = resolve_model(args.model, args.mask)
+    if args.seed is None:
+        args.seed = fresh_seed()
+    side_a, side_b = parity_sides(args, folder, specs, adapter)
+    kwargs = call_kwargs(args)
+    if adapter is not None:
+        kwargs.update(adapters.call_kwargs(adapter, adapters.control_images(adapter)))
+    report = compare(side_a, side_b, kwargs, seed=args.seed, tolerance=args.tolerance,
+                     localise_layers=not args.no_localise)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report))
+    a, b = report.images
+    Image.fromarray((np.concatenate([a[0], b[0]], axis=1) * 255).round().astype(np.uint8)).save(args.output)
+    if args.report:
+        for path in write_report(report, args.report).values():
+            print(f"wrote {os.path.abspath(path)}", file=sys.stderr if args.json else sys.stdout)
+    out = sys.stderr if args.json else sys.stdout
+    print(f"seed {args.seed}  largest difference {side_a.label} vs {side_b.label}: {report.image_max_abs:.3g} "
+          f"(images in [0, 1]; tolerance {report.tolerance:.3g})", file=out)
+    print(f"wrote {os.path.abspath(args.output)} (left {side_a.label}, right {side_b.label})", file=out)
+    return 0 if report.passed else 1

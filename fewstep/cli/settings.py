@@ -1,0 +1,163 @@
+"""The settings record of a `fewstep generate` run: printed by every run, written by `--save-settings FILE`
+(JSON), replayed by `--settings FILE`.
+
+The record is everything that decides the images: model, LoRAs (names, weights, weight names), adapters
+with their images and scales, scheduler, steps, eta, guidance, size, seed and number of images, backend,
+dtype, device and the task inputs. Where the images are written (-o, --grid, --save-settings) is not part
+of it. Local paths are recorded absolute, so a record replays from any folder.
+
+Replaying: flags given beside `--settings` override the file's values. A flag group replaces the file's
+group as a whole: --lora / --lora-weight-name replace all LoRAs; --controlnet / --control-image /
+--control-scale all ControlNets; likewise --t2i-adapter..., --ip-adapter..., and --canny / --depth.
+A key missing from the file takes the flag's default. `seeds` is written for people (seed, seed+1, ...)
+and not read back: `seed` and `num_images` make them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import numbers
+import os
+from typing import Any, Dict, Iterable, Optional
+
+from fewstep.cli import adapters, loras
+from fewstep.cli.common import fresh_seed, local_path
+
+VERSION = 1
+VERSION_KEY = "fewstep_settings"
+INFO_KEYS = ("seeds",)  # written, not read back
+
+# record key -> how its value is checked: a type name ("?" allows null) or a tuple of allowed values
+SCHEMA: Dict[str, Any] = {
+    "prompt": "str", "negative_prompt": "str?", "model": "str?", "backend": ("torch", "mindspore"),
+    "dtype": ("float32", "float16", "bfloat16"), "device": "str?", "scheduler": ("tcd", "lcm"), "steps": "int",
+    "eta": "number", "guidance": "number", "width": "int?", "height": "int?", "seed": "int?", "num_images": "int",
+    "image": "str?", "mask": "str?", "strength": "number?", "loras": "loras", "controlnets": "controlnets",
+    "t2i_adapter": "adapter?", "ip_adapter": "ip_adapter?", "control_conversion": ("canny", "depth", None),
+    "depth_model": "str?", "frames": "int?", "motion_adapter": "str?", "fps": "int",
+}
+# record key -> the flags (argparse dests) that set it; a key set by no group is its own flag
+GROUPS = {"loras": ("lora",), "controlnets": ("controlnet", "control_image", "control_scale"),
+          "t2i_adapter": ("t2i_adapter", "adapter_image", "adapter_scale"),
+          "ip_adapter": ("ip_adapter", "ip_image", "ip_scale"), "control_conversion": ("canny", "depth")}
+_SUB_KEYS = {"loras": ("name", "source", "weight", "weight_name"), "controlnets": ("source", "image", "scale"),
+             "adapter": ("source", "image", "scale"),
+             "ip_adapter": ("source", "subfolder", "weight_name", "image", "scale")}
+_SUB_SCHEMA = {"name": "str", "source": "str", "weight": "number", "weight_name": "str?", "image": "str",
+               "scale": "number?", "subfolder": "str?"}
+_PATHS = ("model", "image", "mask", "motion_adapter")
+
+
+def from_args(args) -> Dict[str, Any]:
+    """The record the flags describe (before --settings is merged in)."""
+    record = {key: getattr(args, key) for key in SCHEMA if key not in GROUPS and hasattr(args, key)}
+    for key in _PATHS:
+        record[key] = local_path(record[key])
+    record["loras"] = [spec.record() for spec in loras.specs_from_flags(args.lora)]
+    record.update(adapters.records_from_args(args))
+    return record
+
+
+def resolve(args, given: Iterable[str]) -> argparse.Namespace:
+    """The run's settings: the flags, over the --settings file when one is given; seed picked if none."""
+    record = from_args(args)
+    if args.settings:
+        saved = load(args.settings)
+        given = set(given)
+        for key, value in saved.items():
+            if not given & set(GROUPS.get(key, (key,))):
+                record[key] = value
+    if not record.get("prompt"):
+        raise ValueError("No prompt: give one (fewstep generate \"a red fox\") or --settings FILE.")
+    if record["seed"] is None:
+        record["seed"] = fresh_seed()
+    if record["num_images"] < 1:
+        raise ValueError(f"--num-images must be at least 1, got {record['num_images']}.")
+    return argparse.Namespace(**record)
+
+
+def seeds(s) -> list:
+    """One seed per image: seed, seed + 1, ..., so image i equals a run with --seed seed+i alone."""
+    return [s.seed + i for i in range(s.num_images)]
+
+
+def record_of(s) -> Dict[str, Any]:
+    """The JSON record of resolved settings: the version first, then every key, then the seeds."""
+    return {VERSION_KEY: VERSION, **{key: getattr(s, key) for key in SCHEMA}, "seeds": seeds(s)}
+
+
+def dumps(s) -> str:
+    return json.dumps(record_of(s), indent=2, ensure_ascii=False) + "\n"
+
+
+def load(path: str) -> Dict[str, Any]:
+    """Read and check a settings file; every problem is a ValueError naming the file and the fix."""
+    where = f"settings file {path}"
+    if not os.path.isfile(path):
+        raise ValueError(f"No {where}: pass a file written by `fewstep generate ... --save-settings FILE`.")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where} is not valid JSON ({err}); write it with --save-settings.") from None
+    if not isinstance(data, dict) or VERSION_KEY not in data:
+        raise ValueError(f"{where} is not a fewstep settings record: it needs a \"{VERSION_KEY}\": {VERSION} field "
+                         f"(write one with --save-settings).")
+    if data[VERSION_KEY] != VERSION or isinstance(data[VERSION_KEY], bool):
+        raise ValueError(f"{where} has format version {data[VERSION_KEY]!r}; this fewstep reads version {VERSION}. "
+                         f"Use the fewstep that wrote it, or write it again with this one (--save-settings).")
+    unknown = sorted(set(data) - set(SCHEMA) - {VERSION_KEY, *INFO_KEYS})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; a version {VERSION} record may have "
+                         f"{', '.join(SCHEMA)} (and {', '.join(INFO_KEYS)}).")
+    record = {key: data[key] for key in SCHEMA if key in data}
+    for key, value in record.items():
+        _check(value, SCHEMA[key], f"{where}: \"{key}\"")
+    if "loras" in record:
+        loras.check_names(loras.specs_from_records(record["loras"]))
+    return record
+
+
+def _check(value, kind, where: str) -> None:
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise ValueError(f"{where} must be one of {list(kind)}, got {value!r}.")
+        return
+    nullable = kind.endswith("?")
+    if nullable:
+        if value is None:
+            return
+        kind = kind[:-1]
+    if kind in _SUB_KEYS:
+        _check_sub(value, kind, where)
+        return
+    ok = {"str": isinstance(value, str),
+          "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+          "number": isinstance(value, numbers.Real) and not isinstance(value, bool)}[kind]
+    if not ok:
+        raise ValueError(f"{where} must be {'an' if kind == 'int' else 'a'} {kind}{' or null' if nullable else ''}, "
+                         f"got {value!r}.")
+
+
+def _check_sub(value, kind: str, where: str) -> None:
+    """A LoRA / adapter entry (or a list of them): an object with exactly the known keys."""
+    many = kind in ("loras", "controlnets")
+    if many and not isinstance(value, list):
+        raise ValueError(f"{where} must be a list of objects, got {value!r}.")
+    for i, entry in enumerate(value if many else [value]):
+        at = f"{where}[{i}]" if many else where
+        keys = _SUB_KEYS[kind]
+        if not isinstance(entry, dict) or set(entry) != set(keys):
+            raise ValueError(f"{at} must be an object with exactly the keys {list(keys)}, got {entry!r}.")
+        for key in keys:
+            _check(entry[key], _SUB_SCHEMA[key], f"{at}.{key}")
+
+
+def save(s, path: Optional[str]) -> None:
+    """--save-settings: written atomically, after the images."""
+    if path:
+        from fewstep.batch.store import atomic_write
+
+        atomic_write(os.path.abspath(path), dumps(s).encode("utf-8"))
+        print(f"wrote {os.path.abspath(path)} (replay: fewstep generate --settings {path})")
