@@ -212,3 +212,55 @@ def _unknown(tensors: Tensors, where: str) -> str:
     tops = sorted({k.split(".")[0] for k in names})
     return (f"{where} is not a checkpoint layout fewstep knows: {len(names)} tensors, top-level names "
             f"{tops[:8]}{' ...' if len(tops) > 8 else ''}, e.g. {names[:3]}.{hint} Known layouts: {_known()}.")
+
+
+# ---------------------------------------------------------------------------------------- config folders
+# Where diffusers fetches the configs of each family when no config= is given (its DIFFUSERS_DEFAULT_PIPELINE_PATHS),
+# plus the SD 2.1 512 base, which diffusers does not tell apart from 768-v.
+HUB_CONFIGS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1-base",
+               "sd21-v": "stabilityai/stable-diffusion-2-1", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+               "sd15-inpaint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+               "sdxl-inpaint": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+               "sd2-inpaint": "stabilityai/stable-diffusion-2-inpainting"}
+
+
+def _generation(key: str) -> str:
+    return "SDXL" if key.startswith("sdxl") else "SD 2.x" if key.startswith("sd2") else "SD 1.x"
+
+
+def _read_json(folder: str, *parts: str) -> dict:
+    path = os.path.join(folder, *parts)
+    if not os.path.isfile(path):
+        raise ValueError(f"config={folder!r} has no {'/'.join(parts)}: pass a diffusers-format pipeline folder "
+                         f"(model_index.json and one folder per component, as save_pretrained writes it).")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_config(family: CheckpointFamily, tensors: Tensors, folder: str) -> CheckpointFamily:
+    """Check that a diffusers-format `folder` describes the checkpoint's family and sizes, and return the family as
+    the folder settles it (SD 2.x: its scheduler's prediction type decides 512 epsilon vs 768-v).
+
+    Without this check diffusers would build the folder's models and load what fits, reporting the rest as
+    unused or failing on a shape deep in its loader."""
+    index = _read_json(folder, "model_index.json")
+    unet = _read_json(folder, "unet", "config.json")
+    if index.get("text_encoder_2", [None])[0] is not None:
+        generation = "SDXL"
+    else:
+        text = _read_json(folder, "text_encoder", "config.json")
+        # SD 2.x's OpenCLIP ViT-H uses plain gelu, SD 1.x's CLIP ViT-L quick_gelu
+        generation = "SD 2.x" if text.get("hidden_act") == "gelu" else "SD 1.x"
+    width, in_channels = tensors[_CONV_IN][1][:2]
+    theirs = (generation, unet.get("in_channels"), (unet.get("block_out_channels") or [None])[0])
+    mine = (_generation(family.key), in_channels, width)
+    if theirs != mine:
+        raise ValueError(
+            f"config={folder!r} does not describe this {family.name} checkpoint: the folder is {theirs[0]} with a "
+            f"UNet of {theirs[1]} input channels starting {theirs[2]} wide, the checkpoint {mine[0]} with "
+            f"{mine[1]} input channels starting {mine[2]} wide. Pass a diffusers-format folder of the same family "
+            f"({family.name}; e.g. the configs of {HUB_CONFIGS[family.key]}).")
+    if mine[0] == "SD 2.x" and in_channels == 4:
+        scheduler = _read_json(folder, "scheduler", "scheduler_config.json")
+        return FAMILIES["sd21-v" if scheduler.get("prediction_type") == "v_prediction" else "sd21"]
+    return family
