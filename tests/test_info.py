@@ -232,37 +232,55 @@ def test_single_file_checkpoint(kind):
 
 
 # ----------------------------------------------------------------------------------- errors
-def test_errors(tmp_path):
+def _text_file(tmp):
+    path = os.path.join(tmp, "notes.txt")
+    with open(path, "w") as f:
+        f.write("not a model at all, but long enough to have a header length\n" * 4)
+    return path
+
+
+def _pickle(tmp):
+    path = os.path.join(tmp, "model.ckpt")
+    with open(path, "wb") as f:
+        f.write(b"\x80\x02}q\x00" + b"\x00" * 64)
+    return path
+
+
+def _other_safetensors(tmp):
     import safetensors.numpy
 
-    with pytest.raises(ValueError, match="does not exist"):
-        describe(str(tmp_path / "missing.safetensors"))
-    with pytest.raises(ValueError, match="does not exist"):
-        describe(str(tmp_path / "missing"))
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not a model at all, but long enough to have a header length\n" * 4)
-    with pytest.raises(ValueError, match="is not a safetensors file.*Expected a diffusers pipeline folder"):
-        describe(str(notes))
-    ckpt = tmp_path / "model.ckpt"
-    ckpt.write_bytes(b"\x80\x02}q\x00" + b"\x00" * 64)
-    with pytest.raises(ValueError, match="pickled checkpoint.*safetensors"):
-        describe(str(ckpt))
-    other = str(tmp_path / "other.safetensors")
-    safetensors.numpy.save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, other)
-    with pytest.raises(ValueError, match="not a LoRA, a single-file checkpoint or an IP-Adapter"):
-        describe(other)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ValueError, match="holds no model_index.json, config.json or weight files"):
-        describe(str(empty))
-    with pytest.raises(ValueError, match="base= checks a LoRA"):
-        describe(tiny_controlnet("sd15"), base=tiny_pipeline("sd15"))
-    with pytest.raises(ValueError, match="has no file 'nope.safetensors'"):
-        describe(tiny_motion_lora(), weight_name="nope.safetensors")
-    with pytest.raises(ValueError, match="neither a local folder nor a hub repository"):
-        describe("fewstep-tests/no-such-repo")  # HF_HUB_OFFLINE (conftest): nothing is fetched
-    with pytest.raises(ValueError, match="Expected a path or hub id"):
-        describe(3)
+    path = os.path.join(tmp, "other.safetensors")
+    safetensors.numpy.save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, path)
+    return path
+
+
+def _empty_folder(tmp):
+    os.mkdir(os.path.join(tmp, "empty"))
+    return os.path.join(tmp, "empty")
+
+
+# (what is passed, extra arguments, the message) for each input describe refuses
+ERRORS = {
+    "missing file": (lambda tmp: os.path.join(tmp, "missing.safetensors"), {}, "does not exist"),
+    "missing folder": (lambda tmp: os.path.join(tmp, "missing"), {}, "does not exist"),
+    "text file": (_text_file, {}, "is not a safetensors file.*Expected a diffusers pipeline folder"),
+    "pickled ckpt": (_pickle, {}, "pickled checkpoint.*safetensors"),
+    "other weights": (_other_safetensors, {}, "not a LoRA, a single-file checkpoint or an IP-Adapter"),
+    "empty folder": (_empty_folder, {}, "holds no model_index.json, config.json or weight files"),
+    "base for a controlnet": (lambda tmp: tiny_controlnet("sd15"), {"base": "."}, "base= checks a LoRA"),
+    "missing weight_name": (lambda tmp: tiny_motion_lora(), {"weight_name": "nope.safetensors"},
+                            "has no file 'nope.safetensors'"),
+    # HF_HUB_OFFLINE (conftest): nothing is fetched
+    "unknown hub id": (lambda tmp: "fewstep-tests/no-such-repo", {}, "neither a local folder nor a hub repository"),
+    "not a path": (lambda tmp: 3, {}, "Expected a path or hub id"),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_errors(case, tmp_path):
+    make, kwargs, message = ERRORS[case]
+    with pytest.raises(ValueError, match=message):
+        describe(make(str(tmp_path)), **kwargs)
 
 
 def test_hub_id_through_the_cache(tmp_path, monkeypatch):
