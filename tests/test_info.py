@@ -254,6 +254,14 @@ def _other_safetensors(tmp):
     return path
 
 
+def _loha(tmp):
+    import safetensors.numpy
+
+    path = os.path.join(tmp, "loha.safetensors")
+    safetensors.numpy.save_file({f"lora_unet_conv_in.hada_w1_{ab}": np.zeros((4, 4), np.float32) for ab in "ab"}, path)
+    return path
+
+
 def _empty_folder(tmp):
     os.mkdir(os.path.join(tmp, "empty"))
     return os.path.join(tmp, "empty")
@@ -266,6 +274,7 @@ ERRORS = {
     "text file": (_text_file, {}, "is not a safetensors file.*Expected a diffusers pipeline folder"),
     "pickled ckpt": (_pickle, {}, "pickled checkpoint.*safetensors"),
     "other weights": (_other_safetensors, {}, "not a LoRA, a single-file checkpoint or an IP-Adapter"),
+    "LoHa": (_loha, {}, "is a LoHa \\(LyCORIS\\) file, not a plain LoRA"),
     "empty folder": (_empty_folder, {}, "holds no model_index.json, config.json or weight files"),
     "base for a controlnet": (lambda tmp: tiny_controlnet("sd15"), {"base": "."}, "base= checks a LoRA"),
     "missing weight_name": (lambda tmp: tiny_motion_lora(), {"weight_name": "nope.safetensors"},

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
-from fewstep.core.lora.keys import parse_key
+from fewstep.core.lora.keys import parse_key, unsupported_kind
 from fewstep.info.families import BASES, RELEASED_CROSS_DIMS
 from fewstep.info.weights import summarise
 from fewstep.pipelines import checkpoint_family
@@ -27,7 +27,8 @@ def file_kind(names) -> Optional[str]:
         return "checkpoint"
     if names and all(n.startswith(IP_ADAPTER_PREFIXES) for n in names):
         return "ip_adapter"
-    if any(parse_key(n) is not None for n in names):
+    # LoRA variants fewstep does not read (LoHa, LoKr, DoRA) count too: describe_lora names them
+    if any(parse_key(n) is not None or unsupported_kind(n) for n in names):
         return "lora"
     return None
 

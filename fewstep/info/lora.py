@@ -147,6 +147,9 @@ def describe_lora(path: str, base: Optional[str] = None) -> dict:
     """A LoRA .safetensors file (see the module docstring); with `base` (a folder), whether it places there."""
     header = read_header(path)
     modules, formats, unrecognised, unsupported, unpaired = _modules(header, path)
+    if not modules and unsupported:
+        raise ValueError(f"{path} is a {', '.join(unsupported)} file, not a plain LoRA; fewstep reads plain LoRA only "
+                         f"(diffusers/PEFT and kohya formats).")
     if not modules:
         raise ValueError(f"{path} holds no LoRA factors (keys like {sorted(header.tensors)[:3]}); expected a LoRA in "
                          f"the diffusers/PEFT or kohya format.")
