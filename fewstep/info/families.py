@@ -54,7 +54,8 @@ def unet_base(config: Mapping) -> Tuple[Optional[str], str]:
     return None, "no cross-attention in its config"
 
 
-def pipeline_family(unet_config: Mapping, prediction_type: Optional[str], has_text_encoder: bool) -> Tuple[Optional[str], str]:
+def pipeline_family(unet_config: Mapping, prediction_type: Optional[str],
+                    has_text_encoder: bool) -> Tuple[Optional[str], str]:
     """(family key, why) of a pipeline folder from its UNet config, scheduler prediction type and whether
     it has a first text encoder (the SDXL refiner has only the second)."""
     base, why = unet_base(unet_config)

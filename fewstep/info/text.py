@@ -62,16 +62,18 @@ def _model(d: dict) -> List[str]:
 
 def _lora(d: dict) -> List[str]:
     f = d["fits"]
+    alphas = f" (alphas {_values(d['alphas'])})" if len(d["alphas"]) > 1 else ""
+    alphas += f", {d['alpha_source']}" + (" (= rank)" if d["alpha_source"] == "default" else "")
+    modules = f" ({d['conv_modules']} conv)" if d["conv"] else ", no conv layers"
     lines = [f"LoRA file: {d['path']}",
              _line("format", f"{d['format_name']} [{d['format']}]"),
              _line("rank", _number(d["rank"]) + (f" (ranks {_values(d['ranks'])})" if len(d["ranks"]) > 1 else "")),
-             _line("alpha", _number(d["alpha"]) + (f" (alphas {_values(d['alphas'])})" if len(d["alphas"]) > 1 else "")
-                   + f", {d['alpha_source']}" + ("" if d["alpha_source"] != "default" else " (= rank)")),
+             _line("alpha", _number(d["alpha"]) + alphas),
              _line("weights", f"{d['dtype']}, {_count(d['parameters'])} params"),
-             _line("modules", f"{d['modules']}" + (f" ({d['conv_modules']} conv)" if d["conv"] else ", no conv layers"))]
+             _line("modules", f"{d['modules']}{modules}")]
     for name, c in d["components"].items():
-        lines.append(f"    {name:<16}{c['modules']:>5} modules  rank {_values(c['ranks'])}  alpha {_values(c['alphas'])}"
-                     + (f"  conv {c['conv_modules']}" if c["conv_modules"] else ""))
+        lines.append(f"    {name:<16}{c['modules']:>5} modules  rank {_values(c['ranks'])}  "
+                     f"alpha {_values(c['alphas'])}" + (f"  conv {c['conv_modules']}" if c["conv_modules"] else ""))
     fit = f"{f['name']} [{f['base']}]" if f["base"] else "undetermined"
     lines.append(_line("fits", fit + (f": {'; '.join(f['evidence'])}" if f["evidence"] else "")))
     if d["unrecognised_count"] or d["unsupported"]:
