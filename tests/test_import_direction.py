@@ -1,6 +1,7 @@
 """The layers import downwards only: `fewstep/core` (NumPy and the standard library) imports nothing from
 `fewstep.backends` or `fewstep.pipelines`, nor a framework or diffusers; `fewstep/backends` imports
-nothing from `fewstep.pipelines`. Read from the source, so an import inside a function counts too."""
+nothing from `fewstep.pipelines`; `fewstep/info` imports no framework and nothing from `fewstep.backends`.
+Read from the source, so an import inside a function counts too."""
 
 import ast
 import pathlib
@@ -12,6 +13,8 @@ FRAMEWORKS = ("torch", "mindspore", "diffusers", "mindone", "transformers", "pef
 RULES = {
     "core": ("fewstep.backends", "fewstep.pipelines", "fewstep.testing", "fewstep.cli", "fewstep.utils") + FRAMEWORKS,
     "backends": ("fewstep.pipelines", "fewstep.testing", "fewstep.cli"),
+    # `fewstep info` reads headers and JSON only: no framework, not even through the backends
+    "info": ("fewstep.backends", "fewstep.testing", "fewstep.cli") + FRAMEWORKS,
 }
 
 
