@@ -157,7 +157,7 @@ def test_lora_formats(kind, fmt, tmp_path_factory):
 def test_lora_on_a_base_model(kind, fmt, tmp_path_factory):
     folder, layers, files = lora_case(kind, tmp_path_factory)
     check_ = describe(files[fmt], base=folder)["base_check"]
-    assert check_["fits"] and check_["error"] is None and check_["base"] == folder
+    assert check_["fits"] and check_["error"] is None and check_["base"] == folder and check_["base_family"] == kind
     assert check_["placed"] == loader_counts(files[fmt], folder)
     other = tiny_pipeline("sdxl" if kind == "sd15" else "sd15")
     wrong = describe(files[fmt], base=other)
@@ -199,6 +199,7 @@ def test_motion_lora():
     assert d["fits"]["motion"] and d["fits"]["base"] == "sd15" and not d["conv"]
     on_adapter = describe(folder, base=tiny_motion_adapter())["base_check"]
     assert on_adapter["fits"] and on_adapter["placed"] == {"unet": modules}
+    assert (on_adapter["base_class"], on_adapter["base_family"]) == ("MotionAdapter", "sd15")
     assert not describe(folder, base=tiny_pipeline("sd15"))["base_check"]["fits"]  # no motion modules there
     check(d)
 

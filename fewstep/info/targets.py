@@ -8,8 +8,9 @@ import os
 from typing import Dict, Optional, Tuple
 
 from fewstep.core.lora import read_header
-from fewstep.info.folders import model_class, read_json
-from fewstep.info.weights import main_weights, folder_weights
+from fewstep.info.families import model_base
+from fewstep.info.folders import describe_pipeline, model_class, read_json
+from fewstep.info.weights import folder_weights, main_weights
 from fewstep.pipelines import loading
 from fewstep.pipelines.lora import LORA_COMPONENTS
 
@@ -43,11 +44,14 @@ def model_targets(base: str) -> Tuple[dict, Optional[dict], dict]:
                    and os.path.isdir(os.path.join(folder, c))}
         config_path = os.path.join(folder, "unet", "config.json")
         unet_config = read_json(config_path) if os.path.isfile(config_path) else None
-        return targets, unet_config, {"base": folder, "base_class": index.get("_class_name")}
+        family = describe_pipeline(folder, index)["family"]
+        return targets, unet_config, {"base": folder, "base_class": index.get("_class_name"), "base_family": family}
     config_path = os.path.join(folder, "config.json")
     class_name = model_class(read_json(config_path))[1] if os.path.isfile(config_path) else None
     if class_name not in _UNET_CLASSES:
         raise ValueError(f"base={base!r} is {'a ' + class_name if class_name else 'not a model folder'}; a LoRA is "
                          f"checked against a pipeline folder (model_index.json) or a UNet or MotionAdapter folder.")
-    unet_config = read_json(config_path) if class_name != "MotionAdapter" else None
-    return {"unet": module_shapes(folder)}, unet_config, {"base": folder, "base_class": class_name}
+    config = read_json(config_path)
+    unet_config = config if class_name != "MotionAdapter" else None
+    about = {"base": folder, "base_class": class_name, "base_family": model_base(class_name, config)[0]}
+    return {"unet": module_shapes(folder)}, unet_config, about

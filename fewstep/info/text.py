@@ -84,9 +84,9 @@ def _lora(d: dict) -> List[str]:
     if check:
         if check["fits"]:
             placed = ", ".join(f"{c} {n}" for c, n in check["placed"].items())
-            lines.append(_line("on base", f"places on {check['base']} ({placed} modules)"))
+            lines.append(_line("on base", f"places on {check['base']} [{check['base_family']}] ({placed} modules)"))
         else:
-            lines.append(_line("on base", f"does NOT fit {check['base']}: {check['error']}"))
+            lines.append(_line("on base", f"does NOT fit {check['base']} [{check['base_family']}]: {check['error']}"))
     return lines
 
 
