@@ -6,7 +6,11 @@ A backend's wrappers mix in one class of hooks:
 - `_lora_layers()`: (path, layer) pairs of the modules a LoRA may change, each with a `.weight`;
 - `_tensor_of(param)`: a parameter's data as a tensor, without a copy;
 - `_device_of(tensor)`: where a tensor lives, or None where the framework places tensors itself;
-- `_rebind(param, tensor)`: make `tensor` the parameter's data, without writing into the old data.
+- `_rebind(param, tensor)`: make `tensor` the parameter's data, without writing into the old data;
+- `_module_device(module)`: where a model's weights are, or None where the framework places them itself;
+- `_canonical_device(device)`: the device as `_module_device` reports it, or a ValueError where this
+  framework cannot use it;
+- `_move(module, device, dtype)`: move / cast a model's weights in place (either may be None).
 """
 
 from __future__ import annotations
@@ -31,6 +35,23 @@ class Model:
     def _config_dict(config) -> dict:
         return dict(config)  # diffusers' FrozenDict
 
+    @property
+    def device(self):
+        """Where the weights are (a torch.device), or None on a framework that places them itself."""
+        return self._module_device(self.module)
+
+    @classmethod
+    def check_device(cls, device):
+        """`device` as `.device` reports it (None stays None); a ValueError where it cannot be used. Checked
+        before anything moves, so a bad device leaves every model where it was."""
+        return None if device is None else cls._canonical_device(device)
+
+    def to(self, device=None, dtype: Optional[str] = None):
+        """Move the weights to `device` and / or cast them to `dtype` (a fewstep dtype name) in place."""
+        self._move(self.module, self.check_device(device), dtype)
+        self.dtype = self._dtype_of(self.module)  # what the wrappers cast inputs to
+        return self
+
 
 class TransformersModel(Model):
     """A transformers model (text or image encoder): its config is a PretrainedConfig."""
@@ -46,6 +67,20 @@ class VAEModel(Model):
     def __init__(self, module):
         super().__init__(module)
         self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
+
+    # Slicing and tiling are the library's own (diffusers' / mindone's AutoencoderKL): its encode and decode
+    # read use_slicing / use_tiling, and the wrappers call exactly those.
+    def enable_slicing(self) -> None:
+        self.module.enable_slicing()
+
+    def disable_slicing(self) -> None:
+        self.module.disable_slicing()
+
+    def enable_tiling(self) -> None:
+        self.module.enable_tiling()
+
+    def disable_tiling(self) -> None:
+        self.module.disable_tiling()
 
 
 class T2IAdapterModel(Model):
@@ -119,18 +154,19 @@ def wrapper_class(wrappers: Mapping[str, type], name: str) -> type:
 
 
 def load_pretrained(libraries: Mapping[str, str], name: str, library: str, class_name: str, folder: str,
-                    variant: Optional[str], dtype_kwargs: dict, before_import: Optional[Callable[[], None]] = None):
+                    variant: Optional[str], native_dtype, dtype_keywords: Mapping[str, str],
+                    before_import: Optional[Callable[[], None]] = None):
     """The model of class `class_name` from the module `libraries[library]` (the backend's port of
-    diffusers or transformers), loaded from `folder` with `dtype_kwargs` (the library's dtype keyword)
-    and `variant` when one is given. `before_import` runs after the library is checked, before it is
-    imported."""
+    diffusers or transformers), loaded from `folder` in `native_dtype` (the framework's dtype object),
+    passed under the keyword that library wants (`dtype_keywords[library]`), and with `variant` when one
+    is given. `before_import` runs after the library is checked, before it is imported."""
     if library not in libraries:
         raise ValueError(f"Component {name!r} comes from {library!r}; fewstep loads diffusers and transformers "
                          f"components.")
     if before_import is not None:
         before_import()
     cls = getattr(importlib.import_module(libraries[library]), class_name)
-    kwargs = dict(dtype_kwargs)
+    kwargs = {dtype_keywords[library]: native_dtype}
     if variant:
         kwargs["variant"] = variant
     return cls.from_pretrained(folder, **kwargs)

@@ -20,6 +20,9 @@ from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
 
 _LIBRARIES = {"diffusers": "mindone.diffusers", "transformers": "mindone.transformers"}
+# As on torch: mindone.diffusers' models take mindspore_dtype; mindone.transformers follows transformers 4.57,
+# takes dtype and warns "`mindspore_dtype` is deprecated!" for the old name.
+_DTYPE_KEYWORDS = {"diffusers": "mindspore_dtype", "transformers": "dtype"}
 
 
 class _MindSpore:
@@ -53,6 +56,25 @@ class _MindSpore:
         # Parameter.set_data rebinds the parameter to the new tensor's data; a tensor that held the previous
         # values (a saved base weight) is left as it was.
         param.set_data(tensor)
+
+    @staticmethod
+    def _module_device(module):
+        return None  # PyNative places tensors by the context's device_target
+
+    @staticmethod
+    def _canonical_device(device):
+        # mindone's DiffusionPipeline.to takes a dtype only: there is no per-model device to move to
+        raise ValueError(f"MindSpore models are not moved to a device ({device!r}): MindSpore places them by its "
+                         f"context, mindspore.set_context(device_target='Ascend' | 'GPU' | 'CPU'), as mindone's "
+                         f"pipelines do. Pass only a dtype to .to() on backend='mindspore'.")
+
+    @staticmethod
+    def _move(module, device, dtype) -> None:
+        # what mindone's ModelMixin.to(dtype) does, for every model (a transformers port's too)
+        if dtype is not None:
+            native = MS_DTYPES.native(dtype)
+            for param in module.get_parameters():
+                param.set_dtype(native)
 
 
 class _DiffusersModel(_MindSpore, Model):
@@ -182,8 +204,8 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
                    device: Optional[str] = None, variant: Optional[str] = None):
     """Load one component folder with mindone's class of the name model_index.json gives."""
     # install_cpu_kernels before mindone's modules are imported: they bind mint ops at import time
-    module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant,
-                             {"mindspore_dtype": MS_DTYPES.native(dtype)}, before_import=install_cpu_kernels)
+    module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant, MS_DTYPES.native(dtype),
+                             _DTYPE_KEYWORDS, before_import=install_cpu_kernels)
     return record_weight_files(wrap_component(name, module), folder, variant)
 
 

@@ -16,6 +16,9 @@ from fewstep.backends.torch_backend import TORCH_DTYPES
 
 # model_index.json names the library of each component; these are the ones the torch side loads.
 _LIBRARIES = {"diffusers": "diffusers", "transformers": "transformers"}
+# The dtype keyword each library's from_pretrained wants: diffusers' models take torch_dtype; transformers
+# (4.56+) renamed it to dtype and warns "`torch_dtype` is deprecated!" for the old name.
+_DTYPE_KEYWORDS = {"diffusers": "torch_dtype", "transformers": "dtype"}
 
 
 class _Torch:
@@ -44,6 +47,24 @@ class _Torch:
         # Rebinding .data swaps the storage without a copy; the tensor that held the previous values (a
         # saved base weight) is left as it was.
         param.data = tensor
+
+    @staticmethod
+    def _module_device(module):
+        param = next(iter(module.parameters()), None)
+        return None if param is None else param.device
+
+    @staticmethod
+    def _canonical_device(device):
+        # an empty tensor there: "cuda" on a machine without one fails here, before any weight moves, and
+        # "cuda" comes back as the "cuda:0" that weights report
+        try:
+            return torch.empty(0, device=device).device
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"torch cannot use the device {device!r}: {err}") from err
+
+    @staticmethod
+    def _move(module, device, dtype) -> None:
+        module.to(device=device, dtype=None if dtype is None else TORCH_DTYPES.native(dtype))
 
 
 class _DiffusersModel(_Torch, Model):
@@ -108,12 +129,8 @@ class TorchImageEncoder(_Torch, TransformersModel):
     """CLIPVisionModelWithProjection: projected image embeddings, or the penultimate hidden states
     (what IP-Adapter Plus reads), for pixel values given as a NumPy array."""
 
-    def __init__(self, module):
-        super().__init__(module)
-        self._device = next(module.parameters()).device
-
     def __call__(self, pixel_values: np.ndarray, hidden_states: bool = False):
-        x = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(device=self._device, dtype=self.module.dtype)
+        x = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(device=self.device, dtype=self.module.dtype)
         if hidden_states:
             return self.module(x, output_hidden_states=True).hidden_states[-2]
         return self.module(x).image_embeds
@@ -142,12 +159,8 @@ class TorchVAE(_Torch, VAEModel):
 
 
 class TorchTextEncoder(_Torch, TransformersModel, LoraWeights):
-    def __init__(self, module):
-        super().__init__(module)
-        self._device = next(module.parameters()).device
-
     def __call__(self, input_ids: np.ndarray):
-        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self._device)
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)
         out = self.module(ids, output_hidden_states=True)
         pooled = out.text_embeds if hasattr(out, "text_embeds") else None
         return out.last_hidden_state, out.hidden_states[-2], pooled
@@ -168,8 +181,8 @@ def wrap_component(name: str, module):
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
                    device: Optional[str] = None, variant: Optional[str] = None):
     """Load one component folder with the class model_index.json names and wrap it in its adapter."""
-    module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant,
-                             {"torch_dtype": TORCH_DTYPES.native(dtype)})
+    module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant, TORCH_DTYPES.native(dtype),
+                             _DTYPE_KEYWORDS)
     if device:
         module.to(device)
     return record_weight_files(wrap_component(name, module), folder, variant)

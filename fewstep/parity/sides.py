@@ -112,6 +112,28 @@ def _config(module) -> Dict[str, Any]:
     return dict(config) if hasattr(config, "keys") else vars(config)
 
 
+def _encoders(model: str, library: str, native_dtype) -> Dict[str, Any]:
+    """The folder's transformers models (text and image encoders), loaded by `library` (transformers or
+    mindone.transformers) with `dtype=`. diffusers' and mindone's pipeline loaders hand every component
+    their own keyword (torch_dtype / mindspore_dtype), which transformers 4.56+ and mindone.transformers warn
+    is deprecated; passing these in loaded the new way keeps the reference side quiet, with the same weights."""
+    import importlib
+    import os
+
+    from fewstep.pipelines import loading
+
+    folder = loading.resolve_folder(model)
+    module = importlib.import_module(library)
+    found = {}
+    for name, spec in loading.read_model_index(folder).items():
+        if not (isinstance(spec, list) and spec[0] == "transformers" and os.path.isdir(os.path.join(folder, name))):
+            continue
+        cls = getattr(module, spec[1], None)
+        if isinstance(cls, type) and issubclass(cls, module.PreTrainedModel):  # not tokenizers, processors
+            found[name] = cls.from_pretrained(os.path.join(folder, name), dtype=native_dtype)
+    return found
+
+
 TASKS = {"text2image": "AutoPipelineForText2Image", "img2img": "AutoPipelineForImage2Image",
          "inpaint": "AutoPipelineForInpainting"}
 
@@ -138,7 +160,9 @@ def load_side(model: str, library: str = "fewstep", backend: Optional[str] = Non
         import diffusers  # lazily: the reference library of the torch side
         import torch
 
-        pipe = getattr(diffusers, TASKS[task]).from_pretrained(model, torch_dtype=getattr(torch, dtype))
+        native = getattr(torch, dtype)
+        encoders = _encoders(model, "transformers", native)
+        pipe = getattr(diffusers, TASKS[task]).from_pretrained(model, torch_dtype=native, **encoders)
         if device:
             pipe = pipe.to(device)
         pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
@@ -152,6 +176,8 @@ def load_side(model: str, library: str = "fewstep", backend: Optional[str] = Non
         import mindone.diffusers as md
         from mindone.diffusers import schedulers
 
-        pipe = getattr(md, TASKS[task]).from_pretrained(model, mindspore_dtype=getattr(mindspore, dtype))
+        native = getattr(mindspore, dtype)
+        encoders = _encoders(model, "mindone.transformers", native)
+        pipe = getattr(md, TASKS[task]).from_pretrained(model, mindspore_dtype=native, **encoders)
         pipe.scheduler = getattr(schedulers, name).from_config(pipe.scheduler.config)
     return Side(pipe, label)

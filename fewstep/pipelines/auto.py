@@ -89,8 +89,8 @@ class _AutoPipeline:
             backend (`str`, *optional*, defaults to "torch"):
                 "torch" (diffusers and transformers) or "mindspore" (mindone).
             **kwargs (*optional*):
-                Passed on to the chosen class's `from_pretrained`: `dtype`, `device`, `variant` and
-                components. `controlnet=` (or `adapter=`, `motion_adapter=`) picks the pipeline with that
+                Passed on to the chosen class's `from_pretrained`: `dtype` (or diffusers' `torch_dtype`,
+                mindone's `mindspore_dtype`), `device`, `variant` and components. `controlnet=` (or `adapter=`, `motion_adapter=`) picks the pipeline with that
                 adapter; `controlnet=None` picks the one without it.
 
         Returns:
@@ -99,6 +99,8 @@ class _AutoPipeline:
         """
         from fewstep.pipelines import loading
 
+        # the dtype keywords are checked before any file is read, as the chosen class checks them
+        loading.resolve_dtype(*(kwargs.get(k) for k in ("dtype", "torch_dtype", "mindspore_dtype")))
         folder = loading.resolve_folder(pretrained_model_name_or_path)
         index = loading.read_model_index(folder)
         key = key_of(index.get("_class_name"), f"{folder!r}")

@@ -29,6 +29,7 @@ from fewstep.pipelines.docstrings import Arg, args_section, section, with_doc
 from fewstep.pipelines.extensions import (Extension, RunContext, StepContext, UNetInputs, owned_arguments,
                                           split_arguments)
 from fewstep.pipelines.layouts import ImageLayout
+from fewstep.pipelines.pipeline_object import PipelineObjectMixin, infer_backend
 
 
 @dataclass
@@ -78,7 +79,7 @@ def resolve_generators(generator, batch: int):
     return generator, seeds
 
 
-class DiffusionPipeline:
+class DiffusionPipeline(PipelineObjectMixin):
     """Shared machinery: loading, the scheduler, progress bar, and `__call__` with one loop.
 
     Subclasses set `_components` (through a conditioning mixin), mix in a task and list their
@@ -108,7 +109,13 @@ class DiffusionPipeline:
             names += [n for n in ext.components if n not in names]
         return names
 
-    def __init__(self, backend, scheduler, **components):
+    def __init__(self, backend=None, scheduler=None, **components):
+        # Cls(**pipe.components), as in diffusers: the backend is then read from the models
+        if backend is None:
+            backend = infer_backend(components)
+        if scheduler is None:
+            raise ValueError(f"{type(self).__name__} needs a scheduler: pass scheduler= (e.g. fewstep.TCDScheduler"
+                             f".from_config(other_pipe.scheduler.config)).")
         self.ops = get_backend(backend)
         self.scheduler = scheduler
         names = self.component_names()
@@ -126,14 +133,11 @@ class DiffusionPipeline:
             ext.check_components(self)
         self._progress_config: Dict[str, Any] = {}
 
-    def components(self) -> Dict[str, Any]:
-        """The loaded components by name, the scheduler included (diffusers' `pipe.components`)."""
-        return {**{n: getattr(self, n) for n in self.component_names()}, "scheduler": self.scheduler}
-
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, backend: str = "torch", dtype: str = "float32",
-                        device: Optional[str] = None, variant: Optional[str] = None, **components):
+    def from_pretrained(cls, pretrained_model_name_or_path: str, backend: str = "torch", dtype=None,
+                        device: Optional[str] = None, variant: Optional[str] = None, *, torch_dtype=None,
+                        mindspore_dtype=None, **components):
         """Load a diffusers-format pipeline folder (or hub id) on `backend` with its trusted library.
 
         Any component may be passed in instead (`unet=`, `vae=`, `controlnet=`, `adapter=`,
@@ -148,9 +152,16 @@ class DiffusionPipeline:
             backend (`str`, *optional*, defaults to "torch"):
                 "torch" loads the components with diffusers and transformers, "mindspore" with
                 mindone.diffusers and mindone.transformers.
-            dtype (`str`, *optional*, defaults to "float32"):
-                The dtype of the loaded models: "float32", "float16" or "bfloat16" (aliases such as "fp16"
-                or "torch.float16" are read too). Components passed in keep their own.
+            dtype (`str` or a framework dtype, *optional*):
+                The dtype of the loaded models: "float32" (when no dtype keyword is given), "float16" or
+                "bfloat16" (aliases such as "fp16" or "torch.float16", and torch / MindSpore dtype objects, are
+                read too). Components passed in keep their own.
+            torch_dtype (`torch.dtype`, *optional*):
+                diffusers' keyword for the same: `torch_dtype=torch.float16` gives what `dtype="float16"` gives.
+                Read by the dtype's name, on either backend, so a diffusers snippet keeps working with
+                backend="mindspore"; a MindSpore dtype here, or keywords naming different dtypes, are refused.
+            mindspore_dtype (`mindspore.Type`, *optional*):
+                mindone's keyword for the same (`mindspore_dtype=mindspore.float16`), read the same way.
             device (`str`, *optional*):
                 torch only: the device the loaded models are moved to (e.g. "cuda"); None leaves them on
                 the CPU. MindSpore places models by its own context (`mindspore.set_context(device_target=...)`).
@@ -168,6 +179,8 @@ class DiffusionPipeline:
             The pipeline, with the folder's scheduler as a fewstep TCD/LCM scheduler unless `scheduler=`
             is given (a folder scheduler of another kind becomes a TCDScheduler with its config).
         """
+        # the dtype keywords are checked before any file is read
+        dtype = loading.resolve_dtype(dtype, torch_dtype, mindspore_dtype)
         folder = loading.resolve_folder(pretrained_model_name_or_path)
         index = loading.read_model_index(folder)
         if cls is DiffusionPipeline:

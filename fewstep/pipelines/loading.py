@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Dict, Iterable, Optional
 
 from fewstep.backends import framework_of, load_component, wrap_component
+from fewstep.core.ops import FLOAT_DTYPES, check_dtype
 from fewstep.core.schedulers.lcm import LCMScheduler
 from fewstep.core.schedulers.tcd import TCDScheduler
 
@@ -15,6 +17,62 @@ logger = logging.getLogger("fewstep")
 
 _MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 _TOKENIZERS = ("tokenizer", "tokenizer_2")
+
+
+DEFAULT_DTYPE = "float32"
+# the dtype keywords from_pretrained takes: fewstep's, diffusers', mindone's
+_DTYPE_KEYWORDS = ("dtype", "torch_dtype", "mindspore_dtype")
+
+
+def dtype_framework(value) -> str:
+    """"torch" or "mindspore" for a framework's dtype object, "" for anything else. A framework is asked
+    only if it is already imported (whoever holds its dtype imported it): asking never imports one."""
+    torch, ms = sys.modules.get("torch"), sys.modules.get("mindspore")
+    if torch is not None and isinstance(value, torch.dtype):
+        return "torch"
+    if ms is not None and isinstance(value, ms.Type):
+        return "mindspore"
+    return ""
+
+
+def dtype_name(value, keyword: str = "dtype") -> str:
+    """fewstep's name ("float16", ...) of a floating dtype given as a name ("float16", "fp16",
+    "torch.float16") or as a torch or MindSpore dtype object; a ValueError naming `keyword` otherwise."""
+    framework = dtype_framework(value)
+    if not isinstance(value, str) and not framework:
+        raise ValueError(f"{keyword}= takes a dtype name such as 'float16' or a torch / MindSpore dtype; got a "
+                         f"{type(value).__name__} ({value!r}).")
+    # str(torch.float16) is "torch.float16"; str(mindspore.float16) is "Float16"
+    text = str(value).lower() if framework == "mindspore" else str(value)
+    try:
+        name = check_dtype(text)
+    except ValueError:
+        name = None
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"{keyword}={value!r} is not a floating dtype fewstep loads models in; use one of "
+                         f"{', '.join(FLOAT_DTYPES)} (or torch.float16 / mindspore.float16 ...).")
+    return name
+
+
+def resolve_dtype(dtype=None, torch_dtype=None, mindspore_dtype=None, default: Optional[str] = DEFAULT_DTYPE):
+    """The one dtype name that `dtype=`, `torch_dtype=` (diffusers' keyword) and `mindspore_dtype=`
+    (mindone's) ask for, or `default` when none is given.
+
+    Each keyword names a dtype, read by name on either backend: `torch_dtype=torch.float16` with
+    backend="mindspore" loads float16, so a diffusers snippet keeps working when only `backend=` changes.
+    What is refused, with a ValueError: a dtype object of the other framework under a framework's keyword
+    (`torch_dtype=mindspore.float16`: a slip, not a port), and keywords that name different dtypes."""
+    given = {k: v for k, v in zip(_DTYPE_KEYWORDS, (dtype, torch_dtype, mindspore_dtype)) if v is not None}
+    for keyword, own in (("torch_dtype", "torch"), ("mindspore_dtype", "mindspore")):
+        other = dtype_framework(given.get(keyword))
+        if other and other != own:
+            raise ValueError(f"{keyword}= got {other}'s dtype {given[keyword]!r}; pass a {own} dtype there, or "
+                             f"this one as {other}_dtype= or dtype=.")
+    names = {k: dtype_name(v, k) for k, v in given.items()}
+    if len(set(names.values())) > 1:
+        stated = ", ".join(f"{k}={given[k]!r}" for k in names)
+        raise ValueError(f"The dtype keywords disagree ({stated}); pass one of them.")
+    return next(iter(names.values()), default)
 
 
 def resolve_folder(path_or_id: str, what: str = "the pipeline folder that holds model_index.json") -> str:

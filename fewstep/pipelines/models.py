@@ -32,8 +32,9 @@ class _ModelLoader:
         raise TypeError(f"Load a {type(self).__name__} with {type(self).__name__}.from_pretrained(path, backend=...).")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, backend: str = "torch", dtype: str = "float32",
-                        device: Optional[str] = None, variant: Optional[str] = None, subfolder: Optional[str] = None):
+    def from_pretrained(cls, pretrained_model_name_or_path, backend: str = "torch", dtype=None,
+                        device: Optional[str] = None, variant: Optional[str] = None, subfolder: Optional[str] = None,
+                        *, torch_dtype=None, mindspore_dtype=None):
         """Load this model from a diffusers model folder with the backend's library; the fewstep component a
         pipeline takes (its `.module` is the library's own model).
 
@@ -43,9 +44,9 @@ class _ModelLoader:
                 huggingface_hub's cache (offline when the snapshot is already there).
             backend (`str`, *optional*, defaults to "torch"):
                 "torch" loads with diffusers, "mindspore" with mindone.diffusers; pass the pipeline's backend.
-            dtype (`str`, *optional*, defaults to "float32"):
-                The dtype of the weights: "float32", "float16" or "bfloat16" (aliases such as "fp16" or
-                "torch.float16" are read too).
+            dtype (`str` or a framework dtype, *optional*):
+                The dtype of the weights: "float32" (when no dtype keyword is given), "float16" or "bfloat16"
+                (aliases such as "fp16" or "torch.float16", and torch / MindSpore dtype objects, are read too).
             device (`str`, *optional*):
                 torch only: the device the model is moved to (e.g. "cuda"); None leaves it on the CPU.
                 MindSpore places models by its own context (`mindspore.set_context(device_target=...)`).
@@ -53,11 +54,17 @@ class _ModelLoader:
                 The weight files' variant, e.g. "fp16" for `diffusion_pytorch_model.fp16.safetensors`.
             subfolder (`str`, *optional*):
                 The model's folder inside `pretrained_model_name_or_path`, e.g. "unet" for a pipeline folder's UNet.
+            torch_dtype (`torch.dtype`, *optional*):
+                diffusers' keyword for `dtype` (`torch_dtype=torch.float16`), read by the dtype's name on either
+                backend; a MindSpore dtype here, or keywords naming different dtypes, are refused.
+            mindspore_dtype (`mindspore.Type`, *optional*):
+                mindone's keyword for `dtype` (`mindspore_dtype=mindspore.float16`), read the same way.
 
         Returns:
             The component, for a pipeline's `from_pretrained(..., {component}=...)` or `from_pipe`.
         """
-        ops = get_backend(backend)  # an unknown backend fails before any file is read
+        ops = get_backend(backend)  # an unknown backend or dtype fails before any file is read
+        dtype = loading.resolve_dtype(dtype, torch_dtype, mindspore_dtype)
         folder = loading.resolve_folder(pretrained_model_name_or_path, what="a diffusers model folder (with config.json)")
         if subfolder:
             folder = os.path.join(folder, subfolder)

@@ -1,0 +1,200 @@
+"""`pipe.to(...)`, `pipe.device`, `pipe.components` and the VAE's slicing and tiling switches: the
+pipeline object as a diffusers user handles it.
+
+`to` takes diffusers' arguments (a device, a dtype, both, or `device=` / `dtype=` / `torch_device=` /
+`torch_dtype=` / `mindspore_dtype=`), moves every model component (and an IP-Adapter's image encoder)
+and returns the pipeline, so `Pipeline.from_pretrained(...).to("cuda")` chains as in the guides.
+Everything is checked before any weight moves. The framework's own move is the backend wrapper's
+(`fewstep.backends.components_common.Model.to`): torch's `module.to`, and on MindSpore the
+per-parameter cast mindone's `ModelMixin.to(dtype)` does. MindSpore has no device argument (mindone's
+`DiffusionPipeline.to` takes only a dtype; models are placed by `mindspore.set_context(device_target=...)`),
+so a device there is refused with that advice rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from fewstep.backends.components_common import Model
+from fewstep.pipelines import loading
+
+# keywords of diffusers' DiffusionPipeline.to, plus mindone's dtype keyword
+_TO_KEYWORDS = ("device", "dtype", "torch_device", "torch_dtype", "mindspore_dtype", "silence_dtype_warnings")
+
+
+def _is_torch_device(value) -> bool:
+    torch = sys.modules.get("torch")  # a torch.device exists only if torch is imported: never import it to ask
+    return torch is not None and isinstance(value, torch.device)
+
+
+def parse_to_arguments(args: tuple, kwargs: dict) -> Tuple[Any, Optional[str]]:
+    """(device or None, fewstep dtype name or None) from `to`'s arguments, as diffusers reads them:
+    positionally a device (a string or torch.device) and / or a dtype object, in any order."""
+    unknown = sorted(set(kwargs) - set(_TO_KEYWORDS))
+    if unknown:
+        raise TypeError(f"to() got unexpected keyword argument(s) {unknown}; it takes a device and / or a dtype, "
+                        f"positionally or as {list(_TO_KEYWORDS[:-1])}.")
+    if len(args) > 2:
+        raise TypeError(f"to() takes a device and / or a dtype; got {len(args)} positional arguments.")
+    devices: List[Any] = [kwargs[k] for k in ("device", "torch_device") if kwargs.get(k) is not None]
+    dtypes: Dict[str, Any] = {}
+    for arg in args:
+        if loading.dtype_framework(arg):
+            dtypes.setdefault("dtype", arg)
+            if dtypes["dtype"] is not arg:
+                raise TypeError("to() got two dtypes; pass one.")
+        elif isinstance(arg, str) or _is_torch_device(arg):
+            devices.append(arg)
+        else:
+            raise TypeError(f"to() takes a device (a string or torch.device) and / or a dtype (torch.float16, "
+                            f"mindspore.float16); got a {type(arg).__name__} ({arg!r}).")
+    for keyword in ("dtype", "torch_dtype", "mindspore_dtype"):
+        if kwargs.get(keyword) is not None:
+            if keyword in dtypes:
+                raise TypeError(f"to() got a dtype positionally and as {keyword}=; pass one.")
+            dtypes[keyword] = kwargs[keyword]
+    if len({str(d) for d in devices}) > 1:
+        raise ValueError(f"to() got different devices {[str(d) for d in devices]}; pass one.")
+    device = devices[0] if devices else None
+    if isinstance(device, str) and _is_dtype_name(device):
+        raise ValueError(f"to({device!r}): a string is read as a device, as in diffusers; for a dtype pass "
+                         f"dtype={device!r} or the framework's dtype object (torch.{device}).")
+    dtype = loading.resolve_dtype(default=None, **dtypes) if dtypes else None
+    return device, dtype
+
+
+def _is_dtype_name(text: str) -> bool:
+    try:
+        loading.dtype_name(text)
+    except ValueError:
+        return False
+    return True
+
+
+class PipelineObjectMixin:
+    """`to`, `device` and `components` on a pipeline; the pipeline supplies `component_names()`,
+    `scheduler` and its components as attributes."""
+
+    def _models(self) -> List[Tuple[str, Model]]:
+        """(name, backend wrapper) of every model the pipeline holds: its components (each ControlNet of a
+        list) and an IP-Adapter's image encoder."""
+        found = []
+        for name in [*self.component_names(), "image_encoder"]:
+            value = getattr(self, name, None)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, Model) and all(item is not m for _, m in found):
+                    found.append((name, item))
+        return found
+
+    def to(self, *args, **kwargs):
+        """Move (torch) or cast (torch and MindSpore) every model of the pipeline, as diffusers'
+        `DiffusionPipeline.to` does, and return the pipeline itself.
+
+        Args:
+            *args (*optional*):
+                A device (`str` such as "cuda" or "cpu", or a `torch.device`) and / or a dtype object
+                (`torch.float16`, `mindspore.float16`), in either order.
+            **kwargs (*optional*):
+                `device=` / `torch_device=` (the same), `dtype=` (a name such as "float16" or a dtype object),
+                `torch_dtype=` / `mindspore_dtype=` (read as `from_pretrained` reads them: by the dtype's name),
+                and diffusers' `silence_dtype_warnings=` (accepted, nothing to silence).
+
+        Returns:
+            `DiffusionPipeline`: this pipeline, moved, so `Pipeline.from_pretrained(...).to("cuda")` chains.
+
+        Raises:
+            `ValueError`: a device on MindSpore (mindone's pipelines take none: place models with
+            `mindspore.set_context(device_target=...)`), a device torch cannot use, conflicting arguments,
+            or a device or dtype change while LoRAs are loaded. Nothing is moved when it raises.
+        """
+        device, dtype = parse_to_arguments(args, kwargs)
+        models = self._models()
+        if not models or (device is None and dtype is None):
+            return self
+        device = models[0][1].check_device(device)  # an unusable device fails before any weight moves
+        changes = [(n, m) for n, m in models
+                   if (dtype is not None and m.dtype != dtype) or (device is not None and m.device != device)]
+        self._check_lora_allows_move(changes, device, dtype)
+        for _, model in changes:
+            model.to(device, dtype)
+        return self
+
+    def _check_lora_allows_move(self, changes, device, dtype) -> None:
+        # LoRA factors and kept base weights live on the weights' device in their dtype (fewstep.pipelines.lora);
+        # moving the weights under them would leave a later fuse or unfuse mixing devices and dtypes, so a
+        # move with LoRAs loaded is refused, with nothing moved.
+        state = self.__dict__.get("_lora")
+        if state is None or not state.adapters or not changes:
+            return
+        touched = sorted({n for n, _ in changes} & {"unet", "text_encoder", "text_encoder_2"})
+        if touched:
+            target = ", ".join(s for s in (f"device {device}" if device is not None else "",
+                                           f"dtype {dtype}" if dtype is not None else "") if s)
+            raise ValueError(
+                f"LoRA adapters {list(state.adapters)} are loaded, and their factors and the kept base weights are "
+                f"on the {', '.join(touched)} weights' device in their dtype: moving to {target} is refused, nothing "
+                f"was moved. Call pipe.unload_lora_weights(), then .to(...), then load the LoRAs again (the guides "
+                f"call .to() before load_lora_weights).")
+
+    # ------------------------------------------------------------------ VAE memory
+    # diffusers' names; the work is the library's own AutoencoderKL slicing / tiling (its encode, used by
+    # img2img and inpainting, honours them too)
+    def enable_vae_slicing(self):
+        """Decode (and encode) a batch one image at a time, as diffusers' `enable_vae_slicing`: the same
+        images in less memory for batches larger than one.
+
+        Returns:
+            `None`.
+        """
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self):
+        """Decode the whole batch at once again (undoes `enable_vae_slicing`).
+
+        Returns:
+            `None`.
+        """
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self):
+        """Decode (and encode) in overlapping tiles of the VAE's `sample_size`, blended at the seams, as
+        diffusers' `enable_vae_tiling`: large images in bounded memory. An image no larger than one tile is
+        decoded whole; a larger one differs slightly from the untiled decode at the seams, as in diffusers.
+
+        Returns:
+            `None`.
+        """
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self):
+        """Decode in one piece again (undoes `enable_vae_tiling`).
+
+        Returns:
+            `None`.
+        """
+        self.vae.disable_tiling()
+
+    @property
+    def device(self):
+        """The device of the UNet's weights (a `torch.device` on torch, as in diffusers); None on MindSpore,
+        which places models by its context."""
+        return self.unet.device
+
+    @property
+    def components(self) -> Dict[str, Any]:
+        """The pipeline's components by name, the scheduler included, as diffusers' `pipe.components`:
+        `OtherPipeline(**pipe.components)` builds another pipeline on the same model objects (the backend is
+        read from them). The LoRA and IP-Adapter state stays with this pipeline; `from_pipe` carries it."""
+        return {**{n: getattr(self, n) for n in self.component_names()}, "scheduler": self.scheduler}
+
+
+def infer_backend(components: Dict[str, Any]) -> str:
+    """The backend of the models among `components` (what `Cls(**pipe.components)` needs), or a ValueError."""
+    frameworks = {loading.component_framework(v) for v in components.values()} - {""}
+    if len(frameworks) == 1:
+        return frameworks.pop()
+    if not frameworks:
+        raise ValueError("No model among the components says which backend to run on: pass backend='torch' or "
+                         "'mindspore' as the first argument.")
+    raise ValueError(f"The components mix frameworks {sorted(frameworks)}; load them all on one backend.")
