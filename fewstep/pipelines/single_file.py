@@ -14,6 +14,7 @@ import os
 from typing import Optional
 
 from fewstep.backends import get_backend
+from fewstep.backends.single_file import load_single_file
 from fewstep.pipelines import loading
 from fewstep.pipelines.checkpoint_family import (HUB_CONFIGS, CheckpointFamily, check_config, family_of,
                                                  read_header)
@@ -72,18 +73,19 @@ class FromSingleFileMixin:
         unknown = sorted(set(components) - set(names) - {"scheduler"})
         if unknown:
             raise ValueError(f"{cls.__name__} has no component(s) {unknown}; pass only {names + ['scheduler']}.")
+        outside = [n for n in names if n not in _IN_CHECKPOINT and components.get(n) is None]
+        if outside:
+            raise ValueError(f"{cls.__name__} needs {outside}, which a checkpoint does not hold: load it (e.g. "
+                             f"fewstep.ControlNetModel.from_pretrained(path, backend={backend!r})) and pass "
+                             f"{outside[0]}=.")
+        # every check that needs only files comes before a framework is imported
+        folder = resolve_config(config, family)
+        family = check_config(family, tensors, folder)
         scheduler = components.pop("scheduler", None)
         ops = get_backend(backend)
         given = {n: loading.adopt_component(ops.name, n, c) for n, c in components.items() if c is not None}
-        outside = [n for n in names if n not in _IN_CHECKPOINT and n not in given]
-        if outside:
-            raise ValueError(f"{cls.__name__} needs {outside}, which a checkpoint does not hold: load it (e.g. "
-                             f"fewstep.ControlNetModel.from_pretrained(path, backend={ops.name!r})) and pass "
-                             f"{outside[0]}=.")
-        folder = resolve_config(config, family)
-        family = check_config(family, tensors, folder)
         missing = [n for n in names if n not in given]
-        loaded = _load(ops.name, cls.__name__, path, folder, missing, given, dtype, device)
+        loaded = load_single_file(ops.name, cls.__name__, path, folder, missing, given, dtype=dtype, device=device)
         if scheduler is None:
             scheduler = loading.load_scheduler(folder)
         pipe = cls(ops.name, scheduler, **loaded, **given)
@@ -97,12 +99,6 @@ class FromSingleFileMixin:
 
 # the components a single-file SD / SDXL checkpoint holds (or whose config and tokenizer files the config has)
 _IN_CHECKPOINT = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-
-
-def _load(backend, pipeline, path, folder, names, given, dtype, device):
-    from fewstep.backends.single_file import load_single_file
-
-    return load_single_file(backend, pipeline, path, folder, names, given, dtype=dtype, device=device)
 
 
 def _check_class(cls, family: CheckpointFamily) -> None:
