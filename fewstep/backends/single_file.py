@@ -22,7 +22,8 @@ _TOKENIZERS = ("tokenizer", "tokenizer_2")
 def load_single_file(backend: str, pipeline: str, path: str, config: str, names: Iterable[str], given: Dict[str, object],
                      dtype: str = "float32", device: Optional[str] = None) -> Dict[str, object]:
     """Load a single-file checkpoint with `<library>.<pipeline>.from_single_file(path, config=config)` and return
-    the components named in `names`: models wrapped as `load_component` wraps them, tokenizers as they are.
+    the components named in `names` as the library loaded them (the caller wraps the models, as it wraps models
+    passed to from_pretrained).
 
     `given` holds the components the caller already has (fewstep components or lists of them, e.g. the
     ControlNets); their models are handed to the library so it builds the pipeline around them instead of
@@ -31,20 +32,16 @@ def load_single_file(backend: str, pipeline: str, path: str, config: str, names:
     if ops.name == "numpy":
         raise ValueError("The numpy backend runs schedulers only; load checkpoints with backend='torch' or 'mindspore'.")
     dtype_kwargs = _prepare(ops.name, dtype)
-    components = importlib.import_module(f"fewstep.backends.{ops.name}_components")
     library = importlib.import_module(_LIBRARIES[ops.name])
     cls = getattr(library, pipeline)
     passed = {name: _raw(value) for name, value in given.items()}
     with _quiet_progress(library), (_embedding_weight() if ops.name == "mindspore" else contextlib.nullcontext()):
         loaded = cls.from_single_file(path, config=config, local_files_only=True, **dtype_kwargs, **passed)
-    out = {}
-    for name in names:
-        value = getattr(loaded, name)
-        if name not in _TOKENIZERS:
-            if device and ops.name == "torch":
+    out = {name: getattr(loaded, name) for name in names}
+    if device and ops.name == "torch":
+        for name, value in out.items():
+            if name not in _TOKENIZERS:
                 value.to(device)
-            value = components.wrap_component(name, value)
-        out[name] = value
     return out
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+from fewstep.core.lora.errors import LoraError
+from fewstep.core.lora.reading import read_header as read_safetensors_header
 
 Tensors = Dict[str, Tuple[str, Tuple[int, ...]]]
 
@@ -66,7 +68,6 @@ _CONV_IN = UNET + "input_blocks.0.0.weight"
 # diffusers' probe for SD 2 (its width is the text encoder's: 768 CLIP ViT-L, 1024 OpenCLIP ViT-H)
 _V2_PROBE = UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
 _SD2_WIDTH = 1024
-_MAX_HEADER = 100_000_000  # the safetensors format's own bound on the JSON header
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -94,25 +95,16 @@ def read_header(path) -> Tuple[Tensors, Dict[str, str]]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path!r} is not a file; pass the path of a single-file .safetensors checkpoint.")
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-        # a torch.save zip or a bare pickle renamed to .safetensors: say so rather than "bad header"
-        if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-            raise ValueError(_pickle_message(path))
-        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
-        if length is None or length > min(size - 8, _MAX_HEADER):
-            raise ValueError(f"{path!r} is not a safetensors file (its first 8 bytes do not give a header length "
-                             f"that fits the file); pass a .safetensors checkpoint.")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as err:
-            raise ValueError(f"{path!r} is not a safetensors file: its header is not JSON ({err}).") from err
-    if not isinstance(header, dict):
-        raise ValueError(f"{path!r} is not a safetensors file: its header is not a JSON object.")
-    metadata = header.pop("__metadata__", None) or {}
-    tensors = {name: (str(info["dtype"]), tuple(int(d) for d in info["shape"])) for name, info in header.items()}
-    return tensors, dict(metadata)
+        head = f.read(4)
+    # a torch.save zip or a bare pickle renamed to .safetensors: say so rather than "bad header"
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":
+        raise ValueError(_pickle_message(path))
+    try:  # the core's reader (also LoRA files'): the header checked against the file's size, no tensor data read
+        header = read_safetensors_header(path)
+    except LoraError as err:
+        raise ValueError(f"{path!r} cannot be read as a safetensors checkpoint: {err}") from err
+    return {name: (t.dtype, t.shape) for name, t in header.tensors.items()}, dict(header.metadata)
 
 
 def checkpoint_tensors(path) -> Tensors:

@@ -81,19 +81,17 @@ class FromSingleFileMixin:
         # every check that needs only files comes before a framework is imported
         folder = resolve_config(config, family)
         family = check_config(family, tensors, folder)
-        scheduler = components.pop("scheduler", None)
         ops = get_backend(backend)
-        given = {n: loading.adopt_component(ops.name, n, c) for n, c in components.items() if c is not None}
+        # passed components are checked (a model of the other framework is refused) before anything loads
+        given = {n: loading.adopt_component(ops.name, n, c) for n, c in components.items()
+                 if c is not None and n != "scheduler"}
         missing = [n for n in names if n not in given]
         loaded = load_single_file(ops.name, cls.__name__, path, folder, missing, given, dtype=dtype, device=device)
-        if scheduler is None:
-            scheduler = loading.load_scheduler(folder)
-        pipe = cls(ops.name, scheduler, **loaded, **given)
+        # the rest is what from_pretrained does with a folder whose components are all given: wrap the models,
+        # the folder's scheduler as a fewstep TCD / LCM one (unless scheduler= is given), model_index settings
+        pipe = cls.from_pretrained(folder, backend=ops.name, scheduler=components.get("scheduler"), **given, **loaded)
         pipe.name_or_path = path
         pipe.checkpoint_family = family
-        index = loading.read_model_index(folder)
-        if "force_zeros_for_empty_prompt" in index and hasattr(pipe, "force_zeros_for_empty_prompt"):
-            pipe.force_zeros_for_empty_prompt = bool(index["force_zeros_for_empty_prompt"])
         return pipe
 
 
