@@ -292,6 +292,35 @@ def test_torch_controlnet_pipeline_from_single_file(class_name, kind):
 
 
 @pytest.mark.torch
+def test_torch_dtype_is_the_folders():
+    """dtype= loads every model in that dtype, with the weights from_pretrained gives in it."""
+    import torch
+
+    ours = pipelines.StableDiffusionPipeline.from_single_file(tiny_checkpoint("sd15"), config=tiny_pipeline("sd15"),
+                                                             dtype="float16")
+    ref = pipelines.StableDiffusionPipeline.from_pretrained(tiny_pipeline("sd15"), dtype="float16")
+    for name in ("unet", "vae", "text_encoder"):
+        assert getattr(ours, name).dtype == "float16"
+        got, want = getattr(ours, name).module.state_dict(), getattr(ref, name).module.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+
+
+@pytest.mark.torch
+def test_checkpoint_without_vae_needs_one_passed(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "no-vae.safetensors"
+    save_file({k: v for k, v in load_file(tiny_checkpoint("sd15")).items() if not k.startswith("first_stage_model.")},
+              str(path))
+    with pytest.raises(ValueError, match=r"holds no vae \(no key starts with first_stage_model\. or vae\.\).*pass it as vae="):
+        pipelines.StableDiffusionPipeline.from_single_file(path, config=tiny_pipeline("sd15"))
+    folder_pipe = _pipe("StableDiffusionPipeline", "sd15", single_file=False)
+    ours = pipelines.StableDiffusionPipeline.from_single_file(path, config=tiny_pipeline("sd15"), vae=folder_pipe.vae)
+    assert ours.vae is folder_pipe.vae
+    assert np.abs(_call(ours, {}) - _call(folder_pipe, {})).max() <= FOLDER_ATOL
+
+
+@pytest.mark.torch
 def test_hub_id_config_offline_is_refused_with_the_family(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
@@ -315,6 +344,22 @@ def test_mindspore_image_matches_the_folder(class_name, kind, extra):
     got = _call(ours, extra)
     want = _call(_pipe(class_name, kind, "mindspore", single_file=False), extra)
     assert np.abs(got - want).max() <= FOLDER_ATOL
+
+
+@pytest.mark.torch
+@pytest.mark.mindspore
+@pytest.mark.parametrize("kind", KINDS)
+def test_mindspore_loads_the_folders_weights(kind):
+    """Every tiny kind through mindone's converter (OpenCLIP included): each parameter equals mindone's load of
+    the folder."""
+    cls = getattr(pipelines, FAMILIES[kind].pipeline)
+    ours, ref = _pipe(cls.__name__, kind, "mindspore"), _pipe(cls.__name__, kind, "mindspore", single_file=False)
+    assert ours.checkpoint_family.key == kind
+    for name in (n for n in cls.component_names() if not n.startswith("tokenizer")):
+        got = {p.name: p.asnumpy() for p in getattr(ours, name).module.get_parameters()}
+        want = {p.name: p.asnumpy() for p in getattr(ref, name).module.get_parameters()}
+        assert sorted(got) == sorted(want), name
+        assert all(np.array_equal(got[k], want[k]) for k in want), name
 
 
 @pytest.mark.torch

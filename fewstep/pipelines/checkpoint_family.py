@@ -171,6 +171,18 @@ def family_of(tensors: Tensors, metadata: Optional[Dict[str, str]] = None, where
     return FAMILIES["sd15"]
 
 
+# where each pipeline component's weights sit in the original layouts
+COMPONENT_PREFIXES = {"unet": ("model.diffusion_model.",), "vae": ("first_stage_model.", "vae."),
+                      "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
+                      "text_encoder_2": ("conditioner.embedders.1.",)}
+
+
+def components_in(tensors: Tensors) -> Tuple[str, ...]:
+    """The pipeline components whose weights the checkpoint holds (some files leave out the VAE or the text
+    encoders, to be taken from elsewhere)."""
+    return tuple(name for name, prefixes in COMPONENT_PREFIXES.items() if any(k.startswith(prefixes) for k in tensors))
+
+
 def _width(tensors: Tensors) -> Optional[int]:
     probe = tensors.get(_V2_PROBE)
     return probe[1][-1] if probe else None

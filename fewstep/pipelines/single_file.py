@@ -16,8 +16,8 @@ from typing import Optional
 from fewstep.backends import get_backend
 from fewstep.backends.single_file import load_single_file
 from fewstep.pipelines import loading
-from fewstep.pipelines.checkpoint_family import (HUB_CONFIGS, CheckpointFamily, check_config, family_of,
-                                                 read_header)
+from fewstep.pipelines.checkpoint_family import (COMPONENT_PREFIXES, HUB_CONFIGS, CheckpointFamily, check_config,
+                                                 components_in, family_of, read_header)
 
 # what diffusers fetches of a config repository: no weights
 _CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "**/*.model"]
@@ -78,6 +78,12 @@ class FromSingleFileMixin:
             raise ValueError(f"{cls.__name__} needs {outside}, which a checkpoint does not hold: load it (e.g. "
                              f"fewstep.ControlNetModel.from_pretrained(path, backend={backend!r})) and pass "
                              f"{outside[0]}=.")
+        held = components_in(tensors)
+        absent = [n for n in names if n in COMPONENT_PREFIXES and n not in held and components.get(n) is None]
+        if absent:
+            raise ValueError(f"{path!r} holds no {absent[0]} (no key starts with "
+                             f"{' or '.join(COMPONENT_PREFIXES[absent[0]])}); load one from a diffusers folder of the "
+                             f"same family and pass it as {absent[0]}=.")
         # every check that needs only files comes before a framework is imported
         folder = resolve_config(config, family)
         family = check_config(family, tensors, folder)
