@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from typing import Dict, Iterable, Optional
 
 from fewstep.backends import get_backend
@@ -35,6 +36,10 @@ def load_single_file(backend: str, pipeline: str, path: str, config: str, names:
     library = importlib.import_module(_LIBRARIES[ops.name])
     cls = getattr(library, pipeline)
     passed = {name: _raw(value) for name, value in given.items()}
+    # fewstep has no safety checker: say so where the class takes one, so a hub config that asks for it
+    # (SD 1.5's does) neither loads it nor warns that it is missing
+    accepted = inspect.signature(cls.__init__).parameters
+    passed.update({k: v for k, v in (("safety_checker", None), ("requires_safety_checker", False)) if k in accepted})
     with _quiet_progress(library), (_embedding_weight() if ops.name == "mindspore" else contextlib.nullcontext()):
         loaded = cls.from_single_file(path, config=config, local_files_only=True, **dtype_kwargs, **passed)
     out = {name: getattr(loaded, name) for name in names}
