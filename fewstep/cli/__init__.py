@@ -1,6 +1,6 @@
-"""`fewstep generate`, `fewstep parity` and `fewstep batch`: few-step sampling from the command line.
+"""`fewstep generate`, `fewstep parity`, `fewstep batch` and `fewstep info`: few-step sampling from the command line.
 
-One module per command (generate.py, parity.py, batch.py); the flags they share live in common.py
+One module per command (generate.py, parity.py, batch.py, info.py); the flags they share live in common.py
 (model and sampler), loras.py (--lora), adapters.py (ControlNet, T2I-Adapter, IP-Adapter, motion),
 control_images.py (--canny / --depth), settings.py (--settings / --save-settings) and outputs.py (files,
 grids). Importing the package imports no framework: every command imports what it uses when it runs.
@@ -12,11 +12,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from fewstep.cli import batch, generate, parity
+from fewstep.cli import batch, generate, info, parity
 
-# TODO(coordinator): `fewstep info` (fewstep.info.describe / format_info) once fewstep/info lands;
-# `--model file.safetensors` + `--config FOLDER` once fewstep/pipelines/single_file.py lands.
-_COMMANDS = {"generate": generate, "parity": parity, "batch": batch}
+_COMMANDS = {"generate": generate, "parity": parity, "batch": batch, "info": info}
 
 
 def build_parser() -> argparse.ArgumentParser:

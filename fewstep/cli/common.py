@@ -43,6 +43,11 @@ def task_of(image: Optional[str], mask: Optional[str]) -> str:
     return "inpaint" if mask else "img2img" if image else "text2img"
 
 
+def is_single_file(model: Optional[str]) -> bool:
+    """--model names one checkpoint file (A1111 / civitai layout) rather than a pipeline folder or hub id."""
+    return bool(model) and os.path.isfile(model)
+
+
 def resolve_model(model: Optional[str], mask: Optional[str]) -> str:
     """The local pipeline folder for --model, or the tiny demo pipeline (said so) when none is given."""
     from fewstep.pipelines.loading import resolve_folder

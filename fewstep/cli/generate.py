@@ -10,13 +10,16 @@ import time
 from typing import Iterable
 
 from fewstep.cli import adapters, loras, outputs, settings
-from fewstep.cli.common import add_common, call_kwargs, resolve_model, task_of
+from fewstep.cli.common import add_common, call_kwargs, is_single_file, resolve_model, task_of
 
 
 def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="make an image")
     add_common(gen, prompt_optional=True)
     gen.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
+    gen.add_argument("--config", metavar="FOLDER",
+                     help="with --model FILE.safetensors (a single-file checkpoint): a diffusers folder or hub id of the "
+                          "same family describing its models (default: the family's reference repository's configs)")
     gen.add_argument("-o", "--output", default="out.png",
                      help="image file; with --frames a .gif or .mp4; with --num-images N, <name>-<seed>.<ext> each")
     gen.add_argument("--num-images", type=int, default=1, metavar="N",
@@ -37,6 +40,8 @@ def check(s, args) -> None:
     """Everything that can be checked before a model loads (on the merged settings)."""
     task_of(s.image, s.mask)
     adapters.check_combination(s)
+    if s.config and not is_single_file(s.model):
+        raise ValueError("--config describes a single-file checkpoint: give it with --model FILE.safetensors.")
     if s.frames is None:
         if s.motion_adapter:
             raise ValueError("--motion-adapter needs --frames N: the number of video frames to make.")
@@ -65,12 +70,33 @@ def build_pipeline(s, folder: str):
     auto = {"text2img": fewstep.AutoPipelineForText2Image, "img2img": fewstep.AutoPipelineForImage2Image,
             "inpaint": fewstep.AutoPipelineForInpainting}[task_of(s.image, s.mask)]
     components = adapters.load_components(s, s.backend, s.dtype, s.device)
-    pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
+    if folder is None:
+        pipe = _from_single_file(auto, s, components)
+    else:
+        pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
     scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     loras.apply_loras(pipe, loras.specs_from_records(s.loras))
     adapters.load_ip_adapter(pipe, s)
     return pipe
+
+
+def _from_single_file(auto, s, components):
+    """A single-file checkpoint: its family read from its keys (and named), the class as auto.py picks it for
+    that family's pipeline with this task and these components, loaded by `from_single_file`."""
+    from fewstep.pipelines import auto as lookup
+    from fewstep.pipelines.checkpoint_family import detect_family
+
+    family = detect_family(s.model)  # refuses pickles unread; names an unknown layout
+    cls = auto._target(lookup.key_of(family.pipeline, repr(s.model)), components, repr(s.model))
+    if not hasattr(cls, "from_single_file"):
+        raise ValueError(f"{cls.__name__} does not load single-file checkpoints: convert {s.model} to a diffusers "
+                         f"folder once (diffusers.{family.pipeline}.from_single_file(path).save_pretrained(folder)) "
+                         f"and pass --model FOLDER.")
+    print(f"{s.model}: single-file checkpoint, family {family.name}, loaded as {cls.__name__}"
+          f"{f' with the configs of {s.config}' if s.config else ''}")
+    return cls.from_single_file(s.model, backend=s.backend, dtype=s.dtype, device=s.device, config=s.config,
+                                **components)
 
 
 def run(args, given: Iterable[str]) -> int:
@@ -80,7 +106,7 @@ def run(args, given: Iterable[str]) -> int:
     check(s, args)
     seeds = settings.seeds(s)
     print("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
-    folder = resolve_model(s.model, s.mask)
+    folder = None if is_single_file(s.model) else resolve_model(s.model, s.mask)
     start = time.perf_counter()
     pipe = build_pipeline(s, folder)
     control = adapters.control_images(s)

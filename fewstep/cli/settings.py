@@ -1,7 +1,7 @@
 """The settings record of a `fewstep generate` run: printed by every run, written by `--save-settings FILE`
 (JSON), replayed by `--settings FILE`.
 
-The record is everything that decides the images: model, LoRAs (names, weights, weight names), adapters
+The record is everything that decides the images: model (and a single-file checkpoint's config), LoRAs (names, weights, weight names), adapters
 with their images and scales, scheduler, steps, eta, guidance, size, seed and number of images, backend,
 dtype, device and the task inputs. Where the images are written (-o, --grid, --save-settings) is not part
 of it. Local paths are recorded absolute, so a record replays from any folder.
@@ -30,7 +30,7 @@ INFO_KEYS = ("seeds",)  # written, not read back
 
 # record key -> how its value is checked: a type name ("?" allows null) or a tuple of allowed values
 SCHEMA: Dict[str, Any] = {
-    "prompt": "str", "negative_prompt": "str?", "model": "str?", "backend": ("torch", "mindspore"),
+    "prompt": "str", "negative_prompt": "str?", "model": "str?", "config": "str?", "backend": ("torch", "mindspore"),
     "dtype": ("float32", "float16", "bfloat16"), "device": "str?", "scheduler": ("tcd", "lcm"), "steps": "int",
     "eta": "number", "guidance": "number", "width": "int?", "height": "int?", "seed": "int?", "num_images": "int",
     "image": "str?", "mask": "str?", "strength": "number?", "loras": "loras", "controlnets": "controlnets",
@@ -46,7 +46,7 @@ _SUB_KEYS = {"loras": ("name", "source", "weight", "weight_name"), "controlnets"
              "ip_adapter": ("source", "subfolder", "weight_name", "image", "scale")}
 _SUB_SCHEMA = {"name": "str", "source": "str", "weight": "number", "weight_name": "str?", "image": "str",
                "scale": "number?", "subfolder": "str?"}
-_PATHS = ("model", "image", "mask", "motion_adapter")
+_PATHS = ("model", "config", "image", "mask", "motion_adapter")
 
 
 def from_args(args) -> Dict[str, Any]:
