@@ -140,10 +140,12 @@ def test_unknown_layouts_get_clear_errors(tmp_path):
     from safetensors.numpy import save_file
 
     unet = os.path.join(tiny_pipeline("sd15"), "unet", "diffusion_pytorch_model.safetensors")
-    with pytest.raises(ValueError, match=r"not a checkpoint layout fewstep knows.*diffusers' format.*Known layouts: SD 1\.x"):
+    with pytest.raises(ValueError,
+                       match=r"not a checkpoint layout fewstep knows.*diffusers' format.*Known layouts: SD 1\.x"):
         detect_family(unet)
     lora = tmp_path / "lora.safetensors"
-    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 16), np.float32)}, str(lora))
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 16), np.float32)},
+              str(lora))
     with pytest.raises(ValueError, match="looks like a LoRA: load it with pipe.load_lora_weights"):
         pipelines.StableDiffusionPipeline.from_single_file(lora, config=tiny_pipeline("sd15"))
     refiner = tmp_path / "refiner.safetensors"
@@ -194,9 +196,9 @@ def test_no_config_and_hub_offline_asks_for_config(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     for kind, family in (("sd15", "SD 1.5"), ("sdxl", "SDXL base")):
         cls = getattr(pipelines, FAMILIES[kind].pipeline)
-        with pytest.raises(ValueError, match=rf"This {family} checkpoint.*no config= was given.*HF_HUB_OFFLINE is set"
-                                             rf".*Pass config=PATH, a local diffusers-format pipeline folder of the same "
-                                             rf"family \({family}\)"):
+        with pytest.raises(ValueError, match=rf"This {family} checkpoint.*no config= was given.*HF_HUB_OFFLINE is "
+                                             rf"set.*Pass config=PATH, a local diffusers-format pipeline folder of "
+                                             rf"the same family \({family}\)"):
             cls.from_single_file(tiny_checkpoint(kind), backend="mindspore")
 
 
@@ -211,12 +213,14 @@ def test_wrong_config_folder_and_wrong_class_are_refused():
     with pytest.raises(ValueError, match=r"has no model_index\.json"):
         pipelines.StableDiffusionPipeline.from_single_file(tiny_checkpoint("sd15"),
                                                            config=os.path.join(tiny_pipeline("sd15"), "unet"))
-    with pytest.raises(ValueError, match=r"is SDXL base; StableDiffusionPipeline cannot run it.*StableDiffusionXLPipeline"):
+    with pytest.raises(ValueError,
+                       match=r"is SDXL base; StableDiffusionPipeline cannot run it.*StableDiffusionXLPipeline"):
         pipelines.StableDiffusionPipeline.from_single_file(tiny_checkpoint("sdxl"), config=tiny_pipeline("sdxl"))
     with pytest.raises(ValueError, match=r"is SD 1\.5 inpainting; StableDiffusionImg2ImgPipeline cannot run it"):
         pipelines.StableDiffusionImg2ImgPipeline.from_single_file(tiny_checkpoint("sd15-inpaint"))
     with pytest.raises(ValueError, match=r"needs \['controlnet'\], which a checkpoint does not hold"):
-        pipelines.StableDiffusionControlNetPipeline.from_single_file(tiny_checkpoint("sd15"), config=tiny_pipeline("sd15"))
+        pipelines.StableDiffusionControlNetPipeline.from_single_file(tiny_checkpoint("sd15"),
+                                                                     config=tiny_pipeline("sd15"))
 
 
 def test_from_single_file_is_documented():
@@ -312,7 +316,8 @@ def test_checkpoint_without_vae_needs_one_passed(tmp_path):
     path = tmp_path / "no-vae.safetensors"
     save_file({k: v for k, v in load_file(tiny_checkpoint("sd15")).items() if not k.startswith("first_stage_model.")},
               str(path))
-    with pytest.raises(ValueError, match=r"holds no vae \(no key starts with first_stage_model\. or vae\.\).*pass it as vae="):
+    with pytest.raises(ValueError,
+                       match=r"holds no vae \(no key starts with first_stage_model\. or vae\.\).*pass it as vae="):
         pipelines.StableDiffusionPipeline.from_single_file(path, config=tiny_pipeline("sd15"))
     folder_pipe = _pipe("StableDiffusionPipeline", "sd15", single_file=False)
     ours = pipelines.StableDiffusionPipeline.from_single_file(path, config=tiny_pipeline("sd15"), vae=folder_pipe.vae)

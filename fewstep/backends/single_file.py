@@ -20,8 +20,9 @@ _LIBRARIES = {"torch": "diffusers", "mindspore": "mindone.diffusers"}
 _TOKENIZERS = ("tokenizer", "tokenizer_2")
 
 
-def load_single_file(backend: str, pipeline: str, path: str, config: str, names: Iterable[str], given: Dict[str, object],
-                     dtype: str = "float32", device: Optional[str] = None) -> Dict[str, object]:
+def load_single_file(backend: str, pipeline: str, path: str, config: str, names: Iterable[str],
+                     given: Dict[str, object], dtype: str = "float32",
+                     device: Optional[str] = None) -> Dict[str, object]:
     """Load a single-file checkpoint with `<library>.<pipeline>.from_single_file(path, config=config)` and return
     the components named in `names` as the library loaded them (the caller wraps the models, as it wraps models
     passed to from_pretrained).
@@ -31,7 +32,8 @@ def load_single_file(backend: str, pipeline: str, path: str, config: str, names:
     loading them."""
     ops = get_backend(backend)
     if ops.name == "numpy":
-        raise ValueError("The numpy backend runs schedulers only; load checkpoints with backend='torch' or 'mindspore'.")
+        raise ValueError("The numpy backend runs schedulers only; load checkpoints with backend='torch' or "
+                         "'mindspore'.")
     dtype_kwargs = _prepare(ops.name, dtype)
     library = importlib.import_module(_LIBRARIES[ops.name])
     cls = getattr(library, pipeline)

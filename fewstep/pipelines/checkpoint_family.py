@@ -137,7 +137,8 @@ def detect_family(path) -> CheckpointFamily:
     return family_of(tensors, metadata, where=repr(os.fspath(path)))
 
 
-def family_of(tensors: Tensors, metadata: Optional[Dict[str, str]] = None, where: str = "The checkpoint") -> CheckpointFamily:
+def family_of(tensors: Tensors, metadata: Optional[Dict[str, str]] = None,
+              where: str = "The checkpoint") -> CheckpointFamily:
     """`detect_family` on a header already read: `{name: (dtype, shape)}` and its `__metadata__`."""
     conv_in = tensors.get(_CONV_IN)
     if conv_in is None or len(conv_in[1]) != 4:

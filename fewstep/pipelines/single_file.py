@@ -118,8 +118,10 @@ def _check_class(cls, family: CheckpointFamily) -> None:
 
 
 def hub_offline() -> bool:
-    """Whether huggingface_hub is told not to reach the network (HF_HUB_OFFLINE), read as it reads it."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    """Whether huggingface_hub is told not to reach the network, read as it reads it (HF_HUB_OFFLINE, or
+    transformers' older TRANSFORMERS_OFFLINE)."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
 def resolve_config(config, family: CheckpointFamily) -> str:
@@ -135,7 +137,8 @@ def resolve_config(config, family: CheckpointFamily) -> str:
 
         return snapshot_download(repo, allow_patterns=_CONFIG_PATTERNS, local_files_only=hub_offline())
     except Exception as err:  # offline and not cached, no network, no such repository
-        reason = "HF_HUB_OFFLINE is set and they are not in the cache" if hub_offline() else f"the hub cannot be reached ({err})"
+        reason = ("HF_HUB_OFFLINE is set and they are not in the cache" if hub_offline()
+                  else f"the hub could not be reached or refused ({type(err).__name__}: {err})")
         if config is not None:
             raise ValueError(f"config={config!r} is neither a local folder nor a hub repository whose configs could be "
                              f"fetched: {reason}. Pass config=PATH, a local diffusers-format folder of the same "

@@ -67,8 +67,8 @@ class StableDiffusionControlNetPipeline(Text2ImageTask, SDConditioning, LoraMixi
     _extensions = (ControlNet("image"), IPAdapter())
 
 
-class StableDiffusionXLControlNetPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, IPAdapterMixin, FromSingleFileMixin,
-                                          DiffusionPipeline):
+class StableDiffusionXLControlNetPipeline(Text2ImageTask, SDXLConditioning, LoraMixin, IPAdapterMixin,
+                                          FromSingleFileMixin, DiffusionPipeline):
     """Text-to-image for SDXL with one ControlNet or a list (`image=` the control image)."""
 
     _extensions = (ControlNet("image"), IPAdapter())

@@ -85,9 +85,9 @@ def vae_to_ldm(state: Arrays, config: dict) -> Arrays:
         new = name.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
         new = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
         new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
-        new = re.sub(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.",
-                     lambda m: f"decoder.up.{n - 1 - int(m.group(1))}.{'block' if m.group(2) == 'resnets' else 'upsample'}.",
-                     new)
+        new = re.sub(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.",  # stored in reverse order
+                     lambda m: f"decoder.up.{n - 1 - int(m.group(1))}."
+                               f"{'block' if m.group(2) == 'resnets' else 'upsample'}.", new)
         new = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", new)
         m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)$", new)
         if m:
