@@ -131,6 +131,14 @@ def test_a_lora_that_does_not_fit_fails_before_the_first_step(tmp_path, capsys):
 
 
 @pytest.mark.torch
+def test_parity_applies_the_loras_to_both_sides(tmp_path, lora_files, capsys):
+    # fewstep's fused LoRA against diffusers + PEFT loading the same file through the same calls
+    assert main(["parity", PROMPT, *FLAGS, "--seed", "1", "--against", "diffusers", "--lora", f"{lora_files['peft']}:0.8",
+                 "--no-localise", "--tolerance", "1e-5", "-o", str(tmp_path / "side.png")]) == 0
+    assert "first stage out of bounds: none" in capsys.readouterr().out
+
+
+@pytest.mark.torch
 def test_batch_lora_flags_apply_to_every_item_beside_their_own(tmp_path, lora_files):
     import torch
 
@@ -166,8 +174,6 @@ def test_two_loras_give_the_python_apis_image_on_mindspore(tmp_path, lora_files)
 
 
 @pytest.mark.mindspore
-@pytest.mark.slow(reason="MindSpore on CPU: a second CLI run and pipeline of the tiny SD 1.5 (~20 s); the two-LoRA "
-                         "case above runs by default")
 def test_one_lora_gives_the_python_apis_image_on_mindspore(tmp_path, lora_files):
     kohya = lora_files["kohya"]
     assert main(MS_BASE + ["--lora", kohya, "-o", str(tmp_path / "one.png")]) == 0
