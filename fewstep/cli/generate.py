@@ -108,8 +108,8 @@ def run(args, given: Iterable[str]) -> int:
     print("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
     folder = None if is_single_file(s.model) else resolve_model(s.model, s.mask)
     start = time.perf_counter()
+    control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
     pipe = build_pipeline(s, folder)
-    control = adapters.control_images(s)
     kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control), output_type="pil")
     if s.frames is not None:
         kwargs["num_frames"] = s.frames
@@ -128,7 +128,8 @@ def run(args, given: Iterable[str]) -> int:
             outputs.save_image(result, path)
         print(f"wrote {os.path.abspath(path)}")
     if args.grid:
-        outputs.save_image(outputs.grid(list(control) + results), args.grid)
+        # cells the size of the results: a control picture of another size is resized to them
+        outputs.save_image(outputs.grid(list(control) + results, size=results[0].size), args.grid)
         print(f"wrote {os.path.abspath(args.grid)}")
     settings.save(s, args.save_settings)
     return 0

@@ -66,16 +66,16 @@ def save_video(frames, path: str, fps: int) -> None:
     _atomic(path, lambda temp: export(frames, temp, fps=fps))
 
 
-def grid(images: Sequence):
+def grid(images: Sequence, size=None):
     """`fewstep.utils.make_image_grid` of the images, row-major on the squarest sheet, blank cells last;
-    every cell is the size of the first image."""
+    every cell is `size` (default: the first image's), other sizes resized to it."""
     from PIL import Image
 
     from fewstep.utils import make_image_grid
 
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    size = images[0].size
+    size = size or images[0].size
     cells = [image if image.size == size else image.resize(size) for image in images]
     cells += [Image.new("RGB", size)] * (rows * cols - len(cells))
     return make_image_grid(cells, rows=rows, cols=cols)
