@@ -106,7 +106,8 @@ class PipelineObjectMixin:
         Raises:
             `ValueError`: a device on MindSpore (mindone's pipelines take none: place models with
             `mindspore.set_context(device_target=...)`), a device torch cannot use, conflicting arguments,
-            or a device or dtype change while LoRAs are loaded. Nothing is moved when it raises.
+            or a device or dtype change while LoRAs are loaded. `TypeError`: an argument that is neither a
+            device nor a dtype, or an unknown keyword. Nothing is moved when either is raised.
         """
         device, dtype = parse_to_arguments(args, kwargs)
         models = self._models()
