@@ -15,9 +15,8 @@ import pytest
 import fewstep
 from fewstep import pipelines
 from fewstep.pipelines import checkpoint_family
-from fewstep.pipelines.checkpoint_family import (FAMILIES, check_config, checkpoint_tensors, detect_family,
-                                                 family_of, read_header)
-from fewstep.testing import KINDS, tiny_checkpoint, tiny_controlnet, tiny_pipeline
+from fewstep.pipelines.checkpoint_family import FAMILIES, check_config, checkpoint_tensors, detect_family, family_of
+from fewstep.testing import KINDS, ldm_layout, tiny_checkpoint, tiny_controlnet, tiny_pipeline
 from tests.pipeline_cases import SIZE, mask, picture
 
 # Building a tiny folder (the checkpoint's source) needs torch; reading headers needs nothing.
@@ -79,18 +78,6 @@ def test_family_of_every_tiny_checkpoint(kind):
     assert check_config(family, checkpoint_tensors(tiny_checkpoint(kind)), tiny_pipeline(kind)) is family
 
 
-def _released_sizes(tensors: dict, kind: str) -> dict:
-    """The header as diffusers' size probes would see it on the released model of `kind`: its cross-attention
-    1024 wide (SD 2) or 768 (SD 1), and SDXL's OpenCLIP encoder with its tenth layer. Nothing else changes."""
-    out = dict(tensors)
-    probe = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
-    if probe in out:
-        out[probe] = ("F32", (320, 1024 if kind.startswith("sd21") else 768))
-    if kind.startswith("sdxl"):
-        out["conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"] = ("F32", (1280,))
-    return out
-
-
 def _diffusers_type(tensors: dict) -> str:
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
@@ -100,18 +87,109 @@ def _diffusers_type(tensors: dict) -> str:
 
 @needs_tiny
 @pytest.mark.parametrize("kind", KINDS)
-def test_family_agrees_with_diffusers(kind):
-    tensors, metadata = read_header(tiny_checkpoint(kind))
-    released = _released_sizes(tensors, kind)
-    # diffusers' decision on the checkpoint as the released model would show it; fewstep's from the layout,
-    # the same on both views
-    assert family_of(released, metadata).key == family_of(tensors, metadata).key == kind
-    assert _diffusers_type(released) == FAMILIES[kind].diffusers_type
-    # On the tiny header itself diffusers' size probes fire only where size plays no part (SD 1.5 is its
-    # fallback; 9 input channels its inpainting test); elsewhere it falls back to SD 1.x, which is why fewstep
-    # reads the layout instead.
-    expected_on_tiny = {"sd15": "v1", "sd15-inpaint": "inpainting", "sdxl-inpaint": "inpainting"}.get(kind, "v1")
-    assert _diffusers_type(tensors) == expected_on_tiny
+def test_on_tiny_headers_diffusers_size_probes_fall_back(kind):
+    """Why fewstep reads the layout: diffusers' probes are sizes and depths of the released models (a 1024-wide
+    cross-attention for SD 2, the tenth layer of SDXL's OpenCLIP encoder), so on the tiny checkpoints it sees
+    SD 1.x everywhere but where 9 input channels say inpainting, while fewstep names each right
+    (test_family_of_every_tiny_checkpoint). At the released sizes both agree: test_full_size_layouts."""
+    tensors = checkpoint_tensors(tiny_checkpoint(kind))
+    assert _diffusers_type(tensors) == ("inpainting" if kind.endswith("inpaint") else "v1")
+
+
+class _Shape:
+    """A tensor reduced to its shape, for running `ldm_layout` over full-size models without their memory:
+    what the layout does to arrays (transpose, 1x1 reshape, concatenation on axis 0) done to shapes."""
+
+    def __init__(self, shape):
+        self.shape = tuple(int(d) for d in shape)
+        self.ndim = len(self.shape)
+
+    @property
+    def T(self):
+        return _Shape(self.shape[::-1])
+
+    def __getitem__(self, index):  # only value[:, :, None, None]
+        assert index == (slice(None), slice(None), None, None)
+        return _Shape(self.shape + (1, 1))
+
+    def __array_function__(self, func, types, args, kwargs):
+        assert func is np.concatenate and kwargs.get("axis", 0) == 0
+        parts = args[0]
+        return _Shape((sum(p.shape[0] for p in parts),) + parts[0].shape[1:])
+
+
+def _shapes(model) -> dict:
+    return {name: _Shape(value.shape) for name, value in model.state_dict().items()}
+
+
+# The released models' configs (stable-diffusion-v1-5, stable-diffusion-2-1, stable-diffusion-xl-base-1.0)
+_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+               hidden_act="quick_gelu")
+_FULL = {
+    "sd15": dict(unet=dict(cross_attention_dim=768), text=_CLIP_L),
+    "sd21": dict(unet=dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True),
+                 text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                           hidden_act="gelu"), open_clip=True),
+    "sdxl": dict(unet=dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                           up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                           block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
+                           transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+                           use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                           projection_class_embeddings_input_dim=2816),
+                 text=_CLIP_L, text_2=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                           num_attention_heads=20, projection_dim=1280, hidden_act="gelu")),
+}
+_INPAINT = {"sd15": "sd15-inpaint", "sd21": "sd2-inpaint", "sdxl": "sdxl-inpaint"}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("base", sorted(_FULL))
+def test_full_size_layouts(base):
+    """The released models' parameter names and shapes (built on torch's meta device: no memory), written in the
+    original layout by `ldm_layout`: fewstep's family and diffusers' infer_diffusers_model_type agree, for the
+    model and its inpainting variant, and diffusers' own converters take every name back to the model's."""
+    import diffusers
+    import torch
+    import transformers
+    from diffusers.loaders import single_file_utils as sfu
+
+    spec = _FULL[base]
+    vae_config = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                      up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**spec["unet"])
+        vae = diffusers.AutoencoderKL(**vae_config)
+        text = transformers.CLIPTextModel(transformers.CLIPTextConfig(vocab_size=49408, **spec["text"]))
+        text_2 = None
+        if "text_2" in spec:
+            config_2 = transformers.CLIPTextConfig(vocab_size=49408, **spec["text_2"])
+            text_2 = transformers.CLIPTextModelWithProjection(config_2)
+    state = ldm_layout.checkpoint(_shapes(unet), dict(unet.config), _shapes(vae), dict(vae.config), _shapes(text),
+                                  _shapes(text_2) if text_2 is not None else None,
+                                  open_clip=spec.get("open_clip", False))
+    header = {name: ("F32", value.shape) for name, value in state.items()}
+    inpaint = {**header, "model.diffusion_model.input_blocks.0.0.weight": ("F32", (320, 9, 3, 3))}
+    # SD 2.x without metadata: diffusers' 768-v, named as a guess
+    for tensors, key in ((header, "sd21-v" if base == "sd21" else base), (inpaint, _INPAINT[base])):
+        family = family_of(tensors)
+        assert family.key == key and _diffusers_type(tensors) == family.diffusers_type
+    assert family_of(header).alternatives == (("sd21",) if base == "sd21" else ())
+
+    meta = {name: torch.empty(value.shape, device="meta") for name, value in state.items()}
+
+    def same(converted: dict, model) -> None:
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+        assert {k: tuple(v.shape) for k, v in converted.items()} == want
+
+    same(sfu.convert_ldm_unet_checkpoint(meta, dict(unet.config)), unet)
+    same(sfu.convert_ldm_vae_checkpoint(meta, dict(vae.config)), vae)
+    if text_2 is not None:
+        same(sfu.convert_ldm_clip_checkpoint(meta), text)
+        same(sfu.convert_open_clip_checkpoint(text_2, meta, prefix="conditioner.embedders.1.model."), text_2)
+    elif spec.get("open_clip"):
+        same(sfu.convert_open_clip_checkpoint(text, meta, prefix="cond_stage_model.model."), text)
+    else:
+        same(sfu.convert_ldm_clip_checkpoint(meta), text)
 
 
 @needs_tiny

@@ -24,7 +24,7 @@ stored as a matrix (hidden, projection) rather than a Linear weight.
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def open_clip_to_ldm(state: Arrays) -> Arrays:
         if name in _OPEN_CLIP_TOP:
             out[_OPEN_CLIP_TOP[name]] = value
         elif name == "text_projection.weight":
-            out["text_projection"] = np.ascontiguousarray(value.T)  # x @ P with P (hidden, projection)
+            out["text_projection"] = value.T  # x @ P with P (hidden, projection)
         elif name.endswith("position_ids"):
             continue  # a buffer transformers may save; OpenCLIP has none
         else:
@@ -139,3 +139,21 @@ def open_clip_to_ldm(state: Arrays) -> Arrays:
 
 def prefixed(prefix: str, state: Arrays) -> Arrays:
     return {prefix + name: value for name, value in state.items()}
+
+
+def checkpoint(unet: Arrays, unet_config: dict, vae: Arrays, vae_config: dict, text: Arrays,
+               text_2: Optional[Arrays] = None, open_clip: bool = False) -> Arrays:
+    """One single-file state dict from a pipeline's diffusers-named state dicts: SGM names when `text_2` (SDXL's
+    OpenCLIP bigG) is given, else LDM with the text encoder as CLIP ViT-L (SD 1.x) or OpenCLIP (`open_clip`,
+    SD 2.x). Arrays are renamed, transposed or reshaped as views, so any array type with `.T`, `.ndim`, indexing
+and `np.concatenate` support will do; a writer makes them contiguous."""
+    state = {**prefixed("model.diffusion_model.", unet_to_ldm(unet, unet_config)),
+             **prefixed("first_stage_model.", vae_to_ldm(vae, vae_config))}
+    if text_2 is not None:
+        state.update(prefixed("conditioner.embedders.0.transformer.", clip_to_ldm(text)))
+        state.update(prefixed("conditioner.embedders.1.model.", open_clip_to_ldm(text_2)))
+    elif open_clip:
+        state.update(prefixed("cond_stage_model.model.", open_clip_to_ldm(text)))
+    else:
+        state.update(prefixed("cond_stage_model.transformer.", clip_to_ldm(text)))
+    return state

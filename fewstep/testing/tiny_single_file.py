@@ -61,17 +61,11 @@ def original_layout(folder: str) -> dict:
     unet, unet_config = component("unet", "diffusion_pytorch_model.safetensors")
     vae, vae_config = component("vae", "diffusion_pytorch_model.safetensors")
     text, _ = component("text_encoder", "model.safetensors")
-    state = {**ldm_layout.prefixed("model.diffusion_model.", ldm_layout.unet_to_ldm(unet, unet_config)),
-             **ldm_layout.prefixed("first_stage_model.", ldm_layout.vae_to_ldm(vae, vae_config))}
+    text_2 = None
     if os.path.isdir(os.path.join(folder, "text_encoder_2")):  # SDXL: SGM's two embedders
         text_2, _ = component("text_encoder_2", "model.safetensors")
-        state.update(ldm_layout.prefixed("conditioner.embedders.0.transformer.", ldm_layout.clip_to_ldm(text)))
-        state.update(ldm_layout.prefixed("conditioner.embedders.1.model.", ldm_layout.open_clip_to_ldm(text_2)))
-    elif _is_open_clip(os.path.join(folder, "text_encoder")):  # SD 2.x
-        state.update(ldm_layout.prefixed("cond_stage_model.model.", ldm_layout.open_clip_to_ldm(text)))
-    else:  # SD 1.x
-        state.update(ldm_layout.prefixed("cond_stage_model.transformer.", ldm_layout.clip_to_ldm(text)))
-    return state
+    return ldm_layout.checkpoint(unet, unet_config, vae, vae_config, text, text_2,
+                                 open_clip=_is_open_clip(os.path.join(folder, "text_encoder")))
 
 
 def _is_open_clip(text_encoder: str) -> bool:
@@ -81,9 +75,11 @@ def _is_open_clip(text_encoder: str) -> bool:
 
 
 def _write(kind: str, folder: str, file: Path) -> None:
+    import numpy as np
     from safetensors.numpy import save_file
 
     architecture, prediction = _MODELSPEC[kind]
     metadata = {"format": "pt", "modelspec.architecture": architecture, "modelspec.prediction_type": prediction,
                 "fewstep.tiny": kind}
-    save_file(original_layout(folder), str(file), metadata=metadata)
+    state = {name: np.ascontiguousarray(value) for name, value in original_layout(folder).items()}
+    save_file(state, str(file), metadata=metadata)
