@@ -375,11 +375,11 @@ def test_torch_controlnet_pipeline_from_single_file(class_name, kind):
 
 @pytest.mark.torch
 def test_torch_dtype_is_the_folders():
-    """dtype= loads every model in that dtype, with the weights from_pretrained gives in it."""
+    """torch_dtype= (as dtype=) loads every model in that dtype, with the weights from_pretrained gives in it."""
     import torch
 
     ours = pipelines.StableDiffusionPipeline.from_single_file(tiny_checkpoint("sd15"), config=tiny_pipeline("sd15"),
-                                                             dtype="float16")
+                                                             torch_dtype=torch.float16)  # diffusers' keyword
     ref = pipelines.StableDiffusionPipeline.from_pretrained(tiny_pipeline("sd15"), dtype="float16")
     for name in ("unet", "vae", "text_encoder"):
         assert getattr(ours, name).dtype == "float16"

@@ -28,8 +28,9 @@ class FromSingleFileMixin:
     ControlNet)."""
 
     @classmethod
-    def from_single_file(cls, pretrained_model_link_or_path, backend: str = "torch", dtype: str = "float32",
-                         device: Optional[str] = None, config: Optional[str] = None, **components):
+    def from_single_file(cls, pretrained_model_link_or_path, backend: str = "torch", dtype=None,
+                         device: Optional[str] = None, config: Optional[str] = None, *, torch_dtype=None,
+                         mindspore_dtype=None, **components):
         """Load a single-file `.safetensors` checkpoint (the A1111 / civitai layout: LDM keys for SD 1.x / 2.x,
         SGM keys for SDXL) on `backend`, through diffusers' `from_single_file` on torch and mindone.diffusers'
         on MindSpore.
@@ -43,9 +44,9 @@ class FromSingleFileMixin:
                 The path of a `.safetensors` checkpoint file.
             backend (`str`, *optional*, defaults to "torch"):
                 "torch" loads it with diffusers, "mindspore" with mindone.diffusers.
-            dtype (`str`, *optional*, defaults to "float32"):
-                The dtype of the loaded models: "float32", "float16" or "bfloat16". Components passed in keep
-                their own.
+            dtype (`str` or a framework dtype, *optional*):
+                The dtype of the loaded models: "float32" (when no dtype keyword is given), "float16" or
+                "bfloat16", read as `from_pretrained` reads it. Components passed in keep their own.
             device (`str`, *optional*):
                 torch only: the device the loaded models are moved to (e.g. "cuda"); None leaves them on the
                 CPU. MindSpore places models by its own context.
@@ -56,6 +57,11 @@ class FromSingleFileMixin:
                 scheduler decides 512 (epsilon) or 768-v (v-prediction). None fetches the configs of the
                 family's reference repository from the hub; where the hub cannot be reached (HF_HUB_OFFLINE,
                 no network) that is an error asking for `config=`.
+            torch_dtype (`torch.dtype`, *optional*):
+                diffusers' keyword for `dtype` (`torch_dtype=torch.float16`), read by the dtype's name on either
+                backend, as `from_pretrained` reads it.
+            mindspore_dtype (`mindspore.Type`, *optional*):
+                mindone's keyword for `dtype` (`mindspore_dtype=mindspore.float16`), read the same way.
             **components (*optional*):
                 Components to use instead of loading them from the checkpoint, by name (see
                 `component_names()`, plus `scheduler`), as `from_pretrained` takes them. Components a
@@ -65,6 +71,7 @@ class FromSingleFileMixin:
             The pipeline, with the config folder's scheduler as a fewstep TCD/LCM scheduler unless `scheduler=` is
             given (a scheduler of another kind becomes a TCDScheduler with its config).
         """
+        dtype = loading.resolve_dtype(dtype, torch_dtype, mindspore_dtype)  # checked before any file is read
         path = os.fspath(pretrained_model_link_or_path)
         tensors, metadata = read_header(path)  # refuses pickles before reading a byte
         family = family_of(tensors, metadata, where=repr(path))
