@@ -53,7 +53,9 @@ def _format(path: str) -> str:
     from PIL import Image
 
     ext = os.path.splitext(path)[1].lower()
-    Image.init()
+    Image.preinit()  # the common formats; every plugin (init) only for a rarer extension, as PIL's save does
+    if ext not in Image.EXTENSION:
+        Image.init()
     if ext not in Image.EXTENSION:
         raise ValueError(f"Cannot tell the image format of {path!r}; name the output .png, .jpg or .webp.")
     return Image.EXTENSION[ext]
