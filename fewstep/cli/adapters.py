@@ -11,6 +11,7 @@ import argparse
 import os
 from typing import Dict, List, Optional, Sequence
 
+from fewstep.cli import logs
 from fewstep.cli.common import local_path
 
 IP_SUFFIXES = (".safetensors", ".bin")
@@ -119,7 +120,7 @@ def load_components(s, backend: str, dtype: str, device: Optional[str]) -> dict:
             from fewstep.testing.tiny_motion import tiny_motion_adapter
 
             source = tiny_motion_adapter()
-            print(f"No --motion-adapter given: using a tiny random-weight motion adapter at {source}.")
+            logs.say(f"No --motion-adapter given: using a tiny random-weight motion adapter at {source}.")
         components["motion_adapter"] = MotionAdapter.from_pretrained(source, **where)
     return components
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from fewstep.cli import loras
+from fewstep.cli import logs, loras
 
 
 def add_parser(sub) -> None:
@@ -54,10 +54,10 @@ def run(args, given: Iterable[str] = ()) -> int:
                         allow_different_env=args.allow_different_env, engine=args.engine,
                         num_workers=args.num_workers)
     ran = len(summary["batches_run"])
-    print(f"rank {summary['rank']} of {summary['world_size']}: ran {ran} batch{'es' if ran != 1 else ''}"
+    logs.say(f"rank {summary['rank']} of {summary['world_size']}: ran {ran} batch{'es' if ran != 1 else ''}"
           f"{' (resumed)' if summary['resumed'] else ''}; folder {summary['folder']}")
     if summary["manifest"]:
-        print(f"job complete: {summary['manifest']}")
+        logs.wrote(summary["manifest"], label="job complete:")
         if args.grid:
             _write_grid(job, summary["folder"], args.grid)
     return 0
@@ -70,4 +70,4 @@ def _write_grid(job, folder: str, path: str) -> None:
 
     images = [Image.open(os.path.join(folder, "images", f"{item.id}.png")) for item in job.items]
     outputs.save_image(outputs.grid(images), path)
-    print(f"wrote {os.path.abspath(path)}")
+    logs.wrote(path)

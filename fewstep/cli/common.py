@@ -9,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+from fewstep.cli import logs
+
 
 def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False) -> None:
     if prompt_optional:  # generate: the prompt may come from --settings instead
@@ -58,7 +60,7 @@ def resolve_model(model: Optional[str], mask: Optional[str]) -> str:
 
     kind = "sd15-inpaint" if mask else "sd15"
     folder = tiny_pipeline(kind)
-    print(f"No --model given: using the tiny random-weight demo pipeline ({kind}) at {folder}; "
+    logs.say(f"No --model given: using the tiny random-weight demo pipeline ({kind}) at {folder}; "
           f"its images are noise. Pass --model PATH_OR_ID for a real checkpoint.")
     return folder
 

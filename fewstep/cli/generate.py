@@ -9,7 +9,7 @@ import os
 import time
 from typing import Iterable
 
-from fewstep.cli import adapters, loras, outputs, settings
+from fewstep.cli import adapters, logs, loras, outputs, settings
 from fewstep.cli.common import add_common, call_kwargs, is_single_file, resolve_model, task_of
 
 
@@ -71,7 +71,7 @@ def build_pipeline(s, folder: str):
             "inpaint": fewstep.AutoPipelineForInpainting}[task_of(s.image, s.mask)]
     components = adapters.load_components(s, s.backend, s.dtype, s.device)
     if folder is None:
-        pipe = _from_single_file(auto, s, components)
+        pipe = _from_single_file(s, components)
     else:
         pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
     scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
@@ -81,18 +81,13 @@ def build_pipeline(s, folder: str):
     return pipe
 
 
-def _from_single_file(auto, s, components):
-    """A single-file checkpoint: its family read from its keys (and named), the class as auto.py picks it for
-    that family's pipeline with this task and these components, loaded by `from_single_file`."""
-    from fewstep.pipelines import auto as lookup
-    from fewstep.pipelines.checkpoint_family import detect_family
+def _from_single_file(s, components):
+    """A single-file checkpoint: its family read from its keys (and named), the class as auto.py's pipeline_class
+    picks it for that family with this task and these components, loaded by `from_single_file`."""
+    from fewstep.pipelines.single_file import single_file_class
 
-    family = detect_family(s.model)  # refuses pickles unread; names an unknown layout
-    cls = auto._target(lookup.key_of(family.pipeline, repr(s.model)), components, repr(s.model))
-    if not hasattr(cls, "from_single_file"):
-        raise ValueError(f"{cls.__name__} does not load single-file checkpoints: convert {s.model} to a diffusers "
-                         f"folder once (diffusers.{family.pipeline}.from_single_file(path).save_pretrained(folder)) "
-                         f"and pass --model FOLDER.")
+    # refuses pickles unread, names an unknown layout or a pipeline that cannot load a checkpoint
+    family, cls = single_file_class(s.model, task_of(s.image, s.mask), components)
     print(f"{s.model}: single-file checkpoint, family {family.name}, loaded as {cls.__name__}"
           f"{f' with the configs of {s.config}' if s.config else ''}")
     return cls.from_single_file(s.model, backend=s.backend, dtype=s.dtype, device=s.device, config=s.config,
@@ -105,7 +100,7 @@ def run(args, given: Iterable[str]) -> int:
     s = settings.resolve(args, given)
     check(s, args)
     seeds = settings.seeds(s)
-    print("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
+    logs.say("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
     folder = None if is_single_file(s.model) else resolve_model(s.model, s.mask)
     start = time.perf_counter()
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
@@ -118,7 +113,7 @@ def run(args, given: Iterable[str]) -> int:
         step_start = time.perf_counter()
         out = pipe(generator=fewstep.Generator(seed), **kwargs)
         results.append(out.frames[0] if s.frames is not None else out.images[0])
-        print(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
+        logs.say(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
               f"total {time.perf_counter() - (start if len(results) == 1 else step_start):.2f} s")
     # written only now: a run that fails on its way leaves no file
     for path, result in zip(outputs.output_paths(args.output, seeds), results):
@@ -126,11 +121,11 @@ def run(args, given: Iterable[str]) -> int:
             outputs.save_video(result, path, s.fps)
         else:
             outputs.save_image(result, path)
-        print(f"wrote {os.path.abspath(path)}")
+        logs.wrote(path)
     if args.grid:
         # cells the size of the results: a control picture of another size is resized to them
         outputs.save_image(outputs.grid(list(control) + results, size=results[0].size), args.grid)
-        print(f"wrote {os.path.abspath(args.grid)}")
+        logs.wrote(args.grid)
     settings.save(s, args.save_settings)
     return 0
 

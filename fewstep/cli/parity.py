@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Iterable
 
-from fewstep.cli import adapters, loras
+from fewstep.cli import adapters, logs, loras
 from fewstep.cli.common import add_common, call_kwargs, fresh_seed, resolve_model, task_of
 
 AGAINST = ("mindspore", "torch", "diffusers", "mindone", "float16", "bfloat16")
@@ -121,16 +121,16 @@ def run(args, given: Iterable[str] = ()) -> int:
     report = compare(side_a, side_b, kwargs, seed=args.seed, tolerance=args.tolerance,
                      localise_layers=not args.no_localise)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        logs.say(json.dumps(report.to_dict(), indent=2))
     else:
-        print(format_report(report))
+        logs.say(format_report(report))
     a, b = report.images
     Image.fromarray((np.concatenate([a[0], b[0]], axis=1) * 255).round().astype(np.uint8)).save(args.output)
     if args.report:
         for path in write_report(report, args.report).values():
-            print(f"wrote {os.path.abspath(path)}", file=sys.stderr if args.json else sys.stdout)
+            logs.wrote(path, file=sys.stderr if args.json else sys.stdout)
     out = sys.stderr if args.json else sys.stdout
-    print(f"seed {args.seed}  largest difference {side_a.label} vs {side_b.label}: {report.image_max_abs:.3g} "
+    logs.say(f"seed {args.seed}  largest difference {side_a.label} vs {side_b.label}: {report.image_max_abs:.3g} "
           f"(images in [0, 1]; tolerance {report.tolerance:.3g})", file=out)
-    print(f"wrote {os.path.abspath(args.output)} (left {side_a.label}, right {side_b.label})", file=out)
+    logs.wrote(args.output, f" (left {side_a.label}, right {side_b.label})", file=out)
     return 0 if report.passed else 1

@@ -21,7 +21,7 @@ import numbers
 import os
 from typing import Any, Dict, Iterable, Optional
 
-from fewstep.cli import adapters, loras
+from fewstep.cli import adapters, logs, loras
 from fewstep.cli.common import fresh_seed, local_path
 
 VERSION = 1
@@ -160,4 +160,4 @@ def save(s, path: Optional[str]) -> None:
         from fewstep.batch.store import atomic_write
 
         atomic_write(os.path.abspath(path), dumps(s).encode("utf-8"))
-        print(f"wrote {os.path.abspath(path)} (replay: fewstep generate --settings {path})")
+        logs.wrote(path, f" (replay: fewstep generate --settings {path})")

@@ -84,17 +84,22 @@ def resolve_folder(path_or_id: str, what: str = "the pipeline folder that holds 
     if os.path.isdir(path_or_id):
         return path_or_id
     if os.path.exists(path_or_id):
-        raise ValueError(f"{path_or_id!r} is a file; pass {what}.")
+        single = (" A single-file checkpoint (.safetensors) loads with the pipeline's from_single_file(path, "
+                  "config=...) or `fewstep generate --model FILE`.") if path_or_id.endswith(".safetensors") else ""
+        raise ValueError(f"{path_or_id!r} is a file; pass {what}.{single}")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
     except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
         raise ValueError(f"{path_or_id!r} is not a folder, and huggingface_hub is not installed to fetch it.") from err
     try:
         return snapshot_download(path_or_id)
     except Exception as err:
+        # huggingface_hub read HF_ENDPOINT and HF_HUB_OFFLINE when it was imported; say which applied
+        where = ("HF_HUB_OFFLINE is set, so only the local cache was searched" if constants.HF_HUB_OFFLINE
+                 else f"the hub at {constants.ENDPOINT} was asked (set HF_ENDPOINT to use a mirror)")
         raise ValueError(
-            f"{path_or_id!r} is neither a local folder nor a hub repository that could be fetched ({err}). "
-            f"Pass the path of a diffusers-format pipeline folder, or download it first with "
+            f"{path_or_id!r} is neither a local folder nor a hub repository that could be fetched; {where} "
+            f"({err}). Pass the path of a diffusers-format pipeline folder, or download it first with "
             f"`huggingface-cli download {path_or_id}`."
         ) from err
 
