@@ -16,7 +16,7 @@ import fewstep
 from fewstep import pipelines
 from fewstep.pipelines import checkpoint_family
 from fewstep.pipelines.checkpoint_family import FAMILIES, check_config, checkpoint_tensors, detect_family, family_of
-from fewstep.testing import KINDS, ldm_layout, tiny_checkpoint, tiny_controlnet, tiny_pipeline
+from fewstep.testing import KINDS, ldm_layout, tiny_checkpoint, tiny_controlnet, tiny_pipeline, tiny_t2i_adapter
 from tests.pipeline_cases import SIZE, mask, picture
 
 # Building a tiny folder (the checkpoint's source) needs torch; reading headers needs nothing.
@@ -464,3 +464,66 @@ def test_checkpoint_cache_is_reused_and_a_user_folder_is_not_overwritten(tmp_pat
     with pytest.raises(FileExistsError, match="not a fewstep tiny single-file checkpoint"):
         tiny_checkpoint("sd15", path=tmp_path / "mine")
     shutil.rmtree(tmp_path / "ckpt")
+
+
+# ------------------------------------------------------------------------------------ the class from the family
+@needs_tiny
+@pytest.mark.parametrize("class_name,kind,extra", LOADS, ids=LOAD_IDS)
+def test_diffusion_pipeline_from_single_file_picks_the_familys_class(class_name, kind, extra):
+    """As DiffusionPipeline.from_pretrained picks the class from model_index.json, from_single_file picks it from
+    the checkpoint's family, through the class's own from_single_file: the same image."""
+    pipe = pipelines.DiffusionPipeline.from_single_file(tiny_checkpoint(kind), config=tiny_pipeline(kind))
+    assert type(pipe).__name__ == class_name and pipe.checkpoint_family.key == kind
+    np.testing.assert_array_equal(_call(pipe, extra), _call(_pipe(class_name, kind), extra))
+
+
+@needs_tiny
+def test_auto_pipelines_from_single_file_pick_the_task_and_the_adapter():
+    from fewstep.pipelines.auto import pipeline_class
+
+    sd15, config = tiny_checkpoint("sd15"), tiny_pipeline("sd15")
+    pipe = pipelines.AutoPipelineForImage2Image.from_single_file(sd15, config=config)
+    assert type(pipe) is pipelines.StableDiffusionImg2ImgPipeline and pipe.checkpoint_family.key == "sd15"
+    control = pipelines.ControlNetModel.from_pretrained(tiny_controlnet("sd15"))
+    pipe = pipelines.DiffusionPipeline.from_single_file(sd15, config=config, controlnet=control)
+    assert type(pipe) is pipelines.StableDiffusionControlNetPipeline and pipe.controlnet is control
+    # controlnet=None only drops the adapter from the choice, as in from_pretrained
+    pipe = pipelines.AutoPipelineForText2Image.from_single_file(sd15, config=config, controlnet=None)
+    assert type(pipe) is pipelines.StableDiffusionPipeline
+    # the lookup itself, public: family key or class name, task, components
+    assert pipeline_class("sdxl-inpaint") is pipelines.StableDiffusionXLInpaintPipeline
+    assert pipeline_class("sdxl", "text2img", {"controlnet": control}) is pipelines.StableDiffusionXLControlNetPipeline
+    assert pipeline_class("StableDiffusionXLControlNetPipeline", "img2img",
+                          {"controlnet": None}) is pipelines.StableDiffusionXLImg2ImgPipeline
+    assert pipeline_class("LatentConsistencyModelPipeline", "inpaint") is pipelines.StableDiffusionInpaintPipeline
+    with pytest.raises(ValueError, match=r"Unknown task 'text2image'; use one of text2img, img2img, inpaint"):
+        pipeline_class("sd15", "text2image")
+    with pytest.raises(ValueError, match=r"no inpaint pipeline for SD with a controlnet"):
+        pipelines.DiffusionPipeline.from_single_file(tiny_checkpoint("sd15-inpaint"), controlnet=control)
+
+
+@needs_tiny
+def test_classes_that_cannot_load_a_checkpoint_say_how():
+    with pytest.raises(ValueError, match=r"StableDiffusionAdapterPipeline does not load single-file checkpoints.*"
+                                         r"DiffusionPipeline\.from_single_file.*from_pipe"):
+        pipelines.StableDiffusionAdapterPipeline.from_single_file(tiny_checkpoint("sd15"))
+    adapter = pipelines.T2IAdapter.from_pretrained(tiny_t2i_adapter("sd15"))
+    with pytest.raises(ValueError, match=r"StableDiffusionAdapterPipeline does not load single-file checkpoints.*"
+                                         r"StableDiffusionPipeline\.from_single_file.*from_pipe"):
+        pipelines.AutoPipelineForText2Image.from_single_file(tiny_checkpoint("sd15"), adapter=adapter)
+    with pytest.raises(ValueError, match="pickled checkpoint"):
+        pipelines.DiffusionPipeline.from_single_file("model.ckpt")
+
+
+def test_the_choosing_from_single_files_are_documented():
+    from tests.test_docstrings import _expected, problems
+
+    for cls in (pipelines.DiffusionPipeline, pipelines.AutoPipelineForText2Image):
+        function, arguments, var_keyword = _expected(cls, "from_single_file")
+        assert problems(function.__qualname__, function.__doc__, arguments, var_keyword) == []
+    import inspect
+
+    from fewstep.pipelines.auto import pipeline_class
+
+    arguments = {n: p.default for n, p in inspect.signature(pipeline_class).parameters.items()}
+    assert problems("pipeline_class", pipeline_class.__doc__, arguments, None) == []

@@ -4,7 +4,8 @@
 A class is looked up by (model family, task, extension). The folder's model_index.json
 `_class_name` (diffusers' names) gives all three; an AutoPipeline keeps the family, sets the task,
 and switches the extension as diffusers does: `controlnet=` (or `adapter=`) passed in selects the
-ControlNet (T2I-Adapter) variant, `controlnet=None` drops it.
+ControlNet (T2I-Adapter) variant, `controlnet=None` drops it. `pipeline_class` is that lookup in public,
+also from a single-file checkpoint's family (`DiffusionPipeline.from_single_file`, the CLI).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from fewstep.pipelines import stable_diffusion as sd
+from fewstep.pipelines.checkpoint_family import FAMILIES
 
 Key = Tuple[str, str, Optional[str]]  # (family, task, extension)
 
@@ -66,6 +68,41 @@ def _extension(current: Optional[str], components: dict) -> Optional[str]:
     return current
 
 
+TASKS = ("text2img", "img2img", "inpaint")
+
+
+def pipeline_class(pipeline: str, task: Optional[str] = None, components: Optional[dict] = None,
+                   where: Optional[str] = None) -> type:
+    """The fewstep pipeline class for a model family, a task and the components passed, as
+    `DiffusionPipeline.from_pretrained` and the AutoPipelines pick it.
+
+    Args:
+        pipeline (`str`):
+            A pipeline class name (model_index.json's `_class_name`, diffusers' or fewstep's, e.g.
+            "StableDiffusionXLPipeline" or "LatentConsistencyModelPipeline") or a single-file checkpoint family's
+            key (`CheckpointFamily.key`: "sd15", "sd21-v", "sdxl", "sd15-inpaint"...). It gives the family (SD /
+            SDXL), the task and the extension when `task` and `components` do not change them.
+        task (`str`, *optional*):
+            "text2img", "img2img" or "inpaint"; None keeps the task `pipeline` names.
+        components (`dict`, *optional*):
+            The components to be passed by name: `controlnet`, `adapter` or `motion_adapter` among them selects
+            the pipeline with that adapter, and the same name given as None the one without it.
+        where (`str`, *optional*):
+            What `pipeline` was read from (a folder, a checkpoint), named in errors.
+
+    Returns:
+        `type`: the fewstep pipeline class, e.g. `StableDiffusionXLControlNetPipeline` for ("sdxl", "text2img",
+        {"controlnet": ...}). A ValueError names what fewstep runs when there is no such class.
+    """
+    where = where or repr(pipeline)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; use one of {', '.join(TASKS)}.")
+    if pipeline in FAMILIES:  # a checkpoint family: its main task's class
+        pipeline = FAMILIES[pipeline].pipeline
+    family, named_task, ext = key_of(pipeline, where)
+    return _lookup((family, task or named_task, _extension(ext, components or {})), where)
+
+
 class _AutoPipeline:
     _task = ""
 
@@ -76,6 +113,30 @@ class _AutoPipeline:
     def _target(cls, key: Key, components: dict, where: str) -> type:
         family, _, ext = key
         return _lookup((family, cls._task, _extension(ext, components)), where)
+
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path, backend: str = "torch", **kwargs):
+        """The pipeline of this class's task for a single-file checkpoint (the A1111 / civitai layout): the model
+        family (SD / SDXL) is read from the checkpoint's keys, the adapter from the components passed, and the
+        chosen class's `from_single_file` loads it.
+
+        Args:
+            pretrained_model_link_or_path (`str` or `os.PathLike`):
+                The path of a `.safetensors` checkpoint file; pickled checkpoints are refused unread.
+            backend (`str`, *optional*, defaults to "torch"):
+                "torch" (diffusers' single-file loader) or "mindspore" (mindone's).
+            **kwargs (*optional*):
+                Passed on to the chosen class's `from_single_file`: `config` (a diffusers-format folder of the same
+                family), `dtype` (or `torch_dtype`, `mindspore_dtype`), `device` and components. `controlnet=` (or
+                `adapter=`) picks the pipeline with that adapter.
+
+        Returns:
+            A fewstep pipeline, e.g. `StableDiffusionXLImg2ImgPipeline` for an SDXL checkpoint and
+            `AutoPipelineForImage2Image`, with `pipe.checkpoint_family` set.
+        """
+        from fewstep.pipelines.single_file import load_checkpoint  # lazily: single_file imports auto's classes
+
+        return load_checkpoint(pretrained_model_link_or_path, cls._task, backend=backend, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, backend: str = "torch", **kwargs):

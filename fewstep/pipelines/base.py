@@ -209,6 +209,34 @@ class DiffusionPipeline(PipelineObjectMixin):
         return pipe
 
     @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path, backend: str = "torch", **kwargs):
+        """Load a single-file `.safetensors` checkpoint (the A1111 / civitai layout) into the fewstep pipeline class
+        its model family names, as `from_pretrained` picks the class from model_index.json: SD 1.x / 2.x,
+        SDXL, or their inpainting pipelines, with the ControlNet variant when `controlnet=` is passed. The
+        chosen class's own `from_single_file` loads it (see `StableDiffusionPipeline.from_single_file`).
+
+        Args:
+            pretrained_model_link_or_path (`str` or `os.PathLike`):
+                The path of a `.safetensors` checkpoint file; pickled checkpoints are refused unread.
+            backend (`str`, *optional*, defaults to "torch"):
+                "torch" loads it with diffusers' single-file loader, "mindspore" with mindone.diffusers'.
+            **kwargs (*optional*):
+                Passed on to the chosen class's `from_single_file`: `config` (a diffusers-format folder of the
+                same family), `dtype` (or `torch_dtype`, `mindspore_dtype`), `device` and components by name;
+                `controlnet=` picks the ControlNet pipeline of the family.
+
+        Returns:
+            The pipeline of the checkpoint's family, with `pipe.checkpoint_family` naming it.
+        """
+        if cls is not DiffusionPipeline:  # a class without FromSingleFileMixin (T2I-Adapter, AnimateDiff)
+            raise ValueError(f"{cls.__name__} does not load single-file checkpoints: load it with "
+                             f"DiffusionPipeline.from_single_file(path, config=...), then make this pipeline on its "
+                             f"models with {cls.__name__}.from_pipe(pipe, ...).")
+        from fewstep.pipelines.single_file import load_checkpoint  # lazily: it imports the classes built on this one
+
+        return load_checkpoint(pretrained_model_link_or_path, None, backend=backend, **kwargs)
+
+    @classmethod
     def from_pipe(cls, pipeline: "DiffusionPipeline", **components):
         """A pipeline of this class on `pipeline`'s components: the same model objects (no weight is
         copied), its scheduler and LoRA state; `components` add or replace some (`controlnet=`).
