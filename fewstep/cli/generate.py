@@ -9,7 +9,7 @@ import os
 import time
 from typing import Iterable
 
-from fewstep.cli import adapters, loras, outputs, settings
+from fewstep.cli import adapters, logs, loras, outputs, settings
 from fewstep.cli.common import add_common, call_kwargs, is_single_file, resolve_model, task_of
 
 
@@ -100,7 +100,7 @@ def run(args, given: Iterable[str]) -> int:
     s = settings.resolve(args, given)
     check(s, args)
     seeds = settings.seeds(s)
-    print("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
+    logs.say("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
     folder = None if is_single_file(s.model) else resolve_model(s.model, s.mask)
     start = time.perf_counter()
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
@@ -113,7 +113,7 @@ def run(args, given: Iterable[str]) -> int:
         step_start = time.perf_counter()
         out = pipe(generator=fewstep.Generator(seed), **kwargs)
         results.append(out.frames[0] if s.frames is not None else out.images[0])
-        print(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
+        logs.say(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
               f"total {time.perf_counter() - (start if len(results) == 1 else step_start):.2f} s")
     # written only now: a run that fails on its way leaves no file
     for path, result in zip(outputs.output_paths(args.output, seeds), results):
@@ -121,11 +121,11 @@ def run(args, given: Iterable[str]) -> int:
             outputs.save_video(result, path, s.fps)
         else:
             outputs.save_image(result, path)
-        print(f"wrote {os.path.abspath(path)}")
+        logs.wrote(path)
     if args.grid:
         # cells the size of the results: a control picture of another size is resized to them
         outputs.save_image(outputs.grid(list(control) + results, size=results[0].size), args.grid)
-        print(f"wrote {os.path.abspath(args.grid)}")
+        logs.wrote(args.grid)
     settings.save(s, args.save_settings)
     return 0
 
