@@ -50,3 +50,49 @@ def test_info_describes_a_folder_and_a_lora(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["kind"] == "lora"
     assert main(["info", str(tmp_path / "none.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- parity on a checkpoint
+def _parity(capsys, *flags) -> tuple:
+    """(exit status, the largest difference line) of `fewstep parity` on the tiny SD 1.5 checkpoint."""
+    from fewstep.testing.tiny_single_file import tiny_checkpoint
+
+    code = main(["parity", "a red fox", "--model", tiny_checkpoint("sd15"), "--config", tiny_pipeline("sd15"),
+                 "--steps", "2", "--seed", "3", "--no-localise", *flags])
+    out = capsys.readouterr().out
+    return code, next(line for line in out.splitlines() if "largest difference" in line)
+
+
+@pytest.mark.parity
+def test_parity_of_a_checkpoint_torch_against_mindspore(tmp_path, capsys):
+    code, line = _parity(capsys, "--against", "mindspore", "-o", str(tmp_path / "p.png"))
+    assert code == 0 and "torch vs mindspore" in line
+
+
+@pytest.mark.torch
+def test_parity_of_a_checkpoint_against_diffusers_own_from_single_file(tmp_path, capsys):
+    code, line = _parity(capsys, "--against", "diffusers", "-o", str(tmp_path / "p.png"))
+    assert code == 0 and "torch vs diffusers" in line
+
+
+@pytest.mark.mindspore
+@pytest.mark.torch  # the tiny folder the checkpoint is written from is built with torch
+def test_parity_of_a_checkpoint_against_mindones_own_from_single_file(tmp_path, capsys):
+    code, line = _parity(capsys, "--backend", "mindspore", "--against", "mindone", "-o", str(tmp_path / "p.png"))
+    assert code == 0 and "mindspore vs mindone" in line
+
+
+@pytest.mark.torch
+def test_parity_of_a_checkpoint_against_its_folder(tmp_path, capsys):
+    from fewstep.testing.tiny_single_file import tiny_checkpoint
+
+    out = tmp_path / "p.png"
+    assert main(["parity", "a red fox", "--model", tiny_pipeline("sd15"), "--model-b", tiny_checkpoint("sd15"),
+                 "--config", tiny_pipeline("sd15"), "--steps", "2", "--seed", "3", "--no-localise",
+                 "--tolerance", "1e-6", "-o", str(out)]) == 0
+    assert "torch vs torch (sd15.safetensors)" in capsys.readouterr().out and out.exists()
+
+
+def test_parity_config_without_a_checkpoint_is_refused(tmp_path, capsys):
+    assert main(["parity", "x", "--config", str(tmp_path), "-o", str(tmp_path / "p.png")]) == 2
+    assert "--config describes a single-file checkpoint" in capsys.readouterr().err

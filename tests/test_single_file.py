@@ -527,3 +527,30 @@ def test_the_choosing_from_single_files_are_documented():
 
     arguments = {n: p.default for n, p in inspect.signature(pipeline_class).parameters.items()}
     assert problems("pipeline_class", pipeline_class.__doc__, arguments, None) == []
+
+
+def config_with_image_encoder(tmp_path) -> str:
+    """The tiny SD 1.5 folder plus an image encoder listed in model_index.json, as diffusers' save_pretrained
+    writes a pipeline after load_ip_adapter."""
+    import json
+
+    from fewstep.testing.tiny_ip_adapter import tiny_ip_adapter
+
+    config = tmp_path / "with-image-encoder"
+    shutil.copytree(tiny_pipeline("sd15"), config)
+    shutil.copytree(os.path.join(tiny_ip_adapter("sd15"), "models", "image_encoder"), config / "image_encoder")
+    index = json.loads((config / "model_index.json").read_text())
+    index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
+    (config / "model_index.json").write_text(json.dumps(index))
+    return str(config)
+
+
+@needs_tiny
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mindspore", marks=pytest.mark.mindspore)])
+def test_a_config_folder_with_an_image_encoder_is_read_for_its_configs_only(tmp_path, backend):
+    """The libraries would load every component the config lists and fail on the image encoder (they look for a
+    transformers model's weights under diffusers' file names): fewstep asks only for the components it uses."""
+    pipe = pipelines.StableDiffusionPipeline.from_single_file(tiny_checkpoint("sd15"), backend=backend,
+                                                             config=config_with_image_encoder(tmp_path))
+    want = _pipe("StableDiffusionPipeline", "sd15", backend)
+    np.testing.assert_array_equal(_call(pipe, {}), _call(want, {}))

@@ -30,6 +30,24 @@ def load_single_file(backend: str, pipeline: str, path: str, config: str, names:
     `given` holds the components the caller already has (fewstep components or lists of them, e.g. the
     ControlNets); their models are handed to the library so it builds the pipeline around them instead of
     loading them."""
+    names = list(names)
+    loaded = library_pipeline(backend, pipeline, path, config, names + list(given), given, dtype=dtype)
+    out = {name: getattr(loaded, name) for name in names}
+    if device and get_backend(backend).name == "torch":
+        for name, value in out.items():
+            if name not in _TOKENIZERS:
+                value.to(device)
+    return out
+
+
+def library_pipeline(backend: str, pipeline: str, path: str, config: str, names: Iterable[str],
+                     given: Optional[Dict[str, object]] = None, dtype: str = "float32"):
+    """The library's own `<pipeline>` (diffusers' on torch, mindone.diffusers' on MindSpore) from a single-file
+    checkpoint with `config` a local diffusers-format folder: what `load_single_file` takes its components from,
+    and the reference side of `fewstep parity` on a checkpoint.
+
+    `names` are the components wanted; the library's optional ones outside them (safety checker, image encoder,
+    feature extractor) are passed as None so it neither loads them from `config` nor warns that they are missing."""
     ops = get_backend(backend)
     if ops.name == "numpy":
         raise ValueError("The numpy backend runs schedulers only; load checkpoints with backend='torch' or "
@@ -37,19 +55,18 @@ def load_single_file(backend: str, pipeline: str, path: str, config: str, names:
     dtype_kwargs = _prepare(ops.name, dtype)
     library = importlib.import_module(_LIBRARIES[ops.name])
     cls = getattr(library, pipeline)
-    passed = {name: _raw(value) for name, value in given.items()}
-    # fewstep has no safety checker: say so where the class takes one, so a hub config that asks for it
-    # (SD 1.5's does) neither loads it nor warns that it is missing
+    passed = {name: _raw(value) for name, value in (given or {}).items()}
+    # Without this, a config folder that lists an image encoder (one saved after load_ip_adapter) makes the library
+    # fail: it looks for that transformers model's weights under diffusers' file names only. fewstep has no
+    # safety checker: saying so where the class takes one keeps a hub config that asks for it (SD 1.5's) from
+    # warning that it is missing.
     accepted = inspect.signature(cls.__init__).parameters
-    passed.update({k: v for k, v in (("safety_checker", None), ("requires_safety_checker", False)) if k in accepted})
+    wanted = set(names) | set(passed)
+    passed.update({n: None for n in getattr(cls, "_optional_components", ()) if n in accepted and n not in wanted})
+    if "requires_safety_checker" in accepted:
+        passed["requires_safety_checker"] = False
     with _quiet_progress(library), (_embedding_weight() if ops.name == "mindspore" else contextlib.nullcontext()):
-        loaded = cls.from_single_file(path, config=config, local_files_only=True, **dtype_kwargs, **passed)
-    out = {name: getattr(loaded, name) for name in names}
-    if device and ops.name == "torch":
-        for name, value in out.items():
-            if name not in _TOKENIZERS:
-                value.to(device)
-    return out
+        return cls.from_single_file(path, config=config, local_files_only=True, **dtype_kwargs, **passed)
 
 
 def _prepare(backend: str, dtype: str) -> dict:

@@ -10,7 +10,7 @@ import sys
 from typing import Iterable
 
 from fewstep.cli import adapters, logs, loras
-from fewstep.cli.common import add_common, call_kwargs, fresh_seed, resolve_model, task_of
+from fewstep.cli.common import add_common, call_kwargs, fresh_seed, is_single_file, resolve_model, task_of
 
 AGAINST = ("mindspore", "torch", "diffusers", "mindone", "float16", "bfloat16")
 # parity's task names for auto.py's
@@ -27,7 +27,12 @@ def add_parser(sub) -> None:
                      help="side b: fewstep on the other backend (mindspore / torch), the reference library on "
                           "side a's backend (diffusers / mindone), or side a in another dtype (float16 / bfloat16). "
                           "Default: mindspore, or with --model-b the same as side a")
-    par.add_argument("--model-b", help="side b's model folder (a converted or re-saved checkpoint), compared with --model")
+    par.add_argument("--model-b", help="side b's model folder or single-file checkpoint (a converted or re-saved one), "
+                                       "compared with --model")
+    par.add_argument("--config", metavar="FOLDER",
+                     help="with a single-file checkpoint (--model or --model-b FILE.safetensors): a diffusers folder or "
+                          "hub id of the same family describing its models, for every side that loads the checkpoint "
+                          "(default: the family's reference repository's configs)")
     par.add_argument("--backend-b", choices=("torch", "mindspore"), default=None, help="side b's backend")
     par.add_argument("--device-b", default=None, help="side b's torch device (e.g. cuda against --device cpu)")
     par.add_argument("--tolerance", type=float, default=None,
@@ -56,16 +61,20 @@ def _side(folder: str, library: str, backend, dtype: str, device, label: str, ar
     """One side: parity's own loader, or, with adapters, generate's pipeline builder (fewstep only)."""
     from fewstep.parity import Side, load_side
 
+    single_file = is_single_file(folder)
     if adapter is None:
         side = load_side(folder, library=library, backend=backend, dtype=dtype, device=device, label=label,
-                         scheduler=args.scheduler, task=_TASKS[task_of(args.image, args.mask)])
+                         scheduler=args.scheduler, task=_TASKS[task_of(args.image, args.mask)],
+                         config=args.config if single_file else None)
         loras.apply_loras(side.pipe, specs)
         return side
     from fewstep.cli.generate import build_pipeline
 
     s = argparse.Namespace(**vars(adapter), backend=backend, dtype=dtype, device=device)
     s.loras = [spec.record() for spec in specs]
-    return Side(build_pipeline(s, folder), label)
+    if single_file:  # generate's builder reads a checkpoint from the settings, as --model / --config give it
+        s.model, s.config = folder, args.config
+    return Side(build_pipeline(s, None if single_file else folder), label)
 
 
 def parity_sides(args, folder: str, specs=(), adapter=None):
@@ -91,7 +100,9 @@ def parity_sides(args, folder: str, specs=(), adapter=None):
         library_b, backend_b = against, None
     elif against in ("float16", "bfloat16"):
         dtype_b = against
-    folder_b = resolve_folder(args.model_b) if args.model_b else folder
+    folder_b = folder
+    if args.model_b:
+        folder_b = args.model_b if is_single_file(args.model_b) else resolve_folder(args.model_b)
     side_a = _side(folder, "fewstep", backend_a, args.dtype, args.device, f"{backend_a}", args, specs, adapter)
     label_b = backend_b if library_b == "fewstep" and against not in ("float16", "bfloat16") else against or backend_b
     if args.model_b and not args.against:
@@ -111,7 +122,10 @@ def run(args, given: Iterable[str] = ()) -> int:
     specs = loras.specs_from_flags(args.lora)
     adapter = _adapter_settings(args)
     task_of(args.image, args.mask)
-    folder = resolve_model(args.model, args.mask)
+    if args.config and not (is_single_file(args.model) or is_single_file(args.model_b)):
+        raise ValueError("--config describes a single-file checkpoint: give it with --model (or --model-b) "
+                         "FILE.safetensors.")
+    folder = args.model if is_single_file(args.model) else resolve_model(args.model, args.mask)
     if args.seed is None:
         args.seed = fresh_seed()
     side_a, side_b = parity_sides(args, folder, specs, adapter)

@@ -12,6 +12,7 @@ reference library's pipeline (this module is importable without them).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -138,25 +139,47 @@ TASKS = {"text2image": "AutoPipelineForText2Image", "img2img": "AutoPipelineForI
          "inpaint": "AutoPipelineForInpainting"}
 
 
+# parity's task names for auto.py's
+_AUTO_TASKS = {"text2image": "text2img", "img2img": "img2img", "inpaint": "inpaint"}
+
+
 def load_side(model: str, library: str = "fewstep", backend: Optional[str] = None, dtype: str = "float32",
-              device: Optional[str] = None, scheduler: str = "tcd", label: str = "", task: str = "text2image") -> Side:
-    """A side from a model folder or hub id: fewstep's pipeline on `backend` (default torch), diffusers'
-    pipeline (torch), or mindone's (MindSpore), for `task` ("text2image", "img2img", "inpaint"), with
-    the TCD or LCM scheduler of that library."""
+              device: Optional[str] = None, scheduler: str = "tcd", label: str = "", task: str = "text2image",
+              config: Optional[str] = None) -> Side:
+    """A side from a model folder, hub id or single-file checkpoint: fewstep's pipeline on `backend` (default
+    torch), diffusers' pipeline (torch), or mindone's (MindSpore), for `task` ("text2image", "img2img",
+    "inpaint"), with the TCD or LCM scheduler of that library. A `.safetensors` checkpoint is loaded with each
+    library's own `from_single_file` and `config` (a diffusers-format folder of its family, as
+    `from_single_file` takes it)."""
+    import os
+
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {', '.join(TASKS)}.")
     if library not in LIBRARIES:
         raise ValueError(f"Unknown library {library!r}; use one of {', '.join(LIBRARIES)}.")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {scheduler!r}; use 'tcd' or 'lcm'.")
+    if library == "diffusers" and backend not in (None, "torch"):
+        raise ValueError("diffusers runs on torch; use library='mindone' for MindSpore.")
+    if library == "mindone" and backend not in (None, "mindspore"):
+        raise ValueError("mindone runs on MindSpore; use library='diffusers' for torch.")
+    single_file = os.path.isfile(model)
+    if config is not None and not single_file:
+        raise ValueError(f"config= describes a single-file checkpoint; {model!r} is not a file: pass the checkpoint, or "
+                         f"no config with a pipeline folder.")
     name = {"tcd": "TCDScheduler", "lcm": "LCMScheduler"}[scheduler]
     if library == "fewstep":
-        pipe = getattr(fewstep, TASKS[task]).from_pretrained(model, backend=backend or "torch", dtype=dtype,
-                                                             device=device)
+        auto = getattr(fewstep, TASKS[task])
+        if single_file:
+            pipe = auto.from_single_file(model, backend=backend or "torch", dtype=dtype, device=device, config=config)
+        else:
+            pipe = auto.from_pretrained(model, backend=backend or "torch", dtype=dtype, device=device)
         pipe.scheduler = getattr(fewstep, name).from_config(pipe.scheduler.config)
+    elif single_file:
+        pipe = _library_single_file(model, library, dtype, device, task, config)
+        schedulers = importlib.import_module("diffusers" if library == "diffusers" else "mindone.diffusers.schedulers")
+        pipe.scheduler = getattr(schedulers, name).from_config(pipe.scheduler.config)
     elif library == "diffusers":
-        if backend not in (None, "torch"):
-            raise ValueError("diffusers runs on torch; use library='mindone' for MindSpore.")
         import diffusers  # lazily: the reference library of the torch side
         import torch
 
@@ -167,8 +190,6 @@ def load_side(model: str, library: str = "fewstep", backend: Optional[str] = Non
             pipe = pipe.to(device)
         pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
     else:
-        if backend not in (None, "mindspore"):
-            raise ValueError("mindone runs on MindSpore; use library='diffusers' for torch.")
         from fewstep.backends.mindspore_cpu import install_cpu_kernels
 
         install_cpu_kernels()  # before mindone's models are imported: they bind mint ops at import time
@@ -181,3 +202,23 @@ def load_side(model: str, library: str = "fewstep", backend: Optional[str] = Non
         pipe = getattr(md, TASKS[task]).from_pretrained(model, mindspore_dtype=native, **encoders)
         pipe.scheduler = getattr(schedulers, name).from_config(pipe.scheduler.config)
     return Side(pipe, label)
+
+
+def _library_single_file(path: str, library: str, dtype: str, device: Optional[str], task: str, config):
+    """diffusers' or mindone's own pipeline from a single-file checkpoint: the class fewstep picks for its family and
+    `task` (the libraries' AutoPipelines have no from_single_file; fewstep's classes carry their names), with the
+    config folder fewstep resolves and checks for it, so both sides build the same models from the same file.
+    The libraries build the text encoders from the checkpoint itself (no transformers from_pretrained, so no dtype
+    keyword to warn about)."""
+    from fewstep.backends.single_file import library_pipeline
+    from fewstep.pipelines.checkpoint_family import check_config, checkpoint_tensors
+    from fewstep.pipelines.single_file import resolve_config, single_file_class
+
+    family, cls = single_file_class(path, _AUTO_TASKS[task])
+    folder = resolve_config(config, family)
+    check_config(family, checkpoint_tensors(path), folder)
+    backend = "torch" if library == "diffusers" else "mindspore"
+    pipe = library_pipeline(backend, cls.__name__, path, folder, cls.component_names(), dtype=dtype)
+    if device and backend == "torch":
+        pipe = pipe.to(device)
+    return pipe
