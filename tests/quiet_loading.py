@@ -1,6 +1,7 @@
 """Run as a script by tests/test_pipeline_object.py, in a fresh process: load every tiny pipeline and adapter
-on the backends named in argv (and the parity reference sides) and print, as JSON, every line that
-mentions "deprecated" which fewstep's loading caused.
+on the backends named in argv, the tiny single-file checkpoints (fewstep's from_single_file, which hands
+torch_dtype / mindspore_dtype to diffusers' / mindone's), and the parity reference sides (from a folder and
+from a checkpoint), and print, as JSON, every line that mentions "deprecated" which fewstep's loading caused.
 
 A fresh process, because transformers' `logger.warning_once` says a thing once per process: a warning
 caused earlier in a test session would hide one caused here. Everything a library prints at import
@@ -21,7 +22,7 @@ import tempfile
 import warnings
 
 import fewstep
-from fewstep.testing import KINDS, tiny_controlnet, tiny_pipeline, tiny_t2i_adapter
+from fewstep.testing import KINDS, tiny_checkpoint, tiny_controlnet, tiny_pipeline, tiny_t2i_adapter
 from fewstep.testing.tiny_ip_adapter import IP_ADAPTER_FILES, tiny_ip_adapter
 from fewstep.testing.tiny_motion import tiny_motion_adapter
 
@@ -67,13 +68,17 @@ def captured(lines: list):
             lines += [str(w.message) for w in caught] + records + text.splitlines()
 
 
+# the library pipelines whose from_single_file the single-file loads call
+SINGLE_FILE_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionInpaintPipeline")
+
+
 def import_everything(backends):
     """Import the frameworks and every library class loading reaches (their import chatter is not ours)."""
     import diffusers
     import transformers
 
     for name in ("StableDiffusionPipeline", "UNet2DConditionModel", "AutoencoderKL", "ControlNetModel", "T2IAdapter",
-                 "MotionAdapter", "UNetMotionModel", "AutoPipelineForText2Image"):
+                 "MotionAdapter", "UNetMotionModel", "AutoPipelineForText2Image", *SINGLE_FILE_CLASSES):
         getattr(diffusers, name)
     for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModelWithProjection", "CLIPTokenizer"):
         getattr(transformers, name)
@@ -85,7 +90,7 @@ def import_everything(backends):
         import mindone.transformers as mt
 
         for name in ("StableDiffusionPipeline", "UNet2DConditionModel", "AutoencoderKL", "ControlNetModel",
-                     "T2IAdapter", "MotionAdapter", "UNetMotionModel", "AutoPipelineForText2Image"):
+                     "T2IAdapter", "MotionAdapter", "UNetMotionModel", "AutoPipelineForText2Image", *SINGLE_FILE_CLASSES):
             getattr(md, name)
         for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModelWithProjection"):
             getattr(mt, name)
@@ -105,15 +110,28 @@ def load_all(backend: str) -> None:
         pipe.load_ip_adapter(tiny_ip_adapter(kind), subfolder=sub, weight_name=name)
 
 
+# the single-file checkpoints the issue names: SD 1.5 and SDXL (one and two text encoders) and SD inpainting
+SINGLE_FILES = ("sd15", "sdxl", "sd15-inpaint")
+
+
+def load_single_files(backend: str) -> None:
+    for kind in SINGLE_FILES:
+        fewstep.DiffusionPipeline.from_single_file(tiny_checkpoint(kind), backend=backend, config=tiny_pipeline(kind))
+
+
 def load_reference_sides(backend: str) -> None:
     from fewstep.parity.sides import load_side
 
-    load_side(tiny_pipeline("sdxl"), library="diffusers" if backend == "torch" else "mindone")
+    library = "diffusers" if backend == "torch" else "mindone"
+    load_side(tiny_pipeline("sdxl"), library=library)
+    load_side(tiny_checkpoint("sdxl"), library=library, config=tiny_pipeline("sdxl"))  # the library's from_single_file
 
 
 def main(backends):
     for kind in KINDS:  # build the folders (with torch) before the capture: building is not loading
         tiny_pipeline(kind)
+    for kind in SINGLE_FILES:
+        tiny_checkpoint(kind)
     tiny_controlnet("sd15"), tiny_t2i_adapter("sd15"), tiny_motion_adapter()
     for kind in IP_ADAPTER_FILES:
         tiny_ip_adapter(kind)
@@ -122,6 +140,7 @@ def main(backends):
     with captured(lines):
         for backend in backends:
             load_all(backend)
+            load_single_files(backend)
             load_reference_sides(backend)
     # the capture itself is checked: the old way of passing the dtype must be caught
     probe = []
