@@ -14,6 +14,11 @@ every weight the tests and the benchmark compare).
 Half-precision weights are combined in float32 and rounded once at the end (PEFT on CPU also
 computes the product in float32, but rounds each delta to half before adding it).
 
+Factors are kept on the device unrounded (`factor_dtype`: float32, float64 where the file or the weight
+is) and rounded to the weight's dtype as each fusion reads them (`term_factors`), so a pipeline moved to
+another dtype fuses from the file's values as loading in that dtype would, not from values rounded to
+the old dtype (float16 -> float32 would otherwise keep float16 factors).
+
 The result is always computed from the saved base weight, never from a previously fused one, so a
 fused weight depends only on (base, active adapters, their scales) and never on history.
 """
@@ -47,13 +52,12 @@ class LoraLayer:
         return scaling(self.alpha, self.rank, self.rslora, weight, lora_scale)
 
     def device_factors(self, ops, like, weight_dtype: str):
-        """(up (out, r), down (r, in*kh*kw)) as tensors on `like`'s device in the dtype the product is
-        computed in: first rounded to the weight's dtype, as PEFT stores factors in the base layer's
-        dtype, then widened to float32 for half-precision weights."""
-        compute = compute_dtype(weight_dtype)
-        up = ops.from_numpy(self.up.reshape(self.up.shape[0], -1), like=like, dtype=weight_dtype)
-        down = ops.from_numpy(self.down.reshape(self.down.shape[0], -1), like=like, dtype=weight_dtype)
-        return ops.cast(up, compute), ops.cast(down, compute)
+        """(up (out, r), down (r, in*kh*kw)) as tensors on `like`'s device in `factor_dtype`: the file's
+        values exactly; `term_factors` rounds them for a weight of a given dtype."""
+        keep = factor_dtype(weight_dtype, str(self.up.dtype), str(self.down.dtype))
+        up = ops.from_numpy(self.up.reshape(self.up.shape[0], -1), like=like, dtype=keep)
+        down = ops.from_numpy(self.down.reshape(self.down.shape[0], -1), like=like, dtype=keep)
+        return up, down
 
 
 def scaling(alpha: float, rank: int, rslora: bool = False, weight: float = 1.0, lora_scale: float = 1.0) -> float:
@@ -66,9 +70,24 @@ def compute_dtype(weight_dtype: str) -> str:
     return "float32" if weight_dtype in HALF else weight_dtype
 
 
+def factor_dtype(weight_dtype: str, *source_dtypes: str) -> str:
+    """The dtype LoRA factors are kept in for a weight of `weight_dtype`, read from arrays of
+    `source_dtypes`: one that holds the file's values exactly (float16, bfloat16 and float32 all fit in
+    float32) and is no narrower than the weight's compute dtype."""
+    return "float64" if "float64" in (weight_dtype, *source_dtypes) else "float32"
+
+
+def term_factors(ops, up, down, weight_dtype: str):
+    """Kept factors as one fusion into a `weight_dtype` weight uses them: rounded to the weight's dtype,
+    as PEFT stores factors in the base layer's dtype, then widened to float32 for half-precision weights
+    (a cast to the dtype a factor already has costs nothing)."""
+    compute = compute_dtype(weight_dtype)
+    return tuple(ops.cast(ops.cast(f, weight_dtype), compute) for f in (up, down))
+
+
 def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=None):
-    """base + sum(scale * up @ down) for terms (up, down, scale) from `LoraLayer.device_factors`, in
-    base's shape and dtype; `base` itself is never written.
+    """base + sum(scale * up @ down) for terms (up, down, scale) from `LoraLayer.device_factors` (each
+    rounded here by `term_factors`), in base's shape and dtype; `base` itself is never written.
 
     `out`: a tensor of base's shape and dtype that the result may be written into (the weight fused
     before, which the caller owns); without it the result is a new tensor. Fresh memory is what
@@ -84,6 +103,7 @@ def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=N
     if not terms:  # no term: a copy of the base, as a fused weight never aliases it
         acc = acc * 1.0
     for i, (up, down, scale) in enumerate(terms):
+        up, down = term_factors(ops, up, down, dtype)
         # the first term reads the base and writes the target (or a new tensor); later ones add in place
         acc = ops.matmul_add(acc, up, down, float(scale), out=target if i == 0 else acc)
     return ops.cast(ops.reshape(acc, shape), dtype)
