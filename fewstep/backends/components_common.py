@@ -10,7 +10,8 @@ A backend's wrappers mix in one class of hooks:
 - `_module_device(module)`: where a model's weights are, or None where the framework places them itself;
 - `_canonical_device(device)`: the device as `_module_device` reports it, or a ValueError where this
   framework cannot use it;
-- `_move(module, device, dtype)`: move / cast a model's weights in place (either may be None).
+- `_move(module, device, dtype)`: move / cast a model's weights in place (either may be None);
+- `_place_tensor(tensor, like, dtype)`: a tensor on `like`'s device in `dtype`, cast as `_move` casts.
 """
 
 from __future__ import annotations
@@ -136,6 +137,12 @@ class LoraWeights:
         if new != old:
             raise ValueError(f"New weight for {path!r} is {_describe(new)}; the module's is {_describe(old)}.")
         self._rebind(param, tensor)
+
+    def place(self, tensor, like, dtype: str):
+        """`tensor` on `like`'s device, cast to `dtype` (a fewstep dtype name) as moving the model casts its
+        weights; `tensor` itself where neither changes. How LoRA factors and kept base weights follow the
+        weights when the pipeline moves (fewstep.pipelines.lora)."""
+        return self._place_tensor(tensor, like, dtype)
 
     def _layout(self, tensor) -> tuple:
         return as_ints(tensor.shape), tensor.dtype, self._device_of(tensor)

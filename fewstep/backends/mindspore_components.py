@@ -76,6 +76,12 @@ class _MindSpore:
             for param in module.get_parameters():
                 param.set_dtype(native)
 
+    @staticmethod
+    def _place_tensor(tensor, like, dtype: str):
+        # no device to follow (the context places tensors); the cast Parameter.set_dtype makes (an astype)
+        native = MS_DTYPES.native(dtype)
+        return tensor if tensor.dtype == native else tensor.astype(native)
+
 
 class _DiffusersModel(_MindSpore, Model):
     """A mindone.diffusers model."""

@@ -66,6 +66,11 @@ class _Torch:
     def _move(module, device, dtype) -> None:
         module.to(device=device, dtype=None if dtype is None else TORCH_DTYPES.native(dtype))
 
+    @staticmethod
+    def _place_tensor(tensor, like, dtype: str):
+        # the tensor-level `.to` that module.to applies to each parameter: the same copy, the same rounding
+        return tensor.to(device=like.device, dtype=TORCH_DTYPES.native(dtype))
+
 
 class _DiffusersModel(_Torch, Model):
     """A diffusers model on torch."""

@@ -15,12 +15,18 @@
 
 All values are exact: restoring gives the weight bit for bit in every mode. Framework-neutral: written
 against TensorOps.
+
+When the pipeline moves (`pipe.to(device, dtype)`, `moved`), a "device" base is moved and cast as the
+weight was; a "host" or "file" base stays where it is and records the dtype: its `dtypes` are the casts
+the weight went through since it was kept (the first: the dtype it was kept in), replayed on the device
+whenever the base is needed, so the base is what casting the weight itself through the same moves gave
+(float32 -> float16 -> float32 holds float16 values, as the moved weight does) at no cost at move time.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Tuple
 
 import numpy as np
 
@@ -33,6 +39,18 @@ class FileBase(NamedTuple):
     files: Any      # the component's WeightFiles
     key: str        # the tensor's name in them
     digest: str     # sha256 of the weight's bytes (as ops.to_numpy gives them) at the first fuse
+    dtypes: Tuple[str, ...]  # the dtype the file's tensor is converted to (the digest's), then later casts
+
+
+class HostBase(NamedTuple):
+    array: np.ndarray        # the weight's values in host memory (bfloat16 as float32, exactly)
+    dtypes: Tuple[str, ...]  # the dtype it was kept from, then the casts of later moves
+
+
+# (narrow, wide): narrow -> wide -> narrow gives every value back, so such a round trip is dropped
+# from a base's casts (a pipeline moved back and forth keeps a short list)
+_EXACT_WIDENING = {("float16", "float32"), ("bfloat16", "float32"), ("float16", "float64"),
+                   ("bfloat16", "float64"), ("float32", "float64")}
 
 
 def check_mode(mode: str) -> str:
@@ -50,6 +68,7 @@ def keep(ops, mode: str, component, path: str, weight):
     """What to keep of `weight` (the base of module `path` of `component`) in `mode`."""
     if mode == "device":
         return weight
+    dtypes = (ops.dtype_name(weight),)
     current = ops.to_numpy(weight)  # on a CPU device, the weight's own memory
     if mode == "file":
         files = getattr(component, "weight_files", None)
@@ -62,15 +81,16 @@ def keep(ops, mode: str, component, path: str, weight):
             if from_file is not None and from_file.dtype == current.dtype and from_file.shape == current.shape:
                 digest = _digest(current)
                 if _digest(from_file) == digest:
-                    return FileBase(files, key, digest)
-    return np.array(current, copy=True)  # "host", or a weight its file cannot give back exactly
+                    return FileBase(files, key, digest, dtypes)
+    return HostBase(np.array(current, copy=True), dtypes)  # "host", or a weight its file cannot give back exactly
 
 
 def _file_intact(ops, base: FileBase, like) -> bool:
     if base.files.unchanged(base.key):
         return True
     try:  # the file changed since loading: trusted only if this tensor still gives the same bytes
-        return _digest(ops.to_numpy(ops.from_numpy(base.files.read(base.key), like=like))) == base.digest
+        converted = ops.from_numpy(base.files.read(base.key), like=like, dtype=base.dtypes[0])
+        return _digest(ops.to_numpy(converted)) == base.digest
     except (OSError, ValueError, TypeError, KeyError):
         return False
 
@@ -89,16 +109,34 @@ def check(ops, items: Iterable) -> None:
 
 
 def materialize(ops, saved, like):
-    """The base as a tensor like `like` (its dtype and device)."""
-    if isinstance(saved, FileBase):
-        return ops.from_numpy(saved.files.read(saved.key), like=like)
-    if isinstance(saved, np.ndarray):
-        return ops.from_numpy(saved, like=like)
+    """The base as a tensor like `like` (its dtype and device): a host or file base converted to the
+    dtype it was kept in, then cast through the dtypes of the moves since, on `like`'s device."""
+    if isinstance(saved, (FileBase, HostBase)):
+        array = saved.files.read(saved.key) if isinstance(saved, FileBase) else saved.array
+        tensor = ops.from_numpy(array, like=like, dtype=saved.dtypes[0])
+        for dtype in (*saved.dtypes[1:], ops.dtype_name(like)):
+            tensor = ops.cast(tensor, dtype)
+        return tensor
     return saved
+
+
+def moved(ops, saved, component, like):
+    """The kept base after its weight was moved to `like`'s device and dtype (by `pipe.to`): a "device"
+    base moved and cast as the weight was (`component.place`); a host or file base stays put and records
+    the cast."""
+    dtype = ops.dtype_name(like)
+    if isinstance(saved, (FileBase, HostBase)):
+        dtypes = saved.dtypes
+        if dtypes[-1] == dtype:
+            return saved
+        if len(dtypes) > 1 and dtypes[-2] == dtype and (dtype, dtypes[-1]) in _EXACT_WIDENING:
+            return saved._replace(dtypes=dtypes[:-1])  # back from an exact widening: the round trip is nothing
+        return saved._replace(dtypes=dtypes + (dtype,))
+    return component.place(saved, like, dtype)
 
 
 def kind(saved) -> str:
     """Where a kept base lives: "file", "host" or "device"."""
     if isinstance(saved, FileBase):
         return "file"
-    return "host" if isinstance(saved, np.ndarray) else "device"
+    return "host" if isinstance(saved, HostBase) else "device"
