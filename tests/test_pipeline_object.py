@@ -198,34 +198,7 @@ def test_to_on_mindspore_casts_and_refuses_a_device():
     assert pipe.to(dtype="float32").unet.dtype == "float32"
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("mode", ["file", "host", "device"])
-def test_to_with_loras_loaded_is_refused_and_unfuse_after_to_is_exact(tmp_path, mode):
-    """LoRA factors and kept bases live in the weights' dtype: a dtype change with LoRAs loaded is refused with
-    nothing moved; after unloading, .to() and a new load, unfusing restores the cast weights bit for bit."""
-    import torch
-    from tests.lora_cases import make_lora, targets_from_folder, write
-
-    folder = tiny_pipeline("sd15")
-    lora = write(str(tmp_path), "style", make_lora(targets_from_folder(folder), seed=4), "kohya", "sd15")
-    pipe = pipelines.StableDiffusionPipeline.from_pretrained(folder)
-    pipe.fuse_lora(keep_base=mode)
-    pipe.load_lora_weights(lora, adapter_name="style")
-    fused = weights(pipe.unet)
-    with pytest.raises(ValueError, match="unload_lora_weights"):
-        pipe.to(torch.float16)
-    assert pipe.unet.dtype == "float32" and pipe.text_encoder.dtype == "float32"
-    assert all(np.array_equal(v, fused[k]) for k, v in weights(pipe.unet).items())
-    assert pipe.to("cpu", torch.float32) is pipe  # no change: allowed
-    pipe.unload_lora_weights()
-    pipe.to(torch.float16)
-    base = {n: weights(getattr(pipe, n)) for n in ("unet", "text_encoder")}
-    pipe.load_lora_weights(lora, adapter_name="style")
-    assert any(not np.array_equal(v, base["unet"][k]) for k, v in weights(pipe.unet).items())
-    pipe.unfuse_lora()
-    for name in ("unet", "text_encoder"):
-        after = weights(getattr(pipe, name))
-        assert all(np.array_equal(v, base[name][k]) for k, v in after.items()), name
+# .to() with LoRAs loaded (they follow the weights): tests/test_lora_move.py
 
 
 # ---------------------------------------------------------------------- components

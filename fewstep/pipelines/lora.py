@@ -4,8 +4,8 @@ fewstep applies a LoRA only by fusing it into the weights, so a denoising step c
 or without LoRAs. What diffusers keeps as live PEFT layers is kept here as state, and the fused
 weights are recomputed from it whenever it changes:
 
-- the loaded adapters (their factors, on the device of the weights they change, in those weights'
-  dtype) and which of them are active, with their weights (`set_adapters`);
+- the loaded adapters (their factors, on the device of the weights they change, unrounded: see
+  `fewstep.core.lora.fusion`) and which of them are active, with their weights (`set_adapters`);
 - the lora_scale (`fuse_lora(lora_scale=...)`, or a call's `cross_attention_kwargs={"scale": s}`)
   and which components carry the LoRA (`fuse_lora(components=...)` / `unfuse_lora(components=...)`);
 - kept base weights. The first time a module is fused, its original weight is kept where
@@ -20,6 +20,13 @@ weights are recomputed from it whenever it changes:
   SDXL: 5.1 GB / 10.2 GB); with "host" the same in host memory; with "file" none. Nothing is kept
   for modules no LoRA touches, and unfusing or unloading frees it. A re-fusion (set_adapters, a new
   scale) writes into the fused tensor it replaces.
+
+`pipe.to(device, dtype)` with LoRAs loaded (`_LoraState.move`): the factors and "device" bases move and
+cast with the weights, "host" and "file" bases record the cast, and every fused weight of a moved
+component is fused again from its base in the new place, so the weights are what moving the base
+pipeline and then loading and fusing the same LoRAs gives, bit for bit (float16 fused in float16, not a
+float32 fusion rounded), and unfusing restores the moved base exactly. Nothing is read from disk but
+"file" bases, as at any fusion.
 
 Differences from diffusers, all following from "always fused": loading an adapter applies it at
 once (diffusers: applied unfused); after `unfuse_lora()` the pipeline runs the base model until
@@ -43,6 +50,7 @@ import numpy as np
 from fewstep.backends import get_backend
 from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraSource, find_weight_file, fused_weight,
                                normalise, read_lora)
+from fewstep.core.lora.fusion import factor_dtype
 from fewstep.core.lora.plan import plan_refresh, wanted_terms
 from fewstep.pipelines import lora_bases
 
@@ -54,7 +62,7 @@ _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "local_files_only", "token"
 
 
 class _Factors(NamedTuple):
-    up: Any       # (out, rank) on the weight's device, in the dtype the product is computed in
+    up: Any       # (out, rank) on the weight's device, in fusion.factor_dtype (rounded as each fusion reads it)
     down: Any     # (rank, in * kh * kw)
     alpha: float
     rank: int
@@ -79,6 +87,27 @@ class _LoraState:
     keep_base: str = "file"                  # where new bases are kept: lora_bases.MODES
     signature: Dict[Tuple[str, str], tuple] = field(default_factory=dict)  # what each fused weight holds
     loads: int = 0
+
+    def move(self, ops, components: Mapping[str, Any]) -> None:
+        """Follow the weights of `components` (name -> component wrapper), just moved by `pipe.to`: the
+        factors go to each weight's device in the dtype kept for its new dtype (no file is read: they are
+        the loaded values, exactly), kept bases move or record the cast (`lora_bases.moved`), and the
+        fused weights of these components are marked stale, so the next refresh fuses them again from
+        their bases in the new place."""
+        for adapter in self.adapters.values():
+            for name, layers in adapter.layers.items():
+                if name not in components:
+                    continue
+                for path, f in layers.items():
+                    weight = components[name].named_weight(path)
+                    keep = factor_dtype(ops.dtype_name(weight), ops.dtype_name(f.up))
+                    layers[path] = f._replace(up=components[name].place(f.up, weight, keep),
+                                              down=components[name].place(f.down, weight, keep))
+        for key, saved in list(self.saved.items()):
+            if key[0] in components:
+                component = components[key[0]]
+                self.saved[key] = lora_bases.moved(ops, saved, component, component.named_weight(key[1]))
+                self.signature.pop(key, None)  # moved or cast fused values are not what fusing there gives
 
 
 def _names(value, what: str = "adapter_names") -> List[str]:
@@ -303,6 +332,24 @@ class LoraMixin:
                     base = lora_bases.materialize(ops, saved, like)
                     state.saved[key] = lora_bases.keep(ops, mode, components[component], path, base)
         state.keep_base = mode
+
+    def _move_models(self, changes, device, dtype) -> None:
+        """`pipe.to`'s move (fewstep.pipelines.pipeline_object), with the LoRA state following the LoRA
+        components among `changes`. A "file" base whose file changed fails first, with nothing moved
+        (after the move, re-fusing from it would fail with the models moved and the weights stale)."""
+        state = self.__dict__.get("_lora")
+        components = {name: comp for name, comp in self._lora_components().items()
+                      if any(comp is model for _, model in changes)}
+        if state is None or not components or not (state.adapters or state.saved):
+            super()._move_models(changes, device, dtype)
+            return
+        lora_bases.check(self.ops, [(key, saved, components[key[0]].named_weight(key[1]))
+                                    for key, saved in state.saved.items() if key[0] in components])
+        super()._move_models(changes, device, dtype)
+        with self.ops.no_grad():
+            state.move(self.ops, components)
+        # at the scale the weights carried (a call's cross_attention_kwargs scale stays until the next call)
+        self._lora_refresh(scale=state.fused_scale)
 
     def _apply_lora_scale(self, cross_attention_kwargs: Optional[Mapping]) -> Optional[dict]:
         """Called by `__call__` before encoding the prompt: takes "scale" out of cross_attention_kwargs

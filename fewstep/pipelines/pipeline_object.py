@@ -105,9 +105,12 @@ class PipelineObjectMixin:
 
         Raises:
             `ValueError`: a device on MindSpore (mindone's pipelines take none: place models with
-            `mindspore.set_context(device_target=...)`), a device torch cannot use, conflicting arguments,
-            or a device or dtype change while LoRAs are loaded. `TypeError`: an argument that is neither a
-            device nor a dtype, or an unknown keyword. Nothing is moved when either is raised.
+            `mindspore.set_context(device_target=...)`), a device torch cannot use, or conflicting arguments.
+            `TypeError`: an argument that is neither a device nor a dtype, or an unknown keyword. `LoraError`:
+            a LoRA base kept as a reference to a file that has changed since. Nothing is moved when any is raised.
+
+        Loaded LoRAs (fused or not) follow: their weights are fused again in the new place, as loading them
+        after the move would fuse them (see `fewstep.pipelines.lora`).
         """
         device, dtype = parse_to_arguments(args, kwargs)
         models = self._models()
@@ -116,27 +119,16 @@ class PipelineObjectMixin:
         device = models[0][1].check_device(device)  # an unusable device fails before any weight moves
         changes = [(n, m) for n, m in models
                    if (dtype is not None and m.dtype != dtype) or (device is not None and m.device != device)]
-        self._check_lora_allows_move(changes, device, dtype)
-        for _, model in changes:
-            model.to(device, dtype)
+        if changes:
+            self._move_models(changes, device, dtype)
         return self
 
-    def _check_lora_allows_move(self, changes, device, dtype) -> None:
-        # LoRA factors and kept base weights live on the weights' device in their dtype (fewstep.pipelines.lora);
-        # moving the weights under them would leave a later fuse or unfuse mixing devices and dtypes, so a
-        # move with LoRAs loaded is refused, with nothing moved.
-        state = self.__dict__.get("_lora")
-        if state is None or not state.adapters or not changes:
-            return
-        touched = sorted({n for n, _ in changes} & {"unet", "text_encoder", "text_encoder_2"})
-        if touched:
-            target = ", ".join(s for s in (f"device {device}" if device is not None else "",
-                                           f"dtype {dtype}" if dtype is not None else "") if s)
-            raise ValueError(
-                f"LoRA adapters {list(state.adapters)} are loaded, and their factors and the kept base weights are "
-                f"on the {', '.join(touched)} weights' device in their dtype: moving to {target} is refused, nothing "
-                f"was moved. Call pipe.unload_lora_weights(), then .to(...), then load the LoRAs again (the guides "
-                f"call .to() before load_lora_weights).")
+    def _move_models(self, changes: List[Tuple[str, Model]], device, dtype: Optional[str]) -> None:
+        """Move the models in `changes` ((name, wrapper) pairs; `device` already checked). A mixin that keeps
+        tensors beside the weights extends this to move them too (LoRA: fewstep.pipelines.lora), checking
+        what could fail before calling it."""
+        for _, model in changes:
+            model.to(device, dtype)
 
     # ------------------------------------------------------------------ VAE memory
     # diffusers' names; the work is the library's own AutoencoderKL slicing / tiling (its encode, used by
