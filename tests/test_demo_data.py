@@ -4,7 +4,7 @@ checker that is right on real and mildly degraded pictures and wrong when the pr
 import numpy as np
 import pytest
 
-from fewstep.demo import (COLOURS, SHAPES, Attributes, all_attributes, all_prompts, caption, classify,
+from fewstep.demo import (COLOURS, SHAPES, Attributes, all_attributes, all_prompts, caption, classify, coverage,
                           evaluation_prompts, make_dataset, parse_prompt, render, sample_attributes, score_images)
 from fewstep.demo.dataset import CAPTION_FORMS
 
@@ -104,11 +104,33 @@ def test_checker_is_right_on_real_data(data):
         assert scores[key + "_se"] == pytest.approx(np.sqrt(scores[key] * (1 - scores[key]) / 500))
 
 
-def test_checker_survives_mild_blur_and_noise(data):
+@pytest.mark.parametrize("sigma_blur, sigma_noise, floor", [(0.7, 8 / 255, 0.95), (1.0, 16 / 255, 0.95)])
+def test_checker_survives_blur_and_noise(data, sigma_blur, sigma_noise, floor):
+    # (measured: 100% on all four at both settings; the floor leaves room for other seeds)
     images, prompts, _ = data
-    scores = score_images(degrade(images), prompts)
+    scores = score_images(degrade(images, sigma_blur, sigma_noise), prompts)
     for key in ("shape", "colour", "background", "all"):
-        assert scores[key] >= 0.95, scores
+        assert scores[key] >= floor, scores
+
+
+def _draw(mask: np.ndarray) -> np.ndarray:
+    red, blue = (np.array(COLOURS[name], np.float32) for name in ("red", "blue"))
+    return np.rint(blue + mask[..., None] * (red - blue)).astype(np.uint8)
+
+
+def test_checker_names_no_shape_for_other_figures():
+    bar = coverage("square", 16, 16, 4, 16, 32)
+    y, x = np.mgrid[:32, :32] + 0.5
+    figures = {
+        "cross": np.maximum(bar, bar.T),
+        "ring": coverage("circle", 16, 16, 16, 16, 32) - coverage("circle", 16, 16, 8, 8, 32),
+        "L": np.maximum(coverage("square", 12, 16, 4, 16, 32), coverage("square", 16, 22, 12, 4, 32)),
+        "diamond": (np.abs(x - 16) + np.abs(y - 16) <= 8).astype(np.float32),  # a square on its corner
+    }
+    for name, mask in figures.items():
+        assert classify(_draw(mask)) == Attributes(None, "red", "blue"), name
+    # while a triangle upside down is still a triangle
+    assert classify(_draw(coverage("triangle", 16, 16, 14, 14, 32)[::-1])).shape == "triangle"
 
 
 def test_checker_accepts_floats_and_pil_images(data):
