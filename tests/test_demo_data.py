@@ -49,6 +49,7 @@ def test_every_caption_round_trips():
             assert parse_prompt(caption(attrs, form)) == attrs
             assert parse_prompt("  " + caption(attrs, form).upper() + ".") == attrs
     assert caption(Attributes("circle", "red", "blue")) == "a red circle on a blue background"
+    assert parse_prompt("Red circle on blue background") == Attributes("circle", "red", "blue")  # articles optional
 
 
 @pytest.mark.parametrize("prompt", ["a red fox in the snow", "a red hexagon on a blue background",

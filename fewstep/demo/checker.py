@@ -69,10 +69,12 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
         return mask
     labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
     while True:
-        padded = np.pad(labels, 1)
-        spread = np.maximum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2],
-                                    padded[1:-1, 2:]])
-        spread = np.where(mask, spread, 0)
+        spread = labels.copy()  # in-place maxima over shifted slices: no padding, it runs ~30 times an image
+        np.maximum(spread[1:], labels[:-1], out=spread[1:])
+        np.maximum(spread[:-1], labels[1:], out=spread[:-1])
+        np.maximum(spread[:, 1:], labels[:, :-1], out=spread[:, 1:])
+        np.maximum(spread[:, :-1], labels[:, 1:], out=spread[:, :-1])
+        spread *= mask
         if np.array_equal(spread, labels):
             break
         labels = spread

@@ -68,13 +68,12 @@ def caption(attrs: Attributes, form: int = 0) -> str:
 
 
 def _form_pattern(form: str) -> re.Pattern:
-    words = "|".join(COLOURS)
-    pattern = re.escape(form).replace(r"\ ", r"\s+")  # any run of spaces between words
-    for field, group in (("article", r"(?:an?)"), ("bg_article", r"(?:an?)"),
-                         ("colour", rf"(?P<colour>{words})"), ("shape", rf"(?P<shape>{'|'.join(SHAPES)})"),
-                         ("background", rf"(?P<background>{words})")):
-        pattern = pattern.replace(re.escape("{" + field + "}"), group)
-    return re.compile(pattern)
+    """A form as a regular expression over a prompt with its articles dropped (the forms' literal words are
+    letters, commas and spaces, which stand for themselves in a pattern)."""
+    colours = "|".join(COLOURS)
+    return re.compile(form.replace("{article} ", "").replace("{bg_article} ", "").format(
+        colour=f"(?P<colour>{colours})", shape=f"(?P<shape>{'|'.join(SHAPES)})",
+        background=f"(?P<background>{colours})"))
 
 
 _PATTERNS = tuple(_form_pattern(form) for form in CAPTION_FORMS)
@@ -87,10 +86,10 @@ def vocabulary() -> str:
 
 
 def parse_prompt(prompt: str) -> Attributes:
-    """The `Attributes` a prompt asks for; inverts every form of `caption` (case, extra spaces and a final
-    full stop are forgiven). Anything else -- another word, a shape the same colour as its background --
-    raises ValueError naming the vocabulary, so a CLI can pass the message straight to the user."""
-    text = " ".join(str(prompt).lower().split()).rstrip(".")
+    """The `Attributes` a prompt asks for; inverts every form of `caption` (case, extra spaces, a missing
+    "a" / "an" and a final full stop are forgiven). Anything else -- another word, a shape the same colour as
+    its background -- raises ValueError naming the vocabulary, so a CLI can pass the message straight on."""
+    text = " ".join(word for word in str(prompt).lower().rstrip(" .").split() if word not in ("a", "an"))
     for pattern in _PATTERNS:
         match = pattern.fullmatch(text)
         if match:
