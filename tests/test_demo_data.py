@@ -49,7 +49,8 @@ def test_every_caption_round_trips():
             assert parse_prompt(caption(attrs, form)) == attrs
             assert parse_prompt("  " + caption(attrs, form).upper() + ".") == attrs
     assert caption(Attributes("circle", "red", "blue")) == "a red circle on a blue background"
-    assert parse_prompt("Red circle on blue background") == Attributes("circle", "red", "blue")  # articles optional
+    # articles are optional
+    assert parse_prompt("Red circle on blue background") == Attributes("circle", "red", "blue")
 
 
 @pytest.mark.parametrize("prompt", ["a red fox in the snow", "a red hexagon on a blue background",
