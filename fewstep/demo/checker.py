@@ -23,7 +23,8 @@ and bilinear upscale 100%, 4x 80%; JPEG quality 50 99%, 20 91%, 10 84%. Every mi
 survive all of it and a 50% pull towards grey (they are 285 apart, so a colour must move ~140 to be misnamed).
 24, 48 and 64 px images work alike. Rejected as no shape: a ring, a cross, an L, a diamond (a square on its
 corner); accepted: a triangle upside down (a triangle), two overlapping discs (an oval reads as a circle). A
-picture with nothing farther than MIN_CONTRAST from its background has shape and colour None; None never matches a prompt.
+picture with nothing farther than MIN_CONTRAST from its background has shape and colour None; None never
+matches a prompt.
 """
 
 from __future__ import annotations
