@@ -10,8 +10,10 @@ pytorch_lora_weights.safetensors, and a final evaluation of both. DIR/training_l
 per-stage wall time and the checker's accuracies along the way.
 
 Deterministic given --seed and --threads: the same command from scratch gives the same bytes. The default
-step counts fit about 2 hours on a 2-core CPU; --budget-minutes caps wall time instead (a stage that runs
-out stops early, so its result then depends on the machine's speed -- use step counts to reproduce).
+step counts fit in 2 hours on a 2-core CPU (measured there at batch 64 with 2 threads: VAE 1.5 it/s, UNet
+2.26 it/s; so about 5 min VAE, 70 min UNet, 15-20 min distillation (estimated), a few minutes of data
+and evaluation); --budget-minutes caps wall time instead (a stage that runs out stops early, so its
+result then depends on the machine's speed -- use step counts to reproduce).
 
 torch, diffusers, transformers and peft load when this runs; nothing in `fewstep` or `fewstep.demo`'s
 __init__ imports this module.
@@ -30,7 +32,8 @@ STAGES = ("vae", "unet", "distill")
 # How --budget-minutes is split (what is left after the stages pays for data, evaluation and saving).
 BUDGET_SHARES = {"vae": 0.04, "unet": 0.72, "distill": 0.18}
 SMOKE = dict(data_size=64, vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=8, distill_steps=2,
-             distill_batch=4, eval_n=1, final_eval_n=1, eval_every=1000, ckpt_every=2, log_every=1)
+             distill_batch=4, eval_n=1, final_eval_n=1, eval_every=1000, distill_eval_every=1000, ckpt_every=2,
+             log_every=1)
 SIZE_LIMIT_MB = 12.0
 
 
@@ -43,11 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch intra-op threads (results are reproducible for a fixed count)")
     p.add_argument("--data-size", type=int, default=32768, help="procedural training images")
-    p.add_argument("--vae-steps", type=int, default=1500, help="stage 1 steps")
+    p.add_argument("--vae-steps", type=int, default=450, help="stage 1 steps")
     p.add_argument("--vae-batch", type=int, default=64, help="stage 1 batch")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="stage 1 peak learning rate (cosine)")
     p.add_argument("--vae-kl", type=float, default=1e-5, help="KL weight (per pixel value, against the MSE)")
-    p.add_argument("--unet-steps", type=int, default=11000, help="stage 2 steps")
+    p.add_argument("--unet-steps", type=int, default=9500, help="stage 2 steps")
     p.add_argument("--unet-batch", type=int, default=64, help="stage 2 batch")
     p.add_argument("--unet-lr", type=float, default=1e-3, help="stage 2 peak learning rate (cosine)")
     p.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for classifier-free guidance")
@@ -60,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--w-max", type=float, default=6.0, help="upper end of the guidance range")
     p.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber loss constant")
     p.add_argument("--ddim-timesteps", type=int, default=50, help="solver grid (skip = 1000 // this)")
-    p.add_argument("--eval-every", type=int, default=2000, help="steps between evaluations (stages 2, 3)")
+    p.add_argument("--eval-every", type=int, default=2000, help="stage 2 steps between evaluations")
+    p.add_argument("--distill-eval-every", type=int, default=500, help="stage 3 steps between evaluations")
     p.add_argument("--eval-n", type=int, default=64, help="prompts per periodic evaluation")
     p.add_argument("--final-eval-n", type=int, default=200, help="prompts in the final evaluation")
     p.add_argument("--log-every", type=int, default=50, help="steps between log records")

@@ -149,7 +149,7 @@ def run(stage: Stage, args, stop_at: int = None) -> bool:
         return {"loss": loss.item()}
 
     def periodic_eval(done: int) -> None:
-        if done % args.eval_every and done != steps:
+        if done % args.distill_eval_every and done != steps:
             return
         student.eval()
         components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=student)

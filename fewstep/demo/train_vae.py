@@ -12,6 +12,7 @@ import torch
 
 from fewstep.demo.train_common import (Clock, Stage, cosine_lr, load_images, new_vae, resume, run_steps, set_lr,
                                        step_rng)
+from fewstep.demo.train_eval import summary
 
 
 def run(stage: Stage, args, stop_at: int = None) -> bool:
@@ -49,8 +50,21 @@ def run(stage: Stage, args, stop_at: int = None) -> bool:
     scale = latent_scale(vae, pixels[: min(len(pixels), 2048)])
     vae.register_to_config(scaling_factor=scale)
     vae.save_pretrained(stage.folder, safe_serialization=True)
-    stage.finish({"steps": done, "wall_s": round(clock.elapsed(), 1), "scaling_factor": scale})
+    recon = reconstruction_scores(vae, args.eval_n * 4, args.seed)
+    print(f"[vae] reconstructions: {summary({'recon': recon})}", flush=True)
+    stage.finish({"steps": done, "wall_s": round(clock.elapsed(), 1), "scaling_factor": scale, "recon": recon})
     return True
+
+
+@torch.no_grad()
+def reconstruction_scores(vae, n: int, seed: int) -> dict:
+    """The checker's scores of `n` held-out images (another seed than the training set) after encoding
+    to the posterior mean and decoding: the ceiling for everything the UNet will draw."""
+    from fewstep.demo.checker import score_images
+
+    pixels, prompts = load_images(n, seed + 1_000_003)
+    images = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    return score_images(((images.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy(), prompts)
 
 
 @torch.no_grad()
