@@ -1,5 +1,5 @@
 """What the command line prints: no deprecation warning and no third-party chatter in a real run (fresh
-processes, both backends), `--quiet` prints only the output path, `--verbose` lets the libraries
+processes, torch and MindSpore), `--quiet` prints only the output path, `--verbose` lets the libraries
 through, and `fewstep.cli.main` in a program leaves no filter behind. Hub ids honour HF_ENDPOINT and
 HF_HUB_OFFLINE, and the error says which applied."""
 
@@ -31,10 +31,9 @@ def _progress_bar(line: str) -> bool:
     return "it/s]" in line or "s/it]" in line or "%|" in line
 
 
-@pytest.mark.parametrize("backend", [pytest.param("torch", marks=pytest.mark.torch),
-                                     pytest.param("mindspore", marks=pytest.mark.mindspore)])
-def test_a_run_prints_no_deprecation_and_no_library_chatter(tmp_path, backend):
-    _, stdout, stderr = _generate(tmp_path, "--backend", backend)
+@pytest.mark.torch
+def test_a_run_prints_no_deprecation_and_no_library_chatter(tmp_path):
+    _, stdout, stderr = _generate(tmp_path)
     assert "deprecated" not in (stdout + stderr).lower()
     for line in stdout.splitlines():
         assert line.startswith(_OURS), f"not fewstep's line on stdout: {line!r}"
@@ -43,13 +42,13 @@ def test_a_run_prints_no_deprecation_and_no_library_chatter(tmp_path, backend):
 
 
 @pytest.mark.mindspore
-def test_quiet_prints_only_the_output_path_and_verbose_lets_the_libraries_through(tmp_path):
+def test_quiet_prints_only_the_output_path_on_mindspore(tmp_path):
+    """MindSpore and mindone are the talkative ones (a MindSpore deprecation log, mindone's "Config not
+    found" prints and FutureWarning at import): with --quiet nothing but the path remains, so none of
+    that chatter and no deprecation reaches either stream. (That --verbose lets it through, and that the
+    default level hides the same chatter, is shown without a fresh process below.)"""
     out, stdout, stderr = _generate(tmp_path, "--backend", "mindspore", "--quiet")
     assert stdout == f"{out}\n" and stderr == ""
-    # the same run with --verbose shows what the default hides (mindone's import prints, MindSpore's
-    # deprecation log): the filter above has something to filter
-    _, stdout, stderr = _generate(tmp_path, "--backend", "mindspore", "--verbose")
-    assert "Config not found" in stdout or "deprecated" in (stdout + stderr).lower()
 
 
 def _library_module(name: str) -> dict:
