@@ -4,6 +4,8 @@ transformers' depth pipeline; --grid with the control image; parity with a Contr
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -48,6 +50,17 @@ def _image(pipe, **kwargs) -> np.ndarray:
     return np.asarray(pipe(PROMPT, generator=fewstep.Generator(7), **CALL, **kwargs).images[0])
 
 
+@functools.lru_cache(maxsize=None)
+def _plain(backend: str) -> np.ndarray:
+    """The same call with no adapter: each flag's image must differ from it, or a flag dropped on its way
+    to the pipeline would still match the Python API's image."""
+    return _image(_api(StableDiffusionPipeline, backend=backend))
+
+
+def _changed(image: np.ndarray, plain: np.ndarray) -> bool:
+    return np.abs(image.astype(int) - plain.astype(int)).max() > 2
+
+
 # --------------------------------------------------------------------------- ControlNet
 @pytest.mark.torch
 def test_controlnet_gives_the_python_apis_image_and_the_grid_shows_the_control(tmp_path, pictures):
@@ -58,6 +71,7 @@ def test_controlnet_gives_the_python_apis_image_and_the_grid_shows_the_control(t
     want = _image(_api(StableDiffusionControlNetPipeline, controlnet=net), image=load_image(pictures["control"]),
                   controlnet_conditioning_scale=0.5)
     np.testing.assert_array_equal(_png(out), want)
+    assert _changed(want, _plain("torch"))
     sheet = _png(grid)
     assert sheet.shape == (64, 128, 3)  # the control image beside the result
     np.testing.assert_array_equal(sheet[:, :64], np.asarray(load_image(pictures["control"])))
@@ -76,6 +90,9 @@ def test_two_controlnets_take_their_images_and_scales_in_order(tmp_path, picture
     want = _image(pipe, image=[load_image(pictures["control"]), load_image(pictures["control2"])],
                   controlnet_conditioning_scale=[0.5, 0.8])
     np.testing.assert_array_equal(_png(out), want)
+    one = _image(_api(StableDiffusionControlNetPipeline, controlnet=fewstep.ControlNetModel.from_pretrained(nets[0])),
+                 image=load_image(pictures["control"]), controlnet_conditioning_scale=0.5)
+    assert _changed(want, one)  # the second ControlNet counts
 
 
 @pytest.mark.mindspore
@@ -87,6 +104,7 @@ def test_controlnet_on_mindspore_gives_the_python_apis_image(tmp_path, pictures)
     want = _image(_api(StableDiffusionControlNetPipeline, backend="mindspore", controlnet=net),
                   image=load_image(pictures["control"]), controlnet_conditioning_scale=0.5)
     np.testing.assert_array_equal(_png(out), want)
+    assert _changed(want, _plain("mindspore"))
 
 
 # --------------------------------------------------------------------------- T2I-Adapter, IP-Adapter, motion
@@ -96,8 +114,9 @@ def test_t2i_adapter_gives_the_python_apis_image(tmp_path, pictures):
     assert main(BASE + ["--t2i-adapter", tiny_t2i_adapter("sd15"), "--adapter-image", pictures["control"],
                         "--adapter-scale", "0.8", "-o", str(out)]) == 0
     pipe = _api(StableDiffusionAdapterPipeline, adapter=fewstep.T2IAdapter.from_pretrained(tiny_t2i_adapter("sd15")))
-    np.testing.assert_array_equal(_png(out), _image(pipe, image=load_image(pictures["control"]),
-                                                    adapter_conditioning_scale=0.8))
+    want = _image(pipe, image=load_image(pictures["control"]), adapter_conditioning_scale=0.8)
+    np.testing.assert_array_equal(_png(out), want)
+    assert _changed(want, _plain("torch"))
 
 
 @pytest.mark.torch
@@ -109,7 +128,9 @@ def test_ip_adapter_gives_the_python_apis_image(tmp_path, pictures):
     pipe = _api(StableDiffusionPipeline)
     pipe.load_ip_adapter(tiny_ip_adapter("sd15"), subfolder=subfolder, weight_name=weight_name)
     pipe.set_ip_adapter_scale(0.6)
-    np.testing.assert_array_equal(_png(out), _image(pipe, ip_adapter_image=load_image(pictures["reference"])))
+    want = _image(pipe, ip_adapter_image=load_image(pictures["reference"]))
+    np.testing.assert_array_equal(_png(out), want)
+    assert _changed(want, _plain("torch"))
 
 
 @pytest.mark.torch
@@ -150,6 +171,9 @@ def test_canny_flag_conditions_the_controlnet_on_the_edges(tmp_path, pictures):
     pipe = _api(StableDiffusionControlNetPipeline,
                 controlnet=fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sd15")))
     np.testing.assert_array_equal(_png(out), _image(pipe, image=edges))
+    # the edges, not the plain picture, reached the ControlNet (the tiny ControlNet moves the image little,
+    # so any difference counts)
+    assert np.abs(_png(out).astype(int) - _image(pipe, image=load_image(pictures["control"]))).max() > 0
 
 
 @pytest.mark.torch

@@ -91,6 +91,7 @@ def test_one_and_two_loras_give_the_python_apis_image_on_torch(tmp_path, lora_fi
     one = tmp_path / "one.png"
     assert main(["generate", PROMPT, *FLAGS, "--seed", "3", "--lora", kohya, "-o", str(one)]) == 0
     np.testing.assert_array_equal(_png(one), python_api("torch", [(kohya, "tcd", 1.0)], 3))
+    assert np.abs(_png(one).astype(int) - python_api("torch", [], 3)).max() > 2  # the LoRA changes the image
     two = tmp_path / "two.png"
     assert main(["generate", PROMPT, *FLAGS, "--seed", "3", "--lora", f"{kohya}:1.0", "--lora", f"mystyle={peft}:0.8",
                  "-o", str(two)]) == 0
@@ -178,3 +179,4 @@ def test_one_lora_gives_the_python_apis_image_on_mindspore(tmp_path, lora_files)
     kohya = lora_files["kohya"]
     assert main(MS_BASE + ["--lora", kohya, "-o", str(tmp_path / "one.png")]) == 0
     np.testing.assert_array_equal(_png(tmp_path / "one.png"), python_api("mindspore", [(kohya, "tcd", 1.0)], 3))
+    assert np.abs(_png(tmp_path / "one.png").astype(int) - python_api("mindspore", [], 3)).max() > 2
