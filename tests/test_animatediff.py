@@ -18,6 +18,9 @@ FRAMES_ATOL = 1e-4  # as tests/test_pipelines_torch.py; measured ~6e-7
 MIN_EFFECT = 1e-2
 # (scheduler, eta, guidance, frames)
 CASES = [("tcd", 0.3, 0.0, 4), ("lcm", 0.0, 1.25, 8)]
+# On MindSpore (8-15x slower per model call on CPU) the guided case takes 4 frames: the same code paths
+# (CFG, the motion modules' frame attention) at half the cost; torch checks 8 frames against diffusers.
+MS_CASES = [(scheduler, eta, guidance, 4) for scheduler, eta, guidance, _ in CASES]
 MOTION_LORA = "diffusion_pytorch_model.safetensors"
 
 _loaded = {}
@@ -186,7 +189,7 @@ def test_mindspore_matches_torch_and_mindone():
 
     from fewstep.backends.mindspore_cpu import install_cpu_kernels
 
-    for scheduler, eta, guidance, frames in CASES:
+    for scheduler, eta, guidance, frames in MS_CASES:
         kwargs = call(scheduler, eta, guidance, frames)
         images = {}
         for backend in ("torch", "mindspore"):

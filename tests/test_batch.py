@@ -165,6 +165,9 @@ def test_torchrun_two_ranks_write_the_same_files_as_one_process(one_process, job
     assert ranks == {0, 1} and sorted(os.listdir(os.path.join(out, "logs"))) == ["rank-0.log", "rank-1.log"]
 
 
+# slow: msrun starts a scheduler and two MindSpore workers (~85 s on the 2-core CI machine); the sharding,
+# manifest and file naming it exercises are the same code the torchrun and Ray tests check in CI.
+@pytest.mark.slow
 @pytest.mark.mindspore
 def test_msrun_two_workers_write_the_same_files_as_one_process(job_file, tmp_path):
     import fewstep
