@@ -92,3 +92,27 @@ def test_help_lists_the_stages_flags(capsys):
     assert exit_info.value.code == 0
     shown = capsys.readouterr().out
     assert all(flag in shown for flag in ("--vae-steps", "--unet-steps", "--distill-steps", "--budget-minutes"))
+
+
+def test_ship_copies_a_finished_run_with_its_notes_and_refuses_other_files(runs, tmp_path):
+    import hashlib
+
+    from fewstep.demo.ship import ship
+
+    straight = runs[0]
+    dest = tmp_path / "weights"
+    (dest / "old").mkdir(parents=True)  # whatever was shipped before is replaced whole
+    files = ship(straight, dest)
+    assert {p.relative_to(dest).parts[0] for p in files} == {"pipeline", "lora", "TRAINING.md"}
+    assert _weights(dest / "pipeline") == _weights(straight / "pipeline")
+    notes = (dest / "TRAINING.md").read_text()
+    assert "python -m fewstep.demo.train --out RUN_DIR --seed 0 --threads 1" in notes
+    lora = dest / "lora" / "pytorch_lora_weights.safetensors"
+    assert hashlib.sha256(lora.read_bytes()).hexdigest() in notes
+    (straight / "lora" / "extra.bin").write_bytes(b"pickle")
+    try:
+        with pytest.raises(SystemExit, match="only safetensors"):
+            ship(straight, tmp_path / "other")
+    finally:
+        (straight / "lora" / "extra.bin").unlink()
+    assert not (tmp_path / "other").exists()
