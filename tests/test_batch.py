@@ -132,6 +132,8 @@ def test_every_image_equals_fewstep_generate_with_its_seed(one_process, job_file
     one call, which changes the last float bits, so there the PNGs agree within one level."""
     from PIL import Image
 
+    from fewstep.testing import tiny_pipeline
+
     job = load_job(job_file)
     single = str(tmp_path / "single")
     result = _run(_cli(job_file, "--out", single, "--batch-size", 1))
@@ -140,6 +142,7 @@ def test_every_image_equals_fewstep_generate_with_its_seed(one_process, job_file
         item = job.lookup(item_id)
         out = tmp_path / f"{item_id}.png"
         args = ["-m", "fewstep", "generate", item.prompt, "--seed", str(item.seed), "-o", str(out),
+                "--model", tiny_pipeline("sd15"),  # batch's default; generate's is the trained demo model
                 "--steps", str(item.setting("num_inference_steps")), "--guidance", str(item.setting("guidance_scale")),
                 "--scheduler", item.setting("scheduler"), "--eta", str(item.setting("eta"))]
         if item.setting("negative_prompt"):

@@ -1,4 +1,5 @@
-"""`fewstep generate` and `fewstep parity` end to end with the default tiny model."""
+"""`fewstep generate` and `fewstep parity` end to end with their default models: the trained demo model
+(generate) and the tiny random-weight one (parity, inpainting)."""
 
 import os
 import subprocess
@@ -18,21 +19,47 @@ def _png(path):
         return np.asarray(image)
 
 
+DEMO_PROMPT = "a red circle on a blue background"
+
+
+def _recognised(path, prompt=DEMO_PROMPT):
+    """The demo checker reads the prompt's shape and colours in the picture: the default is no noise."""
+    from fewstep.demo import classify, parse_prompt
+
+    return classify(_png(path)) == parse_prompt(prompt)
+
+
 @pytest.mark.torch
-def test_generate_on_torch(tmp_path, capsys):
-    out = tmp_path / "fox.png"
-    assert main(["generate", "a fox", "--steps", "2", "--seed", "4", "-o", str(out)]) == 0
+def test_generate_on_torch_draws_with_the_trained_demo_model(tmp_path, capsys):
+    out = tmp_path / "circle.png"
+    assert main(["generate", DEMO_PROMPT, "--seed", "4", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "tiny random-weight demo pipeline" in printed
+    assert "trained demo model" in printed and "LoRA fused" in printed
     assert "seed 4" in printed and "ms/step" in printed and str(out) in printed
-    assert _png(out).shape == (64, 64, 3)
+    assert _png(out).shape == (32, 32, 3)
+    assert _recognised(out)
+    # the picture fewstep.demo.load_demo draws for that seed with the demo's defaults (TCD, eta 0.3, 4 steps)
+    from fewstep.demo import SAMPLING, load_demo, sample
+
+    want = sample(load_demo("torch"), [(DEMO_PROMPT, 4)], **SAMPLING)[0]
+    assert np.abs(_png(out).astype(np.int16) - np.rint(want * 255)).max() <= 1
+
+
+def test_a_prompt_outside_the_demo_vocabulary_names_it(tmp_path, capsys):
+    out = tmp_path / "fox.png"
+    assert main(["generate", "a red fox in the snow", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "outside the demo's vocabulary" in err and "circle, square, triangle" in err
+    assert "red, green, blue, cyan, pink" in err and "--model" in err
+    assert not out.exists()
 
 
 @pytest.mark.mindspore
 def test_generate_on_mindspore_and_parity(tmp_path, capsys):
-    out = tmp_path / "fox-ms.png"
-    assert main(["generate", "a fox", "--steps", "2", "--seed", "4", "--backend", "mindspore", "-o", str(out)]) == 0
-    assert _png(out).shape == (64, 64, 3)
+    out = tmp_path / "circle-ms.png"
+    assert main(["generate", DEMO_PROMPT, "--seed", "4", "--backend", "mindspore", "-o", str(out)]) == 0
+    assert _png(out).shape == (32, 32, 3)
+    assert _recognised(out)
     side = tmp_path / "parity.png"
     assert main(["parity", "a fox", "--steps", "2", "--seed", "4", "-o", str(side)]) == 0
     printed = capsys.readouterr().out
@@ -43,17 +70,20 @@ def test_generate_on_mindspore_and_parity(tmp_path, capsys):
 
 
 @pytest.mark.torch
-def test_img2img_and_inpaint_from_files(tmp_path):
+def test_img2img_on_the_demo_model_and_inpaint_on_the_tiny_one(tmp_path, capsys):
     from tests.pipeline_cases import mask, picture
 
     picture(0).save(tmp_path / "in.png")
     mask().save(tmp_path / "mask.png")
     out = tmp_path / "edit.png"
-    assert main(["generate", "a fox", "--steps", "4", "--image", str(tmp_path / "in.png"), "--strength", "0.5",
+    assert main(["generate", DEMO_PROMPT, "--steps", "4", "--image", str(tmp_path / "in.png"), "--strength", "0.5",
                  "-o", str(out)]) == 0
+    assert "trained demo model" in capsys.readouterr().out
     assert _png(out).shape == (64, 64, 3)
+    # the demo model has no inpainting counterpart: the tiny random-weight one serves, and says so
     assert main(["generate", "a fox", "--steps", "2", "--image", str(tmp_path / "in.png"), "--mask",
                  str(tmp_path / "mask.png"), "-o", str(out)]) == 0
+    assert "tiny random-weight demo pipeline" in capsys.readouterr().out
     assert _png(out).shape == (64, 64, 3)
 
 

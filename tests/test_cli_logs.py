@@ -14,13 +14,13 @@ import pytest
 
 from fewstep.cli import logs
 
-# fewstep's own stdout lines in a default `generate` run
+# fewstep's own stdout lines in a default `generate` run (the trained demo model, its LoRA fused)
 _OURS = ("settings {", "No --model given", "seed ", "wrote ")
 
 
 def _generate(tmp_path, *flags, env=None):
     out = tmp_path / "out.png"
-    done = subprocess.run([sys.executable, "-m", "fewstep", "generate", "a red fox", "--seed", "0", "-o", str(out),
+    done = subprocess.run([sys.executable, "-m", "fewstep", "generate", "a red circle on a blue background", "--seed", "0", "-o", str(out),
                            "--steps", "2", *flags], capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, **(env or {})), timeout=600)
     assert done.returncode == 0, done.stderr

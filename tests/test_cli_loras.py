@@ -18,7 +18,11 @@ from fewstep.testing import tiny_pipeline
 
 PROMPT = "a red fox"
 CALL = dict(num_inference_steps=2, guidance_scale=0.0, eta=0.3)
-FLAGS = ["--steps", "2"]
+
+
+def flags():
+    """The tiny SD 1.5 named explicitly: without --model, `generate` draws with the trained demo model."""
+    return ["--steps", "2", "--model", tiny_pipeline("sd15")]
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +93,11 @@ def test_bad_lora_flags_exit_2_before_any_model_loads(tmp_path, capsys):
 def test_one_and_two_loras_give_the_python_apis_image_on_torch(tmp_path, lora_files):
     kohya, peft = lora_files["kohya"], lora_files["peft"]
     one = tmp_path / "one.png"
-    assert main(["generate", PROMPT, *FLAGS, "--seed", "3", "--lora", kohya, "-o", str(one)]) == 0
+    assert main(["generate", PROMPT, *flags(), "--seed", "3", "--lora", kohya, "-o", str(one)]) == 0
     np.testing.assert_array_equal(_png(one), python_api("torch", [(kohya, "tcd", 1.0)], 3))
     assert np.abs(_png(one).astype(int) - python_api("torch", [], 3)).max() > 2  # the LoRA changes the image
     two = tmp_path / "two.png"
-    assert main(["generate", PROMPT, *FLAGS, "--seed", "3", "--lora", f"{kohya}:1.0", "--lora", f"mystyle={peft}:0.8",
+    assert main(["generate", PROMPT, *flags(), "--seed", "3", "--lora", f"{kohya}:1.0", "--lora", f"mystyle={peft}:0.8",
                  "-o", str(two)]) == 0
     np.testing.assert_array_equal(_png(two), python_api("torch", [(kohya, "tcd", 1.0), (peft, "mystyle", 0.8)], 3))
     assert np.abs(_png(one).astype(int) - _png(two)).max() > 2  # the second LoRA changes the image
@@ -105,7 +109,7 @@ def test_lora_weight_name_picks_a_file_of_a_folder(tmp_path, lora_files, capsys)
 
     folder = os.path.dirname(lora_files["kohya"])  # holds tcd.safetensors and style.safetensors
     out = tmp_path / "w.png"
-    assert main(["generate", PROMPT, *FLAGS, "--seed", "5", "--lora", f"{folder}:0.7", "--lora-weight-name",
+    assert main(["generate", PROMPT, *flags(), "--seed", "5", "--lora", f"{folder}:0.7", "--lora-weight-name",
                  "style.safetensors", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     record = json.loads(printed.split("settings ", 1)[1].splitlines()[0])
@@ -123,7 +127,7 @@ def test_a_lora_that_does_not_fit_fails_before_the_first_step(tmp_path, capsys):
     save_file({"unet.down_blocks.9.attentions.0.proj_in.lora_A.weight": np.zeros((4, 32), np.float32),
                "unet.down_blocks.9.attentions.0.proj_in.lora_B.weight": np.zeros((32, 4), np.float32)}, str(lora))
     out = tmp_path / "never.png"
-    argv = ["generate", PROMPT, *FLAGS, "--lora", str(lora), "-o", str(out), "--save-settings", str(tmp_path / "s.json")]
+    argv = ["generate", PROMPT, *flags(), "--lora", str(lora), "-o", str(out), "--save-settings", str(tmp_path / "s.json")]
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert "down_blocks.9" in captured.err and "--lora" in captured.err
@@ -134,7 +138,7 @@ def test_a_lora_that_does_not_fit_fails_before_the_first_step(tmp_path, capsys):
 @pytest.mark.torch
 def test_parity_applies_the_loras_to_both_sides(tmp_path, lora_files, capsys):
     # fewstep's fused LoRA against diffusers + PEFT loading the same file through the same calls
-    assert main(["parity", PROMPT, *FLAGS, "--seed", "1", "--against", "diffusers", "--lora", f"{lora_files['peft']}:0.8",
+    assert main(["parity", PROMPT, *flags(), "--seed", "1", "--against", "diffusers", "--lora", f"{lora_files['peft']}:0.8",
                  "--no-localise", "--tolerance", "1e-5", "-o", str(tmp_path / "side.png")]) == 0
     assert "first stage out of bounds: none" in capsys.readouterr().out
 
@@ -163,13 +167,14 @@ def test_batch_lora_flags_apply_to_every_item_beside_their_own(tmp_path, lora_fi
 
 
 # --------------------------------------------------------------------------- differential, MindSpore
-MS_BASE = ["generate", PROMPT, *FLAGS, "--seed", "3", "--backend", "mindspore"]
+def ms_base():
+    return ["generate", PROMPT, *flags(), "--seed", "3", "--backend", "mindspore"]
 
 
 @pytest.mark.mindspore
 def test_two_loras_give_the_python_apis_image_on_mindspore(tmp_path, lora_files):
     kohya, peft = lora_files["kohya"], lora_files["peft"]
-    assert main(MS_BASE + ["--lora", kohya, "--lora", f"{peft}:0.8", "-o", str(tmp_path / "two.png")]) == 0
+    assert main(ms_base() + ["--lora", kohya, "--lora", f"{peft}:0.8", "-o", str(tmp_path / "two.png")]) == 0
     np.testing.assert_array_equal(_png(tmp_path / "two.png"),
                                   python_api("mindspore", [(kohya, "tcd", 1.0), (peft, "style", 0.8)], 3))
 
@@ -177,6 +182,6 @@ def test_two_loras_give_the_python_apis_image_on_mindspore(tmp_path, lora_files)
 @pytest.mark.mindspore
 def test_one_lora_gives_the_python_apis_image_on_mindspore(tmp_path, lora_files):
     kohya = lora_files["kohya"]
-    assert main(MS_BASE + ["--lora", kohya, "-o", str(tmp_path / "one.png")]) == 0
+    assert main(ms_base() + ["--lora", kohya, "-o", str(tmp_path / "one.png")]) == 0
     np.testing.assert_array_equal(_png(tmp_path / "one.png"), python_api("mindspore", [(kohya, "tcd", 1.0)], 3))
     assert np.abs(_png(tmp_path / "one.png").astype(int) - python_api("mindspore", [], 3)).max() > 2

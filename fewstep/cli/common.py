@@ -12,12 +12,15 @@ import numpy as np
 from fewstep.cli import logs
 
 
-def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False) -> None:
+TINY_DEFAULT = "the tiny random-weight demo model"
+
+
+def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False, model_default: str = TINY_DEFAULT) -> None:
     if prompt_optional:  # generate: the prompt may come from --settings instead
         p.add_argument("prompt", nargs="?", default=None, help="what to draw (or from --settings)")
     else:
         p.add_argument("prompt", help="what to draw")
-    p.add_argument("--model", help="diffusers-format pipeline folder or hub id (default: the tiny demo model)")
+    p.add_argument("--model", help=f"diffusers-format pipeline folder or hub id (default: {model_default})")
     p.add_argument("--scheduler", choices=("tcd", "lcm"), default="tcd")
     p.add_argument("--steps", type=int, default=4, help="number of inference steps (default 4)")
     p.add_argument("--eta", type=float, default=0.3, help="TCD gamma: 0 deterministic, higher adds noise (default 0.3)")
@@ -51,7 +54,8 @@ def is_single_file(model: Optional[str]) -> bool:
 
 
 def resolve_model(model: Optional[str], mask: Optional[str]) -> str:
-    """The local pipeline folder for --model, or the tiny demo pipeline (said so) when none is given."""
+    """The local pipeline folder for --model, or the tiny random-weight pipeline (said so) when none is given
+    and the trained demo model cannot serve (see `demo_serves`)."""
     from fewstep.pipelines.loading import resolve_folder
 
     if model:
@@ -63,6 +67,12 @@ def resolve_model(model: Optional[str], mask: Optional[str]) -> str:
     logs.say(f"No --model given: using the tiny random-weight demo pipeline ({kind}) at {folder}; "
           f"its images are noise. Pass --model PATH_OR_ID for a real checkpoint.")
     return folder
+
+
+def demo_serves(s) -> bool:
+    """No --model, and a picture the trained demo model (fewstep.demo) can make: text-to-image or img2img.
+    Inpainting, adapters and video need an SD 1.5-shaped model, so those keep the tiny random-weight ones."""
+    return not s.model and not s.mask and s.frames is None and not (s.controlnets or s.t2i_adapter or s.ip_adapter)
 
 
 def call_kwargs(s) -> dict:

@@ -10,12 +10,14 @@ import time
 from typing import Iterable
 
 from fewstep.cli import adapters, logs, loras, outputs, settings
-from fewstep.cli.common import add_common, call_kwargs, is_single_file, resolve_model, task_of
+from fewstep.cli.common import add_common, call_kwargs, demo_serves, is_single_file, resolve_model, task_of
 
 
 def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="make an image")
-    add_common(gen, prompt_optional=True)
+    add_common(gen, prompt_optional=True,
+               model_default="the trained demo model of coloured shapes, its few-step LoRA fused, e.g. 'a red "
+                             "circle on a blue background'; with --mask, adapters or --frames: tiny random-weight ones")
     gen.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
     gen.add_argument("--config", metavar="FOLDER",
                      help="with --model FILE.safetensors (a single-file checkpoint): a diffusers folder or hub id of the "
@@ -62,9 +64,10 @@ def check(s, args) -> None:
         outputs.check_output(args.grid)
 
 
-def build_pipeline(s, folder: str):
+def build_pipeline(s, folder: str, first_loras=()):
     """The pipeline the settings describe: its class from auto.py (the folder's family, the task from
-    --image / --mask, the extension from the components passed), the scheduler, the LoRAs, the IP-Adapter."""
+    --image / --mask, the extension from the components passed), the scheduler, the LoRAs (`first_loras`,
+    then --lora's), the IP-Adapter."""
     import fewstep
 
     auto = {"text2img": fewstep.AutoPipelineForText2Image, "img2img": fewstep.AutoPipelineForImage2Image,
@@ -76,9 +79,21 @@ def build_pipeline(s, folder: str):
         pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
     scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
-    loras.apply_loras(pipe, loras.specs_from_records(s.loras))
+    loras.apply_loras(pipe, [*first_loras, *loras.specs_from_records(s.loras)])
     adapters.load_ip_adapter(pipe, s)
     return pipe
+
+
+def demo_model(s):
+    """(folder, LoRAs) of the trained demo model, after checking the prompt is in its vocabulary."""
+    from fewstep.demo import model
+
+    model.check_prompt(s.prompt)
+    model.check_installed()
+    logs.say(f"No --model given: using the trained demo model at {model.WEIGHTS} (32x32 coloured shapes; its "
+             f"few-step LoRA fused). Pass --model PATH_OR_ID for a real checkpoint.")
+    lora = loras.LoraSpec(model.LORA_NAME, str(model.LORA_FOLDER), 1.0, model.LORA_FILE)
+    return str(model.PIPELINE_FOLDER), [lora]
 
 
 def _from_single_file(s, components):
@@ -101,10 +116,16 @@ def run(args, given: Iterable[str]) -> int:
     check(s, args)
     seeds = settings.seeds(s)
     logs.say("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
-    folder = None if is_single_file(s.model) else resolve_model(s.model, s.mask)
+    first_loras = []
+    if is_single_file(s.model):
+        folder = None
+    elif demo_serves(s):
+        folder, first_loras = demo_model(s)
+    else:
+        folder = resolve_model(s.model, s.mask)
     start = time.perf_counter()
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
-    pipe = build_pipeline(s, folder)
+    pipe = build_pipeline(s, folder, first_loras)
     kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control), output_type="pil")
     if s.frames is not None:
         kwargs["num_frames"] = s.frames
