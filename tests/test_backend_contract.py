@@ -382,6 +382,76 @@ def test_matmul_add(ops, scale):
             np.testing.assert_array_equal(ops.to_numpy(tx), ops.to_numpy(t))
 
 
+@covers("copy_into")
+@pytest.mark.parametrize("src", ["float32", "float64"])
+def test_copy_into(ops, src):
+    a = data(5, 7, seed=21, scale=300.0)  # large enough that float16 and bfloat16 round
+    for dst in float_dtypes(ops):
+        out = ops.from_numpy(np.zeros((5, 7), np.float32), dtype=dst)
+        got = ops.copy_into(out, ops.from_numpy(a, dtype=src))
+        assert ops.dtype_name(got) == dst and ops.shape(got) == (5, 7)
+        # rounded as `cast` rounds
+        np.testing.assert_array_equal(ops.to_numpy(got), ops.to_numpy(ops.cast(ops.from_numpy(a, dtype=src), dst)))
+        np.testing.assert_array_equal(ops.to_numpy(got), host(host(a, src), dst))
+        if ops.name != "mindspore":  # written in place where the framework can
+            np.testing.assert_array_equal(ops.to_numpy(out), ops.to_numpy(got))
+
+
+@covers("host_view")
+def test_host_view(ops):
+    for dtype in ("float32", "float16", "float64"):
+        x = ops.from_numpy(data(3, 4, seed=22), dtype=dtype)
+        view = ops.host_view(x)
+        if ops.name == "mindspore":
+            assert view is None  # never shared: the runtime may still use the memory
+            continue
+        assert isinstance(view, np.ndarray) and view.dtype == np.dtype(dtype) and view.shape == (3, 4)
+        view[1, 2] = 7.0  # writes reach the tensor: the same memory
+        assert ops.to_numpy(x)[1, 2] == 7.0
+    if ops.name != "numpy":
+        assert ops.host_view(ops.from_numpy(data(3, 4), dtype="bfloat16")) is None  # NumPy has no bfloat16
+    if ops.name != "mindspore":  # a strided view is no flat block of memory
+        assert ops.host_view(ops.permute_dims(ops.from_numpy(data(3, 4)), (1, 0))) is None
+
+
+@covers("host_buffer")
+def test_host_buffer(ops):
+    like = ops.from_numpy(data(2, 3))
+    for dtype in float_dtypes(ops):
+        buf = ops.host_buffer((2, 3), dtype, like=like)
+        # bfloat16 values are kept as float32, which holds them exactly
+        assert isinstance(buf, np.ndarray) and buf.shape == (2, 3) and buf.flags.writeable and buf.flags.c_contiguous
+        assert buf.dtype == np.dtype("float32" if dtype == "bfloat16" else dtype)
+        buf[...] = host(data(2, 3, seed=23), dtype)
+        np.testing.assert_array_equal(ops.to_numpy(ops.from_numpy(buf, like=like, dtype=dtype)),
+                                      host(data(2, 3, seed=23), dtype))
+
+
+@pytest.mark.torch
+def test_host_buffer_is_pinned_for_cuda_tensors_only(monkeypatch):
+    """What a CUDA machine would get, checked without one: the page-locked allocation is asked for
+    exactly when `like` is on a CUDA device (a CPU-only torch cannot pin, so torch.empty is stood in)."""
+    import torch
+
+    asked = []
+    real_empty = torch.empty
+
+    def empty(*shape, pin_memory=False, **kwargs):
+        asked.append(pin_memory)
+        return real_empty(*shape, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    ops = get_backend("torch")
+
+    class CudaLike:
+        device = torch.device("cuda", 0)
+
+    assert ops.host_buffer((2, 3), "float16", like=CudaLike()).dtype == np.float16
+    ops.host_buffer((2, 3), "float16", like=torch.zeros(2, 3))
+    ops.host_buffer((2, 3), "float16")
+    assert asked == [True, False, False]
+
+
 @covers("all_finite")
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_all_finite(ops):

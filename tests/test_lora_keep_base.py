@@ -89,6 +89,40 @@ def test_every_mode_unfuses_switches_and_fuses_exactly(tmp_path_factory, shared_
     assert_bitwise(fused(pipe, case), case.base_weights)
 
 
+@pytest.mark.parametrize("mode", ["file", "host"])
+def test_file_and_host_modes_fuse_and_switch_in_the_weights_own_memory(shared_pipe, tmp_path_factory, mode):
+    """What keeps fusing from growing the process (tests/test_lora_keep_base's slow memory test measures
+    it at SD 1.5 size): with the base kept apart, the first fusion writes into the loaded weight and a
+    switch into the fused one, on torch, so no weight is ever allocated anew; "file" restores by reading
+    the file into the same memory. "device" keeps the loaded tensor as the base, so its fused weight is new."""
+    case = sd15_case(tmp_path_factory)
+    pipe = shared_pipe("torch")
+    pipe.fuse_lora(keep_base=mode)
+
+    def addresses():
+        return {key: getattr(pipe, key[0]).named_weight(key[1]).data_ptr() for key in pipe._lora_state().saved}
+
+    loaded = {key: getattr(pipe, key[0]).named_weight(key[1]).data_ptr()
+              for key in [(c, p) for c in ("unet", "text_encoder") for p in getattr(pipe, c).lora_targets()]}
+    pipe.load_lora_weights(case.files["kohya"], adapter_name="a")
+    pipe.load_lora_weights(case.file_b, adapter_name="b")
+    first = addresses()
+    assert first and all(first[key] == loaded[key] for key in first)
+    pipe.set_adapters(["a", "b"], [1.0, 0.8])
+    assert addresses() == first
+    assert_weights(fused(pipe, case), case.weights_ab)
+    keys = list(first)
+    pipe.unfuse_lora()
+    assert_bitwise(fused(pipe, case), case.base_weights)
+    if mode == "file":
+        assert all(getattr(pipe, c).named_weight(p).data_ptr() == first[(c, p)] for c, p in keys)
+    pipe.unload_lora_weights()
+    pipe.fuse_lora(keep_base="device")
+    unfused = {(c, p): getattr(pipe, c).named_weight(p).data_ptr() for c, p in keys}
+    pipe.load_lora_weights(case.files["kohya"], adapter_name="a")
+    assert all(ptr != unfused[key] for key, ptr in addresses().items())  # the unfused tensor is the base
+
+
 def _load(folder, backend):
     pipe = pipelines.StableDiffusionPipeline.from_pretrained(folder, backend=backend)
     pipe.set_progress_bar_config(disable=True)

@@ -120,6 +120,17 @@ class Backend(TorchLikeOps):
             product = product * ms.Tensor(np.array(scale, dtype=np.float64)).astype(product.dtype)
         return (_up(x) + product).astype(x.dtype) if _cpu_bf16(x) else x + product
 
+    def copy_into(self, out, x):
+        # not written in place: MindSpore allocates from its own memory pool, so a new tensor costs no fresh
+        # memory, and a Parameter's data is rebound rather than written (mindspore_components)
+        return self.cast(x, self.dtype_name(out))
+
+    def host_view(self, x):
+        return None  # the runtime may still be writing or reading the tensor's memory when Python gets it back
+
+    def host_buffer(self, shape, dtype: str, like=None):
+        return np.empty(as_ints(shape), dtype=np.float32 if dtype == "bfloat16" else np.dtype(dtype))
+
     def all_finite(self, x) -> bool:
         return bool(mint.isfinite(_up(x)).all())  # float32 for bfloat16 on CPU is exact: same verdict
 

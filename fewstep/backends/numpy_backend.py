@@ -84,6 +84,16 @@ class Backend:
             product *= scale  # a Python float keeps the array's dtype
         return np.add(x, product, out=out)
 
+    def copy_into(self, out, x):
+        np.copyto(out, x, casting="unsafe")  # a float cast: astype's rounding
+        return out
+
+    def host_view(self, x):
+        return x if isinstance(x, np.ndarray) and x.flags.writeable and x.flags.c_contiguous else None
+
+    def host_buffer(self, shape, dtype: str, like=None):
+        return np.empty(tuple(int(s) for s in shape), dtype=_np_dtype(dtype))
+
     def all_finite(self, x) -> bool:
         return bool(np.isfinite(x).all())
 

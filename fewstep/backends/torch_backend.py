@@ -67,6 +67,23 @@ class Backend(TorchLikeOps):
             return torch.addmm(x, a, b, alpha=scale)
         return torch.addmm(x, a, b, alpha=scale, out=out)
 
+    def copy_into(self, out, x):
+        return out.copy_(x)  # casts as .to() does
+
+    def host_view(self, x):
+        if x.device.type != "cpu" or x.dtype == torch.bfloat16 or not x.is_contiguous() or x.is_conj() or x.is_neg():
+            return None
+        return x.detach().numpy()
+
+    def host_buffer(self, shape, dtype: str, like=None):
+        shape = as_ints(shape)
+        if dtype == "bfloat16":  # NumPy has no bfloat16: its values are kept as float32, exactly
+            dtype = "float32"
+        native = self.dtypes.native(dtype)
+        # page-locked only where copies to a CUDA device read it: pinning costs host memory the OS cannot page out
+        pinned = like is not None and like.device.type == "cuda"
+        return torch.empty(shape, dtype=native, pin_memory=pinned).numpy()
+
     def all_finite(self, x) -> bool:
         return bool(torch.isfinite(x).all())
 

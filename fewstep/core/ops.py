@@ -82,6 +82,24 @@ class TensorOps(Protocol):
         tensor either way. LoRA fusion needs it: one fused kernel (torch.addmm) makes one pass over
         a large weight and, with `out`, allocates nothing."""
 
+    def copy_into(self, out: Tensor, x: Tensor) -> Tensor:
+        """`x`'s values, cast to `out`'s dtype (the framework's rounding, as `cast`), written into `out`
+        (same shape and device) where the framework can (torch, NumPy; MindSpore returns a new tensor):
+        use the returned tensor either way. LoRA fusion writes a float32-accumulated half-precision
+        weight back into the weight's own memory with it, instead of allocating a new weight."""
+
+    def host_view(self, x: Tensor) -> Optional[np.ndarray]:
+        """A writable NumPy array sharing `x`'s memory, when `x` is a contiguous tensor in host memory of a
+        dtype NumPy has (torch on the CPU, NumPy); None otherwise (an accelerator tensor, bfloat16,
+        MindSpore, whose runtime may still be reading a tensor when Python gets it back). LoRA's
+        keep_base="file" reads a base weight from its file straight into the fused weight it
+        re-fuses, where there is such a view."""
+
+    def host_buffer(self, shape: Sequence[int], dtype: str, like: Optional[Tensor] = None) -> np.ndarray:
+        """An uninitialised NumPy array for host copies of tensors like `like`: page-locked (pinned)
+        memory where `like` is on a CUDA device, so copies between it and the device run at full bus
+        speed; ordinary memory otherwise. LoRA's keep_base="host" keeps base weights in it."""
+
     def all_finite(self, x: Tensor) -> bool:
         """True when no element of `x` is NaN or infinite. Computed where `x` lives: one Python bool
         comes back to the host, not the tensor (LoRA's safe_fusing checks every fused weight)."""

@@ -11,15 +11,20 @@ weights are recomputed from it whenever it changes:
 - kept base weights. The first time a module is fused, its original weight is kept where
   `fuse_lora(keep_base=...)` says (`fewstep.pipelines.lora_bases`: "file", the default, keeps only a
   reference into the safetensors file the component was loaded from, verified byte for byte, else a
-  host copy; "host" a NumPy copy; "device" the original tensor itself), and the fused weight is a new
-  tensor; every later fusion of that module is computed from the kept base, and `unfuse_lora` /
+  host copy; "host" a NumPy copy, pinned for a CUDA weight; "device" the original tensor itself). With
+  "file" and "host" the weight is then fused in its own memory (a half-precision one through one float32
+  copy); with "device" the fused weight is a new tensor. Every later fusion of that module is computed
+  from the kept base, in the fused weight's memory ("file" reads the base from the page cache straight
+  into it where the backend has a host view of it: torch on the CPU), and `unfuse_lora` /
   `unload_lora_weights` put it back. So a fused weight never depends on what was fused before
   (switching adapters 20 times ends bit for bit where one fusion does), and unfusing restores the
   base bit for bit. With "device" the cost is one extra copy of every touched weight on the device
   (an LCM/TCD-LoRA touches nearly every UNet weight: SD 1.5: 1.7 GB in float16, 3.4 GB in float32;
   SDXL: 5.1 GB / 10.2 GB); with "host" the same in host memory; with "file" none. Nothing is kept
-  for modules no LoRA touches, and unfusing or unloading frees it. A re-fusion (set_adapters, a new
-  scale) writes into the fused tensor it replaces.
+  for modules no LoRA touches, and unfusing or unloading frees it. No mode allocates a new weight when
+  re-fusing (set_adapters, a new scale), so the process does not grow with switching, and "file" does
+  not at the first fusion either (the host memory that fusing an SD 1.5 UNet adds at its peak:
+  benchmarks/bench_lora_memory.py).
 
 `pipe.to(device, dtype)` with LoRAs loaded (`_LoraState.move`): the factors and "device" bases move and
 cast with the weights, "host" and "file" bases record the cast, and every fused weight of a moved
@@ -387,10 +392,18 @@ class LoraMixin:
                 component, path = key
                 saved = state.saved.get(key)
                 weight = components[component].named_weight(path)
-                # a weight fused before is ours: re-fuse into it rather than into new memory (not
-                # under safe fusing, which writes nothing until every weight is checked)
-                current = None if saved is None or check_finite else weight
-                base = weight if saved is None else lora_bases.materialize(ops, saved, weight)
+                if saved is None and not check_finite and state.keep_base != "device":
+                    # the first fusion of this weight, its base kept apart from it: fused in place
+                    saved = state.saved[key] = lora_bases.keep(ops, state.keep_base, components[component], path,
+                                                               weight)
+                    current = base = weight
+                elif saved is None:  # "device" keeps this very tensor as the base, so the fused weight is new
+                    current, base = None, weight
+                elif check_finite:  # safe fusing writes nothing until every weight is checked
+                    current, base = None, lora_bases.materialize(ops, saved, weight)
+                else:  # a weight fused before is ours: re-fused in its own memory, the base read into it if it can
+                    current = weight
+                    base = lora_bases.materialize(ops, saved, weight, into=weight)
                 fused = fused_weight(ops, base, [(t.factors.up, t.factors.down, t.scale) for t in terms], out=current)
                 if check_finite and not ops.all_finite(fused):  # checked on the device: one bool comes back
                     raise LoraError(f"Fusing gives NaN or inf in {component} module {path!r}; no weight was changed. "
@@ -404,7 +417,8 @@ class LoraMixin:
             for key in plan.restore:
                 component, path = key
                 like = components[component].named_weight(path)
-                components[component].set_weight(path, lora_bases.materialize(ops, state.saved.pop(key), like))
+                components[component].set_weight(path, lora_bases.materialize(ops, state.saved.pop(key), like,
+                                                                              into=like))
                 state.signature.pop(key, None)
         state.fused_scale = scale
 

@@ -2,11 +2,12 @@
 
 - "device": the original weight tensor itself, on its device, in its dtype (one more copy of every
   touched weight in accelerator memory; restoring costs nothing).
-- "host": a NumPy copy in host memory (bfloat16 kept as float32, which is exact), copied back to the
-  device for every re-fusion and on restore.
+- "host": a NumPy copy in host memory (bfloat16 kept as float32, which is exact; page-locked for a
+  CUDA weight, `ops.host_buffer`), copied back to the device for every re-fusion and on restore.
 - "file": nothing but a reference to the tensor in the safetensors file the component was loaded
   from (`fewstep.core.lora.weight_files`), read back (from the page cache) and converted as loading
-  converted it (`ops.from_numpy(array, like=weight)`) whenever the base is needed. At the first fuse
+  converted it (`ops.from_numpy(array, like=weight)`) whenever the base is needed, straight into the
+  weight's memory where it can (`materialize(into=)`). At the first fuse
   of a weight, the file is trusted only when it still has the stamp it had at load and its tensor,
   converted, equals the weight in memory byte for byte; otherwise (the weight was changed after
   loading, the file was rewritten, the component was not loaded from files) the weight gets a "host"
@@ -82,7 +83,10 @@ def keep(ops, mode: str, component, path: str, weight):
                 digest = _digest(current)
                 if _digest(from_file) == digest:
                     return FileBase(files, key, digest, dtypes)
-    return HostBase(np.array(current, copy=True), dtypes)  # "host", or a weight its file cannot give back exactly
+    # "host", or a weight its file cannot give back exactly: pinned memory for a CUDA weight (ops.host_buffer)
+    copy = ops.host_buffer(current.shape, dtypes[0], like=weight)
+    np.copyto(copy, current)
+    return HostBase(copy, dtypes)
 
 
 def _file_intact(ops, base: FileBase, like) -> bool:
@@ -108,9 +112,19 @@ def check(ops, items: Iterable) -> None:
                 f"the pipeline; use keep_base='host' or 'device' when the files may change while LoRAs are fused.")
 
 
-def materialize(ops, saved, like):
+def materialize(ops, saved, like, into=None):
     """The base as a tensor like `like` (its dtype and device): a host or file base converted to the
-    dtype it was kept in, then cast through the dtypes of the moves since, on `like`'s device."""
+    dtype it was kept in, then cast through the dtypes of the moves since, on `like`'s device.
+
+    `into`: a tensor like `like` that the caller owns and may have overwritten (the weight being
+    re-fused or restored). A file base with no casts since is read straight into its memory where
+    the backend gives a host view of it (`ops.host_view`: torch on the CPU), and `into` is returned:
+    no new memory, one copy out of the page cache. Otherwise a new tensor, as without `into`."""
+    if isinstance(saved, FileBase) and into is not None and saved.dtypes == (ops.dtype_name(into),):
+        view = ops.host_view(into)
+        if view is not None and saved.files.fits(saved.key, view):
+            saved.files.read(saved.key, out=view)
+            return into
     if isinstance(saved, (FileBase, HostBase)):
         array = saved.files.read(saved.key) if isinstance(saved, FileBase) else saved.array
         tensor = ops.from_numpy(array, like=like, dtype=saved.dtypes[0])

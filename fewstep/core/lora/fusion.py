@@ -87,23 +87,33 @@ def term_factors(ops, up, down, weight_dtype: str):
 
 def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=None):
     """base + sum(scale * up @ down) for terms (up, down, scale) from `LoraLayer.device_factors` (each
-    rounded here by `term_factors`), in base's shape and dtype; `base` itself is never written.
+    rounded here by `term_factors`), in base's shape and dtype.
 
-    `out`: a tensor of base's shape and dtype that the result may be written into (the weight fused
-    before, which the caller owns); without it the result is a new tensor. Fresh memory is what
-    fusing a large LoRA mostly costs on a CPU (page faults on first touch), so each term is one
-    `matmul_add` (one pass over the weight in torch's addmm) accumulated in place, and re-fusing
-    into `out` allocates nothing. Whether written into `out` or not, the values are the same."""
+    `out`: a tensor of base's shape and dtype that the result is written into (where the framework
+    writes in place: `ops.matmul_add`, `ops.copy_into`), which may be `base` itself: the weight fused
+    before, or the weight being fused for the first time once its base is kept elsewhere. Without it
+    `base` is not written and the result is a new tensor. Fresh memory is what fusing a large LoRA
+    mostly costs on a CPU (page faults on first touch, and a heap that grows when new weights land
+    between freed ones), so each term is one `matmul_add` (one pass over the weight in torch's addmm)
+    accumulated in place, a half-precision weight is accumulated in one float32 copy and written back
+    into `out`, and re-fusing allocates nothing but that copy. The values are the same either way."""
     dtype = ops.dtype_name(base)
     shape = ops.shape(base)
     compute = compute_dtype(dtype)
     rows = (shape[0], int(np.prod(shape[1:])))
-    acc = ops.reshape(ops.cast(base, compute), rows)
-    target = ops.reshape(out, rows) if out is not None and compute == dtype else None
-    if not terms:  # no term: a copy of the base, as a fused weight never aliases it
-        acc = acc * 1.0
+    widened = compute != dtype
+    acc = ops.reshape(ops.cast(base, compute), rows)  # widened: a new float32 tensor, ours to write
+    if widened:
+        target = acc
+    else:
+        target = ops.reshape(out, rows) if out is not None else None
     for i, (up, down, scale) in enumerate(terms):
         up, down = term_factors(ops, up, down, dtype)
         # the first term reads the base and writes the target (or a new tensor); later ones add in place
         acc = ops.matmul_add(acc, up, down, float(scale), out=target if i == 0 else acc)
-    return ops.cast(ops.reshape(acc, shape), dtype)
+    result = ops.reshape(acc, shape)
+    if out is not None:
+        return result if (terms and not widened) else ops.copy_into(out, result)
+    if not terms and not widened:  # no term: a copy of the base, as a fused weight never aliases it
+        return result * 1.0
+    return ops.cast(result, dtype)

@@ -108,14 +108,20 @@ class WeightFiles:
         entry = self.entries.get(key)
         return entry is not None and stamp(entry.path) == self.stamps.get(entry.path)
 
-    def read(self, key: str) -> np.ndarray:
-        """The tensor `key` as a new NumPy array read from its file (bfloat16 widened to float32).
+    def read(self, key: str, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The tensor `key` read from its file (bfloat16 widened to float32), into a new array, or into
+        `out` (returned): a writable C-contiguous array of the tensor's shape and of its file dtype, not
+        bfloat16 (`fits`), such as the memory of the weight being re-fused.
 
-        Read with one `readinto` from the page cache into a fresh writable array, which a framework
-        wraps without another copy (a memory map would need a copy to be writable, and a page fault
-        per 4 KiB on every read)."""
+        Read with one `readinto` from the page cache into writable memory, which a framework wraps
+        without another copy (a memory map would need a copy to be writable, and a page fault per
+        4 KiB on every read)."""
         entry = self.entries[key]
-        out = np.empty(entry.shape, dtype=_DTYPES[entry.dtype])
+        if out is None:
+            out = np.empty(entry.shape, dtype=_DTYPES[entry.dtype])
+        elif not self.fits(key, out):
+            raise ValueError(f"Cannot read {key!r} ({entry.dtype} {list(entry.shape)}) into a {out.dtype} array of "
+                             f"shape {list(out.shape)}.")
         with open(entry.path, "rb", buffering=0) as f:
             f.seek(entry.offset)
             view = memoryview(out.reshape(-1)).cast("B")
@@ -128,3 +134,9 @@ class WeightFiles:
         if entry.dtype == "BF16":
             return (out.astype(np.uint32) << 16).view(np.float32)
         return out
+
+    def fits(self, key: str, out: np.ndarray) -> bool:
+        """Whether `read(key, out=out)` can read the tensor's bytes straight into `out`."""
+        entry = self.entries.get(key)
+        return (entry is not None and entry.dtype != "BF16" and out.dtype == _DTYPES[entry.dtype]
+                and tuple(out.shape) == entry.shape and out.flags.writeable and out.flags.c_contiguous)
