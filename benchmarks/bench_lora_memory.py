@@ -8,12 +8,12 @@ load the LoRA (which fuses), unfuse, then measure `fuse_lora()` from the unfused
 fractions of the UNet's size. On torch CPU the "device" is host memory, so "device" and "host" both
 keep one more UNet; "file" keeps none.
 
-The measuring processes run with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_), so
-a freed weight goes back to the system at once. With glibc's default (a dynamic threshold that rises
-to 32 MiB), freed weights stay in the heap for reuse and count in the RSS: `--default-malloc`
-measures that too (on one run: keep_base="file" +38% / +45% of the UNet at the peak, nothing kept).
+The measuring processes run with the allocator as users run it (glibc's default malloc, whose mmap
+threshold rises to 32 MiB, so freed blocks below it stay in the heap and count in the RSS).
+`--mmap-threshold` also measures with it fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_), where every freed
+weight goes back to the system at once: the difference is what the heap holds on to.
 
-    python benchmarks/bench_lora_memory.py [--dtype float16] [--modes file,host,device] [--default-malloc]
+    python benchmarks/bench_lora_memory.py [--dtype float16] [--modes file,host,device] [--mmap-threshold]
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ def measure(workdir: str, dtype: str, mode: str) -> dict:
             "load_and_fuse_peak": load_peak / size, "kept_as": kinds}
 
 
-def run_all(dtype: str, modes, default_malloc: bool = False) -> list:
+def run_all(dtype: str, modes, default_malloc: bool = True) -> list:
     env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
     if not default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     with tempfile.TemporaryDirectory(prefix="fewstep-lora-mem-") as workdir:
@@ -112,8 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--modes", default="file,host,device")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="also measure with glibc's default mmap threshold")
+    parser.add_argument("--mmap-threshold", action="store_true",
+                        help="also measure with glibc's mmap threshold fixed at 128 KiB")
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,8 +124,8 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.dtype, args.modes)))
         return
     results = run_all(args.dtype, args.modes.split(","))
-    if args.default_malloc:
-        results += run_all(args.dtype, args.modes.split(","), default_malloc=True)
+    if args.mmap_threshold:
+        results += run_all(args.dtype, args.modes.split(","), default_malloc=False)
     for r in results:
         malloc = "glibc default malloc" if r["default_malloc"] else "mmap threshold 128 KiB"
         print(f"keep_base={r['mode']:6s} {r['dtype']}, {malloc}: UNet {r['unet_bytes'] / 2**30:.2f} GiB; "

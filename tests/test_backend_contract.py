@@ -428,28 +428,62 @@ def test_host_buffer(ops):
 
 
 @pytest.mark.torch
-def test_host_buffer_is_pinned_for_cuda_tensors_only(monkeypatch):
-    """What a CUDA machine would get, checked without one: the page-locked allocation is asked for
-    exactly when `like` is on a CUDA device (a CPU-only torch cannot pin, so torch.empty is stood in)."""
+@pytest.mark.parametrize("driver_agrees", [True, False])
+def test_host_buffer_is_pinned_for_cuda_tensors_only(monkeypatch, driver_agrees):
+    """What a CUDA machine would get, checked without one (CUDA's runtime is stood in): a buffer for a
+    CUDA tensor is page-locked with cudaHostRegister, exactly its own memory, and unlocked when it is
+    freed; one for a CPU tensor is not; where the driver refuses, the buffer stays ordinary memory."""
+    import gc
+
     import torch
 
-    asked = []
-    real_empty = torch.empty
+    calls = []
 
-    def empty(*shape, pin_memory=False, **kwargs):
-        asked.append(pin_memory)
-        return real_empty(*shape, **kwargs)
+    class Runtime:
+        @staticmethod
+        def cudaHostRegister(address, size, flags):
+            calls.append(("register", address, size))
+            return 0 if driver_agrees else 2  # 2: cudaErrorMemoryAllocation
 
-    monkeypatch.setattr(torch, "empty", empty)
+        @staticmethod
+        def cudaHostUnregister(address):
+            calls.append(("unregister", address))
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: Runtime)
     ops = get_backend("torch")
 
     class CudaLike:
         device = torch.device("cuda", 0)
 
-    assert ops.host_buffer((2, 3), "float16", like=CudaLike()).dtype == np.float16
     ops.host_buffer((2, 3), "float16", like=torch.zeros(2, 3))
     ops.host_buffer((2, 3), "float16")
-    assert asked == [True, False, False]
+    assert calls == []
+    buf = ops.host_buffer((2, 3), "bfloat16", like=CudaLike())
+    assert buf.dtype == np.float32 and buf.shape == (2, 3)
+    address = buf.ctypes.data
+    assert calls == [("register", address, 24)]
+    del buf
+    gc.collect()
+    assert calls[1:] == ([("unregister", address)] if driver_agrees else [])
+
+
+@pytest.mark.torch
+def test_ops_that_write_in_place_leave_inference_tensors_alone():
+    """A weight made under torch.inference_mode (a pipeline moved or fused there) cannot be written
+    outside it: matmul_add and copy_into return new tensors with the same values instead of failing."""
+    import torch
+
+    ops = get_backend("torch")
+    a, b, x = (torch.from_numpy(v) for v in (data(6, 8, seed=13), data(8, 5, seed=14), data(6, 5, seed=15)))
+    with torch.inference_mode():
+        frozen = x.clone()
+    got = ops.matmul_add(frozen, a, b, 0.5, out=frozen)
+    assert got.data_ptr() != frozen.data_ptr() and torch.equal(got, ops.matmul_add(x, a, b, 0.5))
+    assert torch.equal(frozen, x)
+    half = ops.copy_into(frozen, x * 3)
+    assert half.data_ptr() != frozen.data_ptr() and torch.equal(half, x * 3)
+    assert ops.host_view(frozen) is None
 
 
 @covers("all_finite")

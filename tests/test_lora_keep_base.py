@@ -123,6 +123,52 @@ def test_file_and_host_modes_fuse_and_switch_in_the_weights_own_memory(shared_pi
     assert all(ptr != unfused[key] for key, ptr in addresses().items())  # the unfused tensor is the base
 
 
+def test_an_interrupted_switch_or_unfuse_is_finished_by_the_next_one(shared_pipe, tmp_path_factory, monkeypatch):
+    """Re-fusing and restoring write into the weights themselves: one stopped part-way (Ctrl-C, out of
+    memory) must leave no weight that the LoRA state takes for done."""
+    import fewstep.pipelines.lora as lora_module
+
+    case = sd15_case(tmp_path_factory)
+    pipe = shared_pipe("torch")
+    pipe.fuse_lora(keep_base="file")
+    pipe.load_lora_weights(case.files["kohya"], adapter_name="a")
+    pipe.load_lora_weights(case.file_b, adapter_name="b")
+    pipe.set_adapters(["a"])
+    keys = list(pipe._lora_state().saved)
+
+    def weights():
+        return {key: pipe.ops.to_numpy(getattr(pipe, key[0]).named_weight(key[1])).copy() for key in keys}
+
+    only_a = weights()
+
+    def stopping(real, after):
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > after:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return wrapper
+
+    # stopped after the base of the 4th weight was read into it, before its fusion
+    monkeypatch.setattr(lora_module, "fused_weight", stopping(lora_module.fused_weight, 3))
+    with pytest.raises(KeyboardInterrupt):
+        pipe.set_adapters(["a", "b"], [1.0, 0.8])
+    monkeypatch.undo()
+    pipe.set_adapters(["a"])  # back to what most weights still carry
+    assert_bitwise(weights(), only_a)
+    # a restore stopped part-way: the bases of the rest are still there
+    monkeypatch.setattr(lora_bases, "materialize", stopping(lora_bases.materialize, 3))
+    with pytest.raises(KeyboardInterrupt):
+        pipe.unfuse_lora()
+    monkeypatch.undo()
+    pipe.unfuse_lora()
+    assert_bitwise(fused(pipe, case), case.base_weights)
+    pipe.set_adapters(["a"])
+    assert_bitwise(weights(), only_a)
+
+
 def _load(folder, backend):
     pipe = pipelines.StableDiffusionPipeline.from_pretrained(folder, backend=backend)
     pipe.set_progress_bar_config(disable=True)

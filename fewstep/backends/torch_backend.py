@@ -8,6 +8,7 @@ Every op is the plain torch call (those that `mindspore.mint` spells alike are w
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -63,26 +64,27 @@ class Backend(TorchLikeOps):
 
     def matmul_add(self, x, a, b, scale: float = 1.0, out=None):
         # addmm applies scale and adds x in the GEMM's own epilogue: one pass over the result.
-        if out is None:
+        if out is None or _frozen(out):
             return torch.addmm(x, a, b, alpha=scale)
         return torch.addmm(x, a, b, alpha=scale, out=out)
 
     def copy_into(self, out, x):
+        if _frozen(out):
+            return x.to(out.dtype)
         return out.copy_(x)  # casts as .to() does
 
     def host_view(self, x):
-        if x.device.type != "cpu" or x.dtype == torch.bfloat16 or not x.is_contiguous() or x.is_conj() or x.is_neg():
+        if (x.device.type != "cpu" or x.dtype == torch.bfloat16 or not x.is_contiguous() or x.is_conj()
+                or x.is_neg() or _frozen(x)):
             return None
         return x.detach().numpy()
 
     def host_buffer(self, shape, dtype: str, like=None):
-        shape = as_ints(shape)
-        if dtype == "bfloat16":  # NumPy has no bfloat16: its values are kept as float32, exactly
-            dtype = "float32"
-        native = self.dtypes.native(dtype)
-        # page-locked only where copies to a CUDA device read it: pinning costs host memory the OS cannot page out
-        pinned = like is not None and like.device.type == "cuda"
-        return torch.empty(shape, dtype=native, pin_memory=pinned).numpy()
+        # NumPy has no bfloat16: its values are kept as float32, exactly
+        buffer = np.empty(as_ints(shape), dtype=np.float32 if dtype == "bfloat16" else np.dtype(dtype))
+        if like is not None and like.device.type == "cuda":
+            _pin(buffer)
+        return buffer
 
     def all_finite(self, x) -> bool:
         return bool(torch.isfinite(x).all())
@@ -122,3 +124,26 @@ class Backend(TorchLikeOps):
             device=like.device if like is not None else None,
             dtype=TORCH_DTYPES.native(dtype),
         )
+
+
+def _frozen(t) -> bool:
+    """An inference tensor (made under torch.inference_mode) outside that mode: torch refuses to write it,
+    so the ops that write in place return a new tensor instead, as they may."""
+    return t.is_inference() and not torch.is_inference_mode_enabled()
+
+
+def _pin(buffer: np.ndarray) -> bool:
+    """Page-lock `buffer`'s memory for CUDA copies (cudaHostRegister), unlocked when the array is freed.
+    Registered rather than taken from torch's pinned-memory cache, which rounds every block up to a
+    power of two and keeps freed blocks: a kept base weight (SDXL: 5-10 GB) must cost its size and go
+    back when unfused. Where the driver refuses (too much locked memory), the buffer stays pageable:
+    copies from it are slower, not wrong."""
+    if buffer.nbytes == 0:
+        return False
+    cudart = torch.cuda.cudart()
+    address = buffer.ctypes.data
+    if int(cudart.cudaHostRegister(address, buffer.nbytes, 0)) != 0:
+        return False
+    # not at interpreter exit, when CUDA may be torn down already (the process's memory goes with it anyway)
+    weakref.finalize(buffer, cudart.cudaHostUnregister, address).atexit = False
+    return True

@@ -96,9 +96,10 @@ class TensorOps(Protocol):
         re-fuses, where there is such a view."""
 
     def host_buffer(self, shape: Sequence[int], dtype: str, like: Optional[Tensor] = None) -> np.ndarray:
-        """An uninitialised NumPy array for host copies of tensors like `like`: page-locked (pinned)
-        memory where `like` is on a CUDA device, so copies between it and the device run at full bus
-        speed; ordinary memory otherwise. LoRA's keep_base="host" keeps base weights in it."""
+        """An uninitialised NumPy array for host copies of tensors like `like` (bfloat16 as float32):
+        page-locked (pinned) memory where `like` is on a CUDA device and the driver agrees, so copies
+        between it and the device run at full bus speed, unlocked when the array is freed; ordinary
+        memory otherwise. LoRA's keep_base="host" keeps base weights in it."""
 
     def all_finite(self, x: Tensor) -> bool:
         """True when no element of `x` is NaN or infinite. Computed where `x` lives: one Python bool

@@ -402,6 +402,9 @@ class LoraMixin:
                 elif check_finite:  # safe fusing writes nothing until every weight is checked
                     current, base = None, lora_bases.materialize(ops, saved, weight)
                 else:  # a weight fused before is ours: re-fused in its own memory, the base read into it if it can
+                    # forgotten first: a re-fusion interrupted part-way (Ctrl-C, out of memory) leaves a weight
+                    # no signature vouches for, so the next refresh fuses it again from its base
+                    state.signature.pop(key, None)
                     current = weight
                     base = lora_bases.materialize(ops, saved, weight, into=weight)
                 fused = fused_weight(ops, base, [(t.factors.up, t.factors.down, t.scale) for t in terms], out=current)
@@ -417,9 +420,10 @@ class LoraMixin:
             for key in plan.restore:
                 component, path = key
                 like = components[component].named_weight(path)
-                components[component].set_weight(path, lora_bases.materialize(ops, state.saved.pop(key), like,
-                                                                              into=like))
+                # the base is dropped only once it is back: a restore interrupted part-way is done again
                 state.signature.pop(key, None)
+                components[component].set_weight(path, lora_bases.materialize(ops, state.saved[key], like, into=like))
+                del state.saved[key]
         state.fused_scale = scale
 
     def _write_fused(self, state, components, key, base, fused, signature) -> None:
