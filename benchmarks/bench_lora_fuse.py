@@ -13,15 +13,15 @@ PEFT-format safetensors file (lora_alpha 32, so the scale 0.5 is really applied)
   [a] at 1.0): fewstep `set_adapters` (re-fuses from the saved base) vs diffusers' fused equivalent
   `unfuse_lora` + `set_adapters` + `fuse_lora`. diffusers' bare `set_adapters` (which only changes the
   scales of unfused PEFT layers, making every later step slower) is printed for context.
-  fewstep's switch is timed for each `--keep-base` mode (where the unfused bases are kept: "device" beside
-  the weights, "host" in NumPy, "file" read back from the UNet's safetensors files, which the UNet is
-  saved to first and indexed from); load + fuse is timed with keep_base="device".
+  load + fuse and fewstep's switch are timed for each `--keep-base` mode (where the unfused bases are kept:
+  "file", the default, read back from the UNet's safetensors files, which the UNet is saved to first
+  and indexed from; "host" in NumPy; "device" beside the weights).
 - `--mindspore`: fewstep load + fuse of the same file on mindone's UNet of the same config.
 
 Medians over repeats; the first fused weights of both are compared before timing.
 
     python benchmarks/bench_lora_fuse.py [--repeats 3] [--switch-repeats 3] [--cold N] [--mindspore] [--threads N]
-        [--keep-base device,host,file]
+        [--keep-base file,host,device]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import gc
 import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def main() -> None:
                         help="also time each side's first load + fuse in N fresh processes")
     parser.add_argument("--cold-side", choices=("ours", "ref"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--keep-base", default="device,host,file", help="keep_base modes the switch is timed in")
+    parser.add_argument("--keep-base", default="file,host,device",
+                        help="keep_base modes load + fuse and the switch are timed in (the first: the agreement check)")
     args = parser.parse_args()
     if args.cold_side:
         return cold_side(args.cold_side)
@@ -165,7 +167,21 @@ def run(args, workdir: str) -> None:
     start = time.perf_counter()
     unet = torch_unet()
     ours = unet_only("torch", unet)
-    ours.fuse_lora(keep_base="device")
+    modes = args.keep_base.split(",")
+
+    def index_files():
+        """Save the UNet's weights as they are now and index them, for keep_base="file" to read bases back
+        from: as if it had been loaded from them. Done again before each "file" section, as diffusers'
+        inexact unfuse in between leaves weights that differ from the files by an ulp (fewstep would
+        rightly keep host copies of them)."""
+        from fewstep.core.lora.weight_files import WeightFiles
+
+        folder = os.path.join(workdir, "unet")
+        shutil.rmtree(folder, ignore_errors=True)
+        unet.save_pretrained(folder, safe_serialization=True)
+        ours.unet.weight_files = WeightFiles.scan(folder)
+
+    ours.fuse_lora(keep_base=modes[0])
     shapes = ours.unet.lora_targets()
     file_a, file_b = (os.path.join(workdir, f"{n}.safetensors") for n in ("a", "b"))
     n_params = write_lora(shapes, file_a, seed=1)
@@ -205,16 +221,23 @@ def run(args, workdir: str) -> None:
     # previous run freed. Interleaving the two sides instead makes each pay the other's allocation
     # pattern (on this VM, first-touch page faults cost ~0.5-2 s/GB), which measures the machine.
     times = {}
-    for name, run, reset in (("ours", ours_load, ours.unload_lora_weights), ("ref", ref_load, ref_reset)):
+    sides = [(mode, ours_load, ours.unload_lora_weights) for mode in modes] + [("ref", ref_load, ref_reset)]
+    for name, run, reset in sides:
+        if name == "file":
+            index_files()
+        if name != "ref":
+            ours.fuse_lora(keep_base=name)
         times[name] = []
         for _ in range(args.repeats + 1):
             times[name].append(timed(run))
             reset()
-    m_ours, m_ref = statistics.median(times["ours"][1:]), statistics.median(times["ref"][1:])
-    print(f"load + fuse  diffusers+peft median {m_ref:6.2f} s   fewstep median {m_ours:6.2f} s   "
-          f"ratio {m_ours / m_ref:.3f}   (warm-up run: diffusers {times['ref'][0]:.1f} s, fewstep "
-          f"{times['ours'][0]:.1f} s; timed: diffusers {', '.join(f'{t:.1f}' for t in times['ref'][1:])}; "
-          f"fewstep {', '.join(f'{t:.1f}' for t in times['ours'][1:])})")
+    m_ref = statistics.median(times["ref"][1:])
+    for mode in modes:
+        m_ours = statistics.median(times[mode][1:])
+        print(f"load + fuse  keep_base={mode:6s} diffusers+peft median {m_ref:6.2f} s   fewstep median {m_ours:6.2f} s   "
+              f"ratio {m_ours / m_ref:.3f}   (warm-up run: diffusers {times['ref'][0]:.1f} s, fewstep "
+              f"{times[mode][0]:.1f} s; timed: diffusers {', '.join(f'{t:.1f}' for t in times['ref'][1:])}; "
+              f"fewstep {', '.join(f'{t:.1f}' for t in times[mode][1:])})")
     if args.cold:
         cold = {"ours": [], "ref": []}
         for i in range(args.cold):
@@ -228,13 +251,9 @@ def run(args, workdir: str) -> None:
     if args.switch_repeats:
         combos = [(["a", "b"], [1.0, 0.8]), (["a"], [1.0])]
         switch = {"ref": [], "ref_bare": []}
-        modes = args.keep_base.split(",")
-        if "file" in modes:  # the UNet's own safetensors files, for keep_base="file" to read bases back from
-            from fewstep.core.lora.weight_files import WeightFiles
-
-            unet.save_pretrained(os.path.join(workdir, "unet"), safe_serialization=True)
-            ours.unet.weight_files = WeightFiles.scan(os.path.join(workdir, "unet"))
         for mode in modes:
+            if mode == "file":
+                index_files()
             ours.fuse_lora(keep_base=mode)
             ours.load_lora_weights(file_a, adapter_name="a")
             ours.load_lora_weights(file_b, adapter_name="b")
