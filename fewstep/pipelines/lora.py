@@ -55,7 +55,7 @@ import numpy as np
 from fewstep.backends import get_backend
 from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraSource, find_weight_file, fused_weight,
                                normalise, read_lora)
-from fewstep.core.lora.fusion import factor_dtype
+from fewstep.core.lora.fusion import HALF, factor_dtype, work_buffer
 from fewstep.core.lora.plan import plan_refresh, wanted_terms
 from fewstep.pipelines import lora_bases
 
@@ -388,6 +388,7 @@ class LoraMixin:
                                if isinstance(state.saved.get(key), lora_bases.FileBase)])
         with ops.no_grad():
             updates = []
+            work = self._work_buffers(components, [key for key, _, _ in plan.fuse])
             for key, terms, signature in plan.fuse:
                 component, path = key
                 saved = state.saved.get(key)
@@ -407,7 +408,8 @@ class LoraMixin:
                     state.signature.pop(key, None)
                     current = weight
                     base = lora_bases.materialize(ops, saved, weight, into=weight)
-                fused = fused_weight(ops, base, [(t.factors.up, t.factors.down, t.scale) for t in terms], out=current)
+                fused = fused_weight(ops, base, [(t.factors.up, t.factors.down, t.scale) for t in terms], out=current,
+                                     work=work.get(component))
                 if check_finite and not ops.all_finite(fused):  # checked on the device: one bool comes back
                     raise LoraError(f"Fusing gives NaN or inf in {component} module {path!r}; no weight was changed. "
                                     f"The adapter is broken, or lora_scale/adapter_weights are too large.")
@@ -425,6 +427,20 @@ class LoraMixin:
                 components[component].set_weight(path, lora_bases.materialize(ops, state.saved[key], like, into=like))
                 del state.saved[key]
         state.fused_scale = scale
+
+    def _work_buffers(self, components, keys) -> Dict[str, Any]:
+        """component -> one float32 buffer for the float32 copies of its half-precision weights among `keys`
+        (`fused_weight(work=)`), as large as the largest; one per component, as components may sit on
+        different devices."""
+        ops = self.ops
+        largest: Dict[str, Tuple[int, Any]] = {}
+        for component, path in keys:
+            weight = components[component].named_weight(path)
+            if ops.dtype_name(weight) in HALF:
+                elements = int(np.prod(ops.shape(weight)))
+                if elements > largest.get(component, (0, None))[0]:
+                    largest[component] = (elements, weight)
+        return {component: work_buffer(ops, like, elements) for component, (elements, like) in largest.items()}
 
     def _write_fused(self, state, components, key, base, fused, signature) -> None:
         if key not in state.saved:  # the first fusion of this weight: `base` is the original tensor

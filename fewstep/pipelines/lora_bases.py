@@ -86,22 +86,37 @@ def keep(ops, mode: str, component, path: str, weight):
         files = getattr(component, "weight_files", None)
         key = f"{path}.weight"
         if files is not None and files.locate(key) is not None and files.unchanged(key):
-            try:
-                from_file = ops.to_numpy(ops.from_numpy(files.read(key), like=weight))
-            except (OSError, ValueError, TypeError):
-                from_file = None
-            if from_file is not None and from_file.dtype == current.dtype and from_file.shape == current.shape:
-                # the two hashes side by side: hashlib lets go of the GIL, and they are most of a first fusion's
-                # cost in this mode (a float32 SD 1.5 UNet: 2 x 3.4 GB)
-                pending = _hasher().submit(_digest, current)
-                file_digest = _digest(from_file)
-                digest = pending.result()
-                if file_digest == digest:
-                    return FileBase(files, key, digest, dtypes)
+            # the two hashes side by side: hashlib lets go of the GIL, and they are most of a first fusion's
+            # cost in this mode (a float32 SD 1.5 UNet: 2 x 3.4 GB)
+            pending = _hasher().submit(_digest, current)
+            file_digest = _file_digest(ops, files, key, weight, current)
+            digest = pending.result()
+            if file_digest == digest:
+                return FileBase(files, key, digest, dtypes)
     # "host", or a weight its file cannot give back exactly: pinned memory for a CUDA weight (ops.host_buffer)
     copy = ops.host_buffer(current.shape, dtypes[0], like=weight)
     np.copyto(copy, current)
     return HostBase(copy, dtypes)
+
+
+def _file_digest(ops, files, key: str, weight, current: np.ndarray):
+    """sha256 of the file's tensor `key` converted as loading converted it (like `weight`, whose host
+    values are `current`), or None when it cannot be read so. Where loading kept the file's dtype, the
+    bytes are hashed as they are read, a chunk at a time: no second copy of the weight in memory at the
+    first fusion, which writes into the weight itself."""
+    if files.locate(key).shape != current.shape:
+        return None
+    try:
+        if ops.dtype_name(weight) != "bfloat16":
+            hashed = files.sha256(key, current.dtype)
+            if hashed is not None:
+                return hashed
+        from_file = ops.to_numpy(ops.from_numpy(files.read(key), like=weight))
+    except (OSError, ValueError, TypeError):
+        return None
+    if from_file.dtype != current.dtype or from_file.shape != current.shape:
+        return None
+    return _digest(from_file)
 
 
 def _file_intact(ops, base: FileBase, like) -> bool:

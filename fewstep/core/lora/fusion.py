@@ -85,7 +85,12 @@ def term_factors(ops, up, down, weight_dtype: str):
     return tuple(ops.cast(ops.cast(f, weight_dtype), compute) for f in (up, down))
 
 
-def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=None):
+def work_buffer(ops, like, elements: int):
+    """A flat float32 tensor of `elements` on `like`'s device, for `fused_weight(work=)`."""
+    return ops.from_numpy(np.empty(int(elements), dtype=np.float32), like=like, dtype="float32")
+
+
+def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=None, work=None):
     """base + sum(scale * up @ down) for terms (up, down, scale) from `LoraLayer.device_factors` (each
     rounded here by `term_factors`), in base's shape and dtype.
 
@@ -96,13 +101,23 @@ def fused_weight(ops, base, terms: Sequence[Tuple[object, object, float]], out=N
     mostly costs on a CPU (page faults on first touch, and a heap that grows when new weights land
     between freed ones), so each term is one `matmul_add` (one pass over the weight in torch's addmm)
     accumulated in place, a half-precision weight is accumulated in one float32 copy and written back
-    into `out`, and re-fusing allocates nothing but that copy. The values are the same either way."""
+    into `out`, and re-fusing allocates nothing but that copy. The values are the same either way.
+
+    `work`: a flat float32 tensor on base's device (`work_buffer`) with at least as many elements as
+    base, that holds the float32 copy of a half-precision weight instead of new memory: one buffer for
+    all the weights of a refresh, so a process fusing hundreds of weights does not leave a heap of
+    freed copies behind (glibc keeps freed blocks under its mmap threshold, up to 32 MiB, for reuse)."""
     dtype = ops.dtype_name(base)
     shape = ops.shape(base)
     compute = compute_dtype(dtype)
     rows = (shape[0], int(np.prod(shape[1:])))
     widened = compute != dtype
-    acc = ops.reshape(ops.cast(base, compute), rows)  # widened: a new float32 tensor, ours to write
+    if widened and work is not None:  # the float32 copy in the caller's buffer (exact: half widens exactly)
+        size, total = rows[0] * rows[1], ops.shape(work)[0]
+        flat = work if size == total else ops.split(work, [size, total - size])[0]
+        acc = ops.copy_into(ops.reshape(flat, rows), ops.reshape(base, rows))
+    else:
+        acc = ops.reshape(ops.cast(base, compute), rows)  # widened: a new float32 tensor, ours to write
     if widened:
         target = acc
     else:

@@ -13,6 +13,7 @@ library only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -134,6 +135,27 @@ class WeightFiles:
         if entry.dtype == "BF16":
             return (out.astype(np.uint32) << 16).view(np.float32)
         return out
+
+    def sha256(self, key: str, dtype: np.dtype, chunk: int = 8 * 2 ** 20) -> Optional[str]:
+        """sha256 of the tensor `key`'s bytes as an array of `dtype` would hold them, read a chunk at a
+        time (no copy of the tensor in memory); None when the file's dtype is not `dtype` (the tensor
+        must be converted first: `read` it) or the file ends early."""
+        entry = self.entries[key]
+        if entry.dtype == "BF16" or np.dtype(_DTYPES[entry.dtype]) != np.dtype(dtype):
+            return None
+        remaining = int(np.prod(entry.shape)) * np.dtype(dtype).itemsize
+        digest = hashlib.sha256()
+        buffer = bytearray(min(chunk, max(remaining, 1)))
+        view = memoryview(buffer)
+        with open(entry.path, "rb", buffering=0) as f:
+            f.seek(entry.offset)
+            while remaining:
+                n = f.readinto(view[:min(remaining, len(view))])
+                if not n:
+                    return None
+                digest.update(view[:n])
+                remaining -= n
+        return digest.hexdigest()
 
     def fits(self, key: str, out: np.ndarray) -> bool:
         """Whether `read(key, out=out)` can read the tensor's bytes straight into `out`."""
