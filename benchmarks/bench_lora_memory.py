@@ -131,7 +131,8 @@ def main() -> None:
         print(f"keep_base={r['mode']:6s} {r['dtype']}, {malloc}: UNet {r['unet_bytes'] / 2**30:.2f} GiB; "
               f"fuse_lora() peak RSS "
               f"+{100 * r['fuse_peak']:.1f}% of the UNet, kept after +{100 * r['fuse_kept']:.1f}%; first "
-              f"load_lora_weights (reads the LoRA, fuses) peak +{100 * r['load_and_fuse_peak']:.1f}%; bases kept as "
+              f"load_lora_weights (reads the LoRA, fuses; includes paging in the UNet's weights, which loading "
+              f"left memory-mapped on disk) peak +{100 * r['load_and_fuse_peak']:.1f}%; bases kept as "
               f"{r['kept_as']}")
 
 
