@@ -44,6 +44,12 @@ def host_array(a) -> np.ndarray:
     return a
 
 
+def host_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype a host copy of a `dtype` tensor is kept in: bfloat16, which NumPy lacks, as
+    float32 (exact); every other dtype as itself."""
+    return np.dtype(np.float32 if check_dtype(dtype) == "bfloat16" else check_dtype(dtype))
+
+
 class DtypeTable:
     """fewstep's dtype names (`fewstep.core.ops.DTYPES`) <-> one framework's dtype objects."""
 

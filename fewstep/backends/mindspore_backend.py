@@ -16,7 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
-from fewstep.backends.common import DtypeTable, TorchLikeOps, as_ints
+from fewstep.backends.common import DtypeTable, TorchLikeOps, as_ints, host_dtype
 
 MS_DTYPES = DtypeTable(ms, spelling={"bool": "bool_"})
 
@@ -129,7 +129,7 @@ class Backend(TorchLikeOps):
         return None  # the runtime may still be writing or reading the tensor's memory when Python gets it back
 
     def host_buffer(self, shape, dtype: str, like=None):
-        return np.empty(as_ints(shape), dtype=np.float32 if dtype == "bfloat16" else np.dtype(dtype))
+        return np.empty(as_ints(shape), dtype=host_dtype(dtype))
 
     def all_finite(self, x) -> bool:
         return bool(mint.isfinite(_up(x)).all())  # float32 for bfloat16 on CPU is exact: same verdict

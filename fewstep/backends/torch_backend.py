@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.backends.common import DtypeTable, TorchLikeOps, as_ints
+from fewstep.backends.common import DtypeTable, TorchLikeOps, as_ints, host_dtype
 
 TORCH_DTYPES = DtypeTable(torch)
 
@@ -80,8 +80,7 @@ class Backend(TorchLikeOps):
         return x.detach().numpy()
 
     def host_buffer(self, shape, dtype: str, like=None):
-        # NumPy has no bfloat16: its values are kept as float32, exactly
-        buffer = np.empty(as_ints(shape), dtype=np.float32 if dtype == "bfloat16" else np.dtype(dtype))
+        buffer = np.empty(as_ints(shape), dtype=host_dtype(dtype))
         if like is not None and like.device.type == "cuda":
             _pin(buffer)
         return buffer

@@ -125,13 +125,7 @@ class WeightFiles:
                              f"shape {list(out.shape)}.")
         with open(entry.path, "rb", buffering=0) as f:
             f.seek(entry.offset)
-            view = memoryview(out.reshape(-1)).cast("B")
-            done = 0
-            while done < len(view):
-                n = f.readinto(view[done:])
-                if not n:
-                    raise OSError(f"{entry.path} ends before tensor {key!r} does")
-                done += n
+            _fill(f, memoryview(out.reshape(-1)).cast("B"), entry.path, key)
         if entry.dtype == "BF16":
             return (out.astype(np.uint32) << 16).view(np.float32)
         return out
@@ -145,16 +139,17 @@ class WeightFiles:
             return None
         remaining = int(np.prod(entry.shape)) * np.dtype(dtype).itemsize
         digest = hashlib.sha256()
-        buffer = bytearray(min(chunk, max(remaining, 1)))
-        view = memoryview(buffer)
+        view = memoryview(bytearray(min(chunk, max(remaining, 1))))
         with open(entry.path, "rb", buffering=0) as f:
             f.seek(entry.offset)
             while remaining:
-                n = f.readinto(view[:min(remaining, len(view))])
-                if not n:
+                part = view[:min(remaining, len(view))]
+                try:
+                    _fill(f, part, entry.path, key)
+                except OSError:
                     return None
-                digest.update(view[:n])
-                remaining -= n
+                digest.update(part)
+                remaining -= len(part)
         return digest.hexdigest()
 
     def fits(self, key: str, out: np.ndarray) -> bool:
@@ -162,3 +157,13 @@ class WeightFiles:
         entry = self.entries.get(key)
         return (entry is not None and entry.dtype != "BF16" and out.dtype == _DTYPES[entry.dtype]
                 and tuple(out.shape) == entry.shape and out.flags.writeable and out.flags.c_contiguous)
+
+
+def _fill(f, view: memoryview, path: str, key: str) -> None:
+    """Read from `f` until the byte view `view` is full (`readinto` may stop short); OSError at the end of file."""
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise OSError(f"{path} ends before tensor {key!r} does")
+        done += n
