@@ -280,3 +280,23 @@ def test_mindspore_fuses_the_same_weights_and_image(case):
     assert_weights(fused(pipe, case), case.weights_ab)
     pipe.unfuse_lora()
     assert_bitwise(fused(pipe, case), case.base_weights)
+
+
+@pytest.mark.torch
+def test_text_encoder_lora_in_released_and_transformers5_names(case, tmp_path):
+    """Released LoRAs name CLIP text-encoder modules `text_model.encoder...`; one saved with transformers 5 has no
+    `text_model.` level. Either file fuses diffusers' weights (which takes both) on every transformers version."""
+    def strip(p):
+        return p[len("text_model."):] if p.startswith("text_model.") else p
+
+    te = case.a["text_encoder"]
+    want = {strip(p): case.weights_a[("text_encoder", p)] for p in te}
+    base = {strip(p): case.base_weights[("text_encoder", p)] for p in te}
+    for name, rename in (("released", lambda p: "text_model." + strip(p)), ("transformers5", strip)):
+        path = write(str(tmp_path), name, {"text_encoder": {rename(p): v for p, v in te.items()}}, "peft", case.kind)
+        pipe = case.pipeline("torch")
+        pipe.load_lora_weights(path, adapter_name=name)
+        pipe.fuse_lora()
+        got = {p: pipe.ops.to_numpy(pipe.text_encoder.named_weight("text_model." + p)).copy() for p in want}
+        assert_weights(got, want)
+        assert all(not np.array_equal(got[p], base[p]) for p in got), name

@@ -278,8 +278,15 @@ def test_bad_parity_input_is_refused_before_anything_runs():
 def test_recording_leaves_nothing_behind():
     # Recording is hooks installed for one call: after `compare` the pipeline's models hold no hooks and
     # the scheduler's step is the class's own again, so a pipeline that is not compared pays nothing.
+    # (transformers 5 models hold forward hooks of their own, for the hidden states they return: only fewstep's
+    # recording hooks, functions of fewstep's modules, must be gone.)
     side = load_side(tiny_pipeline("sd15"))
-    compare(_side("sd15"), side, CASES["lcm"])
     modules = [side.pipe.unet.module, side.pipe.vae.module, side.pipe.text_encoder.module]
-    assert all(not m._forward_hooks for module in modules for m in module.modules())
+
+    def ours():
+        return [h for module in modules for m in module.modules() for h in m._forward_hooks.values()
+                if getattr(h, "__module__", "").startswith("fewstep.")]
+
+    compare(_side("sd15"), side, CASES["lcm"])
+    assert not ours()
     assert "step" not in vars(side.pipe.scheduler)

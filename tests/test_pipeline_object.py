@@ -235,9 +235,14 @@ def test_components_without_a_model_or_scheduler_give_clear_errors():
 
 # ---------------------------------------------------------------------- VAE slicing and tiling
 def _toggle(pipe, slicing: bool, tiling: bool):
-    """Through the pipelines' own methods (fewstep's, diffusers', mindone's: the same names)."""
+    """Through the pipelines' own methods (fewstep's, diffusers' up to 0.3x, mindone's: the same names), else the
+    VAE's, as the installed diffusers has it (0.4x keeps only `pipe.vae.enable_slicing()` and the like)."""
     for on, name in ((slicing, "slicing"), (tiling, "tiling")):
-        getattr(pipe, f"{'enable' if on else 'disable'}_vae_{name}")()
+        verb = "enable" if on else "disable"
+        if hasattr(pipe, f"{verb}_vae_{name}"):
+            getattr(pipe, f"{verb}_vae_{name}")()
+        else:
+            getattr(pipe.vae, f"{verb}_{name}")()
 
 
 def _reference(library, class_name, kind):

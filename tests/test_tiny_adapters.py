@@ -9,7 +9,7 @@ import pytest
 
 from fewstep.testing import tiny_controlnet, tiny_dpt, tiny_pipeline, tiny_t2i_adapter
 from fewstep.testing.tiny_adapters import CONTROLNET_ZERO_PREFIXES, FORMAT_VERSION
-from fewstep.testing.tiny_models import MARKER
+from fewstep.testing.tiny_models import MARKER, stack_tag
 
 pytestmark = pytest.mark.torch
 
@@ -220,7 +220,7 @@ def test_deterministic_from_seed(folders, tmp_path, name):
 
 def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
-    cache = tmp_path / "cache" / "tiny"
+    cache = tmp_path / "cache" / "tiny" / stack_tag()
     folder = tiny_t2i_adapter("sdxl", seed=3)
     assert folder == str(cache / "t2i-adapter-sdxl-3")
     assert tiny_dpt(seed=3) == str(cache / "dpt-3")

@@ -11,7 +11,7 @@ import pytest
 from fewstep.testing import IP_ADAPTER_FILES, IP_ADAPTER_IMAGE_ENCODERS, tiny_ip_adapter, tiny_pipeline
 from fewstep.testing.tiny_ip_adapter import FORMAT_VERSION, IP_IMAGE_SIZE, PLUS_CONFIG
 from fewstep.testing.tiny_models import FORMAT_VERSION as PIPELINE_FORMAT_VERSION
-from fewstep.testing.tiny_models import MARKER
+from fewstep.testing.tiny_models import MARKER, stack_tag
 
 CASES = [(kind, variant) for kind in IP_ADAPTER_FILES for variant in IP_ADAPTER_FILES[kind]]
 PICTURE_SEED = 0
@@ -189,7 +189,7 @@ def test_deterministic_from_seed(folders, tmp_path, kind):
 @pytest.mark.torch
 def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
-    cache = tmp_path / "cache" / "tiny"
+    cache = tmp_path / "cache" / "tiny" / stack_tag()
     folder = tiny_ip_adapter("sd15", seed=3)
     assert folder == str(cache / "ip-adapter-sd15-3")
     weights = os.path.join(folder, *IP_ADAPTER_FILES["sd15"]["plus"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fewstep.testing import KINDS, tiny_pipeline
-from fewstep.testing.tiny_models import MARKER
+from fewstep.testing.tiny_models import MARKER, stack_tag
 
 pytestmark = pytest.mark.torch
 
@@ -85,7 +85,7 @@ def test_deterministic_from_seed(folders, tmp_path, kind):
 def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
     folder = tiny_pipeline("sd15", seed=3)
-    assert folder == str(tmp_path / "cache" / "tiny" / "sd15-3")
+    assert folder == str(tmp_path / "cache" / "tiny" / stack_tag() / "sd15-3")
     weights = os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")
     stamp = os.stat(weights).st_mtime_ns
     assert tiny_pipeline("sd15", seed=3) == folder and os.stat(weights).st_mtime_ns == stamp  # cached
@@ -93,7 +93,28 @@ def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     json.dump({"kind": "sd15", "seed": 3, "format": -1}, open(marker, "w"))  # an older format: rebuilt
     assert tiny_pipeline("sd15", seed=3) == folder
     assert json.load(open(marker))["format"] != -1
-    assert not [p for p in os.listdir(tmp_path / "cache" / "tiny") if p.startswith(".")]  # no staging left
+    assert not [p for p in os.listdir(tmp_path / "cache" / "tiny" / stack_tag()) if p.startswith(".")]  # no staging left
+
+
+def test_each_library_stack_has_its_own_cache(tmp_path, monkeypatch):
+    """A folder written by one diffusers / transformers / torch is never reused by another: the pinned stack and
+    the newest-releases stack (and the installed one) each get their own cache folder."""
+    from importlib.metadata import version
+
+    import fewstep.testing.tiny_models as tiny_models
+
+    pinned = stack_tag({"torch": "2.13.0", "diffusers": "0.35.2", "transformers": "4.57.1"})
+    newest = stack_tag({"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.25.0"})
+    assert pinned != newest
+    assert f"diffusers-{version('diffusers')}" in stack_tag() and f"transformers-{version('transformers')}" in stack_tag()
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
+    folders = {}
+    for tag in (pinned, newest):
+        monkeypatch.setattr(tiny_models, "stack_tag", lambda tag=tag: tag)
+        folders[tag] = tiny_pipeline("sd15", seed=3)
+    assert folders[pinned] == str(tmp_path / "cache" / "tiny" / pinned / "sd15-3")
+    assert folders[newest] == str(tmp_path / "cache" / "tiny" / newest / "sd15-3")
+    assert all(os.path.isfile(os.path.join(f, "model_index.json")) for f in folders.values())
 
 
 def test_refuses_foreign_folder_and_unknown_kind(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from fewstep.testing import tiny_motion_adapter, tiny_motion_lora, tiny_pipeline
 from fewstep.testing.tiny_models import FORMAT_VERSION as PIPELINE_FORMAT_VERSION
-from fewstep.testing.tiny_models import MARKER
+from fewstep.testing.tiny_models import MARKER, stack_tag
 from fewstep.testing.tiny_motion import (
     FORMAT_VERSION, MOTION_ADAPTER_CONFIG, MOTION_LORA_RANK, MOTION_LORA_WEIGHT_NAME, build_motion_adapter,
 )
@@ -182,7 +182,7 @@ def test_deterministic_from_seed(folders, tmp_path):
 
 def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
-    cache = tmp_path / "cache" / "tiny"
+    cache = tmp_path / "cache" / "tiny" / stack_tag()
     for name, build in (("motion-adapter", tiny_motion_adapter), ("motion-lora", tiny_motion_lora)):
         folder = build(seed=3)
         assert folder == str(cache / f"{name}-3")

@@ -61,6 +61,14 @@ class TransformersModel(Model):
     def _config_dict(config) -> dict:
         return dict(config.to_dict())
 
+    def _released_prefix(self) -> str:
+        # transformers 5 dropped CLIPTextModel's `text_model` level (its modules are `encoder.layers.0...`, and it
+        # saves them so) where 4.x and every released checkpoint and LoRA say `text_model.encoder.layers.0...`.
+        # LoRA paths keep the released names on every version; diffusers tells the two apart the same way
+        # (`hasattr(text_encoder, "text_model")`, loaders/lora_base.py).
+        flat = not hasattr(self.module, "text_model") and hasattr(self.module, "encoder")
+        return "text_model." if flat else ""
+
 
 class VAEModel(Model):
     """A VAE: `scale_factor` is how many times smaller than the image its latents are, per side."""
@@ -112,12 +120,26 @@ class LoraWeights:
 
     weight_files: Optional[WeightFiles] = None
 
+    def _released_prefix(self) -> str:
+        """What the released names of this model's modules have before the installed library's (see
+        TransformersModel); LoRA paths are the released names."""
+        return ""
+
     def _lora_layer_map(self) -> dict:
         # built once: every refresh reads and writes the weight of each module a LoRA touches by path
         cache = self.__dict__.get("_lora_layer_cache")
         if cache is None:
-            cache = self._lora_layer_cache = dict(self._lora_layers())
+            prefix = self._released_prefix()
+            cache = self._lora_layer_cache = {prefix + path: layer for path, layer in self._lora_layers()}
         return cache
+
+    def weight_file_key(self, path: str) -> str:
+        """The name the weight of module `path` has in the component's files: its released name, or the name the
+        installed library saves it under (a folder saved by transformers 5 has no `text_model.` prefix)."""
+        key, prefix = f"{path}.weight", self._released_prefix()
+        if prefix and key.startswith(prefix) and self.weight_files is not None and self.weight_files.locate(key) is None:
+            return key[len(prefix):]
+        return key
 
     def lora_targets(self) -> dict:
         """Weight shape of every module a LoRA may change, by module path: Linear (out, in),

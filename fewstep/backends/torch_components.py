@@ -3,6 +3,8 @@ adapters of `fewstep.pipelines.components`."""
 
 from __future__ import annotations
 
+import types
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -150,17 +152,30 @@ class TorchVAE(_Torch, VAEModel):
         vae = self.module
         if not (upcast and vae.dtype == torch.float16 and self.config.get("force_upcast", False)):
             return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        # diffusers' SDXL fp16 upcast: float32 for the decoder's upper blocks, while the blocks that
-        # torch 2 attention keeps stable stay in fp16; then back to fp16. Changing dtype fp16 ->
-        # fp32 -> fp16 is exact, so the weights are unchanged afterwards.
-        vae.to(dtype=torch.float32)
-        vae.post_quant_conv.to(torch.float16)
-        vae.decoder.conv_in.to(torch.float16)
-        vae.decoder.mid_block.to(torch.float16)
+        # diffusers' SDXL fp16 upcast, as the installed diffusers does it: its pipelines' own `upcast_vae`
+        # (0.3x: float32 but for the blocks torch 2 attention keeps stable; 0.4x: all of it in float32), the
+        # latents in the dtype of the VAE's first layer, then back to fp16. Changing dtype fp16 -> fp32 -> fp16
+        # is exact, so the weights are unchanged afterwards.
+        _library_upcast(vae)
         try:
-            return vae.decode(latents.to(torch.float16), return_dict=False)[0]
+            first = next(iter(vae.post_quant_conv.parameters())).dtype
+            return vae.decode(latents.to(first), return_dict=False)[0]
         finally:
             vae.to(dtype=torch.float16)
+
+
+def _library_upcast(vae) -> None:
+    """The installed diffusers' `StableDiffusionXLPipeline.upcast_vae` on `vae` alone (it reads only `self.vae`);
+    a diffusers without the method upcasts the whole VAE, as its deprecation note says to."""
+    import diffusers
+
+    upcast = getattr(diffusers.StableDiffusionXLPipeline, "upcast_vae", None)
+    if upcast is None:
+        vae.to(dtype=torch.float32)
+        return
+    with warnings.catch_warnings():  # 0.4x deprecates the method in favour of what it does: vae.to(float32)
+        warnings.simplefilter("ignore")
+        upcast(types.SimpleNamespace(vae=vae))
 
 
 class TorchTextEncoder(_Torch, TransformersModel, LoraWeights):

@@ -9,6 +9,13 @@ word can fire first inside another and strand it). vocab.json then holds only th
 whole words, so any other word falls to `<|endoftext|>` (CLIP's unknown token) instead of to characters
 the text encoder never saw in training.
 
+The `tokenizers` library behind transformers 5's `CLIPTokenizer` (and every fast tokenizer) also requires each
+side of a merge and its result to be in the vocabulary ("Token 'g' out of vocabulary" otherwise). vocab.json
+therefore also lists those intermediate symbols, after the words (ids the text encoder has no embedding for:
+`tokenizers` works on ids, so they cannot share the unknown token's). Every prompt in the demo's vocabulary
+tokenizes to the same ids as before with either implementation; a word outside it is refused by the pipeline
+(`fewstep.pipelines.prompts.encoder_ids`) instead of being read as `<|endoftext|>`.
+
 transformers is imported inside `build_tokenizer` only: this module is importable without a framework.
 """
 
@@ -61,16 +68,19 @@ def learn_merges(words: Iterable[str]) -> list:
 
 
 def write_vocabulary(folder: str, words: Iterable[str]) -> tuple:
-    """Write vocab.json (specials, then the words in sorted order) and merges.txt into `folder`;
-    returns their paths."""
+    """Write vocab.json (specials, then the words in sorted order, then the merges' intermediate symbols) and
+    merges.txt into `folder`; returns their paths."""
     words = sorted(set(words))
     tokens = list(SPECIAL_TOKENS) + [w + "</w>" for w in words]
+    rules = learn_merges(words)
+    tokens += sorted({s for a, b in rules for s in (a, b, a + b)} - set(tokens))
+    ids = {t: i for i, t in enumerate(tokens)}
     vocab, merges = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
     with open(vocab, "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(tokens)}, f, ensure_ascii=False, indent=0)
+        json.dump(ids, f, ensure_ascii=False, indent=0)
     with open(merges, "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-        f.writelines(f"{a} {b}\n" for a, b in learn_merges(words))
+        f.writelines(f"{a} {b}\n" for a, b in rules)
     return vocab, merges
 
 

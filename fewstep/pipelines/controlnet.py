@@ -101,7 +101,7 @@ class ControlNet(Extension):
                 if key == "down_block_types":
                     mine, theirs = len(mine or ()), len(theirs or ())
                 if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
-                    mine, theirs = list(np.atleast_1d(mine)), list(np.atleast_1d(theirs))
+                    mine, theirs = np.atleast_1d(mine).tolist(), np.atleast_1d(theirs).tolist()  # plain ints in the message
                 if mine != theirs:
                     raise ValueError(
                         f"ControlNet {k} does not fit the UNet: its {key} is {mine!r}, the UNet's {theirs!r}. Use a "

@@ -84,7 +84,7 @@ def keep(ops, mode: str, component, path: str, weight):
     current = ops.to_numpy(weight)  # on a CPU device, the weight's own memory
     if mode == "file":
         files = getattr(component, "weight_files", None)
-        key = f"{path}.weight"
+        key = component.weight_file_key(path)
         if files is not None and files.locate(key) is not None and files.unchanged(key):
             # the two hashes side by side: hashlib lets go of the GIL, and they are most of a first fusion's
             # cost in this mode (a float32 SD 1.5 UNet: 2 x 3.4 GB)

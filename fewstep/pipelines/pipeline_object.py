@@ -131,8 +131,9 @@ class PipelineObjectMixin:
             model.to(device, dtype)
 
     # ------------------------------------------------------------------ VAE memory
-    # diffusers' names; the work is the library's own AutoencoderKL slicing / tiling (its encode, used by
-    # img2img and inpainting, honours them too)
+    # diffusers' names up to 0.3x and mindone's (diffusers 0.4x keeps only the VAE's own `pipe.vae.enable_slicing()`
+    # and the like, which fewstep's VAE has too); the work is the library's own AutoencoderKL slicing / tiling (its
+    # encode, used by img2img and inpainting, honours them too)
     def enable_vae_slicing(self):
         """Decode (and encode) a batch one image at a time, as diffusers' `enable_vae_slicing`: the same
         images in less memory for batches larger than one.

@@ -24,6 +24,20 @@ def token_ids(tokenizer, prompts: Sequence[str], max_length: Optional[int] = Non
                      truncation=True, return_tensors="np").input_ids.astype(np.int64)
 
 
+def encoder_ids(tokenizer, encoder, texts: Sequence[str], max_length: Optional[int] = None) -> np.ndarray:
+    """`token_ids`, checked against the text encoder's vocabulary: a tokenizer that hands out ids the encoder
+    has no embedding for (a tokenizer from another model, or a word the demo model never learnt, whose BPE
+    pieces have ids of their own) fails here with what to do, not deep inside the embedding lookup."""
+    ids = token_ids(tokenizer, texts, max_length)
+    size = (getattr(encoder, "config", None) or {}).get("vocab_size")
+    if size is not None and ids.size and int(ids.max()) >= size:
+        unknown = sorted({t for text in texts for t in tokenizer.tokenize(text)
+                          if tokenizer.convert_tokens_to_ids(t) >= size})
+        raise ValueError(f"The prompt has tokens the text encoder has no embedding for ({', '.join(unknown[:8])}): "
+                         f"its vocabulary has {size} entries. Use words the model knows, or the model's own tokenizer.")
+    return ids
+
+
 def repeat_rows(ops, x, times: int):
     """Each batch row repeated `times` times in place (p0, p0, p1, p1), as diffusers' repeat + view."""
     if times == 1:
@@ -46,7 +60,7 @@ def negative_prompts(negative_prompt, batch: int) -> List[str]:
 def encode_sd(ops, tokenizer, text_encoder, texts, dtype: str, length: Optional[int] = None):
     """SD's conditioning for a list of texts: the last hidden state of the CLIP encoder. Negatives
     are padded to the prompts' `length`, as diffusers pads them."""
-    return ops.cast(text_encoder(token_ids(tokenizer, texts, length))[0], dtype)
+    return ops.cast(text_encoder(encoder_ids(tokenizer, text_encoder, texts, length))[0], dtype)
 
 
 def encode_sdxl(ops, tokenizers, text_encoders, texts, dtype: str, length: Optional[int] = None):
@@ -54,7 +68,7 @@ def encode_sdxl(ops, tokenizers, text_encoders, texts, dtype: str, length: Optio
     concatenated on the feature axis, and the pooled projection of the second encoder."""
     hidden, pooled = [], None
     for tokenizer, encoder in zip(tokenizers, text_encoders):
-        _, penultimate, projected = encoder(token_ids(tokenizer, texts, length))
+        _, penultimate, projected = encoder(encoder_ids(tokenizer, encoder, texts, length))
         hidden.append(penultimate)
         pooled = projected if projected is not None else pooled
     return ops.cast(ops.concat(hidden, axis=-1), dtype), ops.cast(pooled, dtype)

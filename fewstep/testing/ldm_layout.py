@@ -137,6 +137,13 @@ def open_clip_to_ldm(state: Arrays) -> Arrays:
     return out
 
 
+def released_clip_names(state: Arrays) -> Arrays:
+    """A CLIP text encoder's weights under the names the released checkpoints use: transformers 5 saves
+    CLIPTextModel's without the `text_model.` prefix that 4.x and every published file have."""
+    return {name if name.startswith("text_model.") or name.startswith("text_projection.") else "text_model." + name:
+            value for name, value in state.items()}
+
+
 def prefixed(prefix: str, state: Arrays) -> Arrays:
     return {prefix + name: value for name, value in state.items()}
 
@@ -147,6 +154,8 @@ def checkpoint(unet: Arrays, unet_config: dict, vae: Arrays, vae_config: dict, t
     OpenCLIP bigG) is given, else LDM with the text encoder as CLIP ViT-L (SD 1.x) or OpenCLIP (`open_clip`,
     SD 2.x). Arrays are renamed, transposed or reshaped as views, so any array type with `.T`, `.ndim`, indexing
 and `np.concatenate` support will do; a writer makes them contiguous."""
+    text = released_clip_names(text)
+    text_2 = released_clip_names(text_2) if text_2 is not None else None
     state = {**prefixed("model.diffusion_model.", unet_to_ldm(unet, unet_config)),
              **prefixed("first_stage_model.", vae_to_ldm(vae, vae_config))}
     if text_2 is not None:

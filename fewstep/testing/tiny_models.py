@@ -8,7 +8,10 @@ loading code without a model hub.
 Every component is built right after `torch.manual_seed(seed)` (inside `torch.random.fork_rng`, so
 the caller's torch RNG is left alone); the same (kind, seed) always gives the same tensors.
 A folder is cached: when its marker file records the same kind, seed and FORMAT_VERSION it is
-returned as is. Bump FORMAT_VERSION whenever a config below changes.
+returned as is. Bump FORMAT_VERSION whenever a config below changes. The cache has one folder per
+library stack (`default_cache_dir`): a model's random initialisation follows its library's init order
+and its config files name the library's version, so a folder written by one diffusers / transformers /
+torch is never reused by another.
 
 The layout follows the real models (block types, layers_per_block 2, SDXL's transformer depth
 (1, 2), text_time embedding, linear projections and head counts of SD 2.x); only the widths shrink,
@@ -97,10 +100,29 @@ XL_TIME_EMBED_DIM = 8
 MAX_LENGTH = 77
 
 
+WRITERS = ("torch", "diffusers", "transformers")  # the libraries whose versions shape a tiny folder's bytes
+
+
 def default_cache_dir() -> Path:
-    """`$FEWSTEP_CACHE/tiny`, else `~/.cache/fewstep/tiny`."""
+    """`$FEWSTEP_CACHE/tiny/<stack>`, else `~/.cache/fewstep/tiny/<stack>`; `<stack>` names the installed
+    versions of the libraries that write the folders (see `stack_tag`)."""
     root = os.environ.get("FEWSTEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fewstep")
-    return Path(root) / "tiny"
+    return Path(root) / "tiny" / stack_tag()
+
+
+def stack_tag(versions: Optional[dict] = None) -> str:
+    """`torch-2.13.0_diffusers-0.35.2_transformers-4.57.1` for the installed (or given) versions of WRITERS;
+    read from package metadata, so no library is imported to ask."""
+    if versions is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = {}
+        for name in WRITERS:
+            try:
+                versions[name] = version(name)
+            except PackageNotFoundError:
+                versions[name] = "none"
+    return "_".join(f"{name}-{versions[name]}".replace("+", "-") for name in WRITERS)
 
 
 def tiny_pipeline(kind: str, path: Optional[Union[str, os.PathLike]] = None, seed: int = 0) -> str:
@@ -178,10 +200,13 @@ def _tokenizer(workdir: Path, pad_token: str):
     """A CLIP tokenizer over a byte-level vocabulary (every byte, alone and word-final) with no merges.
 
     Ids: 0-255 bytes, 256-511 the same with "</w>", 512 <|startoftext|>, 513 <|endoftext|>."""
+    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-    chars = list(bytes_to_unicode().values())
+    # CLIP's byte-to-character table, in byte order: its printable bytes map to themselves and the rest to
+    # 256, 257, ..., so sorting the characters by code point gives that order (tokenizers' public alphabet;
+    # transformers 5 no longer has bytes_to_unicode where 4.x kept it).
+    chars = sorted(ByteLevel.alphabet())
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory(dir=workdir) as src:
         vocab, merges = os.path.join(src, "vocab.json"), os.path.join(src, "merges.txt")

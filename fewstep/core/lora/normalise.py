@@ -104,6 +104,11 @@ def _check_shapes(component: str, path: str, keys, down: np.ndarray, up: np.ndar
         )
 
 
+# Text encoders' module paths are the released names (`text_model.encoder.layers.0...`, see
+# fewstep.backends.components_common.TransformersModel), which a LoRA saved with transformers 5 lacks.
+RELEASED_TEXT_PREFIX = "text_model."
+
+
 def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: Optional[Mapping] = None,
               metadata: Optional[Mapping[str, str]] = None, origin: str = "the LoRA") -> Dict[str, Dict[str, LoraLayer]]:
     """{component: {module path: LoraLayer}} for a LoRA state dict, checked against `targets`.
@@ -114,6 +119,7 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
         raise LoraError(f"{origin} holds no tensors.")
     unknown, foreign, unmatched = [], defaultdict(list), []
     parts: Dict[Tuple[str, str], Dict[str, str]] = defaultdict(dict)  # (component, path) -> part -> key
+    file_names: Dict[Tuple[str, str], str] = {}  # (component, path) -> the module's name in the file, where another
     tables: Dict[str, Dict[str, Optional[str]]] = {}
     for key in tensors:
         parsed = parse_key(key)
@@ -131,6 +137,11 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
             path = tables[parsed.component].get(parsed.names[0])
         else:
             path = next((name for name in parsed.names if name in modules), None)
+            if path is None:  # saved from transformers 5, whose CLIPTextModel has no `text_model.` level
+                name = next((name for name in parsed.names if RELEASED_TEXT_PREFIX + name in modules), None)
+                path = None if name is None else RELEASED_TEXT_PREFIX + name
+                if name is not None:
+                    file_names[(parsed.component, path)] = name  # what the file's alpha_pattern matches
         if path is None:
             unmatched.append(key)
             continue
@@ -167,6 +178,6 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
         if ALPHA in keys:
             alpha = _scalar(keys[ALPHA], tensors[keys[ALPHA]], origin)
         else:
-            alpha = metadata_alpha(config, path, rank)
+            alpha = metadata_alpha(config, file_names.get((component, path), path), rank)
         layers[component][path] = LoraLayer(down=down, up=up, alpha=float(alpha), rslora=bool(config.get("use_rslora")))
     return dict(layers)

@@ -1,0 +1,97 @@
+"""CI's stacks: one nox session per supported dependency set (README, "Install and test").
+
+- `pinned`: the one set where torch and MindSpore share a process (constraints.txt, forced by mindone 0.5.0);
+  the whole suite.
+- `torch_latest`: torch alone with the newest diffusers, transformers, huggingface_hub, numpy, peft and
+  accelerate, pinned exactly in constraints-torch-latest.txt so a run is reproducible; everything not marked
+  `mindspore` or `parity`. `nox -s refresh_torch_latest` rewrites that file from the newest releases.
+- `mindspore_low`: MindSpore 2.7.1, the low end of mindone 0.5.0's documented range, beside the pinned set;
+  the tests marked `mindspore` or `parity`.
+
+Each session also runs the README's first command and has the demo checker read the picture it wrote.
+torch stays at 2.13.0 in every set: on the project's machines that pin takes a local CPU wheel, anything
+else pulls gigabytes of CUDA packages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import nox
+
+nox.options.sessions = ["pinned", "torch_latest", "mindspore_low"]
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+
+TORCH = "torch==2.13.0"
+PINNED = "constraints.txt"
+LATEST = "constraints-torch-latest.txt"
+MINDSPORE_LOW = "2.7.1"
+# what a torch-only user gets unpinned; refresh_torch_latest asks for the newest of each
+LATEST_PACKAGES = ["diffusers", "transformers", "huggingface_hub", "numpy", "peft", "accelerate"]
+FIRST_PROMPT = "a green triangle on a pink background"
+
+
+def _first_command(session: nox.Session) -> None:
+    """The README's first command, and the demo checker reading its picture as what was asked for."""
+    out = os.path.join(session.create_tmp(), "triangle.png")
+    session.run("fewstep", "generate", FIRST_PROMPT, "--seed", "0", "-o", out)
+    session.run("python", "-c", "import sys; from PIL import Image; from fewstep.demo import score_images; "
+                "s = score_images([Image.open(sys.argv[1])], [sys.argv[2]]); print('checker:', s); "
+                "sys.exit(0 if s['all'] == 1.0 else 'the checker does not read the first command as its prompt')",
+                out, FIRST_PROMPT)
+
+
+def _pytest(session: nox.Session, *marker: str) -> None:
+    session.run("python", "-m", "pytest", "-q", *marker, *session.posargs,
+                env={"FEWSTEP_REQUIRE_BACKENDS": os.environ.get("FEWSTEP_REQUIRE_BACKENDS", "1")})
+
+
+@nox.session
+def pinned(session: nox.Session) -> None:
+    """torch and MindSpore in one process, as constraints.txt pins them: the whole suite."""
+    session.install("-c", PINNED, "-e", ".[torch,mindspore,ray,test]")
+    _first_command(session)
+    _pytest(session)  # pyproject's addopts leave out `slow`
+
+
+@nox.session
+def torch_latest(session: nox.Session) -> None:
+    """torch alone with the newest releases (as pinned in constraints-torch-latest.txt): no mindone, transformers 5,
+    numpy 2."""
+    session.install(TORCH)
+    session.install("-c", LATEST, "-e", ".[torch,ray,test]")
+    _first_command(session)
+    _pytest(session, "-m", "not slow and not mindspore and not parity")
+
+
+@nox.session
+def mindspore_low(session: nox.Session) -> None:
+    """MindSpore 2.7.1 with mindone 0.5.0 (and the rest of the pinned set): the MindSpore and parity tests."""
+    constraints = os.path.join(session.create_tmp(), "constraints-mindspore-low.txt")
+    with open(PINNED, encoding="utf-8") as f:
+        pinned_lines = f.read()
+    with open(constraints, "w", encoding="utf-8") as f:
+        f.write(re.sub(r"(?m)^mindspore==.*$", f"mindspore=={MINDSPORE_LOW}", pinned_lines))
+    session.install("-c", constraints, "-e", ".[torch,mindspore,test]")
+    session.run("python", "-c", f"import mindspore; assert mindspore.__version__ == {MINDSPORE_LOW!r}, "
+                "mindspore.__version__")
+    _first_command(session)
+    _pytest(session, "-m", "(mindspore or parity) and not slow")
+
+
+@nox.session(default=False)
+def refresh_torch_latest(session: nox.Session) -> None:
+    """Rewrite constraints-torch-latest.txt with the newest releases (torch kept at 2.13.0): install them
+    unpinned in a fresh environment and record every installed version."""
+    session.install(TORCH)
+    session.install("-U", "-e", ".[torch,ray,test]", *LATEST_PACKAGES)
+    frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
+    lines = sorted(line for line in frozen.splitlines() if "==" in line and not line.startswith("torch=="))
+    header = ("# torch alone with the newest releases: the `torch_latest` CI stack (noxfile.py).\n"
+              "# Written by `nox -s refresh_torch_latest`; torch itself stays at 2.13.0 (see noxfile.py).\n")
+    with open(LATEST, "w", encoding="utf-8") as f:
+        f.write(header + "\n".join(lines) + "\n")
+    session.log(f"wrote {LATEST}: " + ", ".join(l for l in lines if l.split("==")[0].lower().replace("-", "_")
+                                                  in LATEST_PACKAGES))
