@@ -24,8 +24,7 @@ def _adopt(*mixins) -> None:
 
 
 def adopt_diffusers() -> None:
-    from diffusers.configuration_utils import ConfigMixin
-    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from diffusers import ConfigMixin, SchedulerMixin  # the public names (the modules behind them have moved before)
 
     _adopt(SchedulerMixin, ConfigMixin)
 

@@ -113,7 +113,7 @@ class Backend(TorchLikeOps):
         except ImportError as err:  # diffusers is the reference for how torch noise is drawn
             raise ImportError(
                 "Drawing noise from a torch.Generator uses diffusers' randn_tensor; install it with "
-                "`pip install 'fewstep[torch]' -c constraints.txt`."
+                "`pip install 'fewstep[torch]'`."
             ) from err
         if isinstance(generator, tuple):
             generator = list(generator)
