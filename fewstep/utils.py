@@ -18,6 +18,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from fewstep.core.files import atomic_path
+
 # diffusers waits 60 s (DIFFUSERS_REQUEST_TIMEOUT); without a timeout a dead host hangs a script forever.
 REQUEST_TIMEOUT_S = 60.0
 
@@ -139,8 +141,9 @@ def export_to_gif(frames: Sequence, output_gif_path: Optional[Union[str, os.Path
             The frames, PIL images or HWC arrays (float in [0, 1], or uint8), e.g. an AnimateDiff
             pipeline's ``.frames[0]``.
         output_gif_path (`str` or `os.PathLike`, *optional*):
-            Where to write the GIF (written as GIF whatever its extension). When None, a new temporary
-            ``.gif`` file is written and left for the caller.
+            Where to write the GIF (written as GIF whatever its extension; whole or not at all, and a link
+            there is replaced, not written through). When None, a new temporary ``.gif`` file is written
+            and left for the caller.
         fps (`int`, *optional*, defaults to 10):
             Frames per second: each frame is shown ``1000 // fps`` ms.
 
@@ -158,15 +161,17 @@ def export_to_gif(frames: Sequence, output_gif_path: Optional[Union[str, os.Path
         os.close(fd)
     output_gif_path = os.fspath(output_gif_path)
 
-    frames[0].save(
-        output_gif_path,
-        format="GIF",  # a temp name or a caller's path may not end in .gif
-        save_all=True,
-        append_images=frames[1:],
-        optimize=False,
-        duration=1000 // fps,
-        loop=0,
-    )
+    # written under a fresh temporary name and renamed onto the path: a link there is replaced, not written through
+    with atomic_path(output_gif_path) as temp:
+        frames[0].save(
+            temp,
+            format="GIF",  # a temp name or a caller's path may not end in .gif
+            save_all=True,
+            append_images=frames[1:],
+            optimize=False,
+            duration=1000 // fps,
+            loop=0,
+        )
     return output_gif_path
 
 
@@ -182,8 +187,8 @@ def export_to_video(video_frames: Sequence, output_video_path: Optional[Union[st
             The frames, PIL images or HWC arrays (float in [0, 1], or uint8), all of one size, e.g. an
             AnimateDiff pipeline's ``.frames[0]``.
         output_video_path (`str` or `os.PathLike`, *optional*):
-            Where to write the video. When None, a new temporary ``.mp4`` file is written and left for
-            the caller.
+            Where to write the video (whole or not at all; a link there is replaced, not written
+            through). When None, a new temporary ``.mp4`` file is written and left for the caller.
         fps (`float`, *optional*, defaults to 10):
             Frames per second.
 
@@ -204,7 +209,8 @@ def export_to_video(video_frames: Sequence, output_video_path: Optional[Union[st
         fd, output_video_path = tempfile.mkstemp(suffix=".mp4")
         os.close(fd)
     output_video_path = os.fspath(output_video_path)
-    writer(frames, output_video_path, fps)
+    with atomic_path(output_video_path) as temp:  # the temporary name keeps the extension the encoders read
+        writer(frames, temp, fps)
     return output_video_path
 
 

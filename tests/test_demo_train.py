@@ -34,7 +34,7 @@ def runs(tmp_path_factory):
     _train(root / "resumed", "--stop-after", "vae")
     assert not (root / "resumed" / "stages" / "unet").exists()
     _train(root / "resumed", "--stop-after", "unet:2")
-    assert (root / "resumed" / "checkpoints" / "unet.pt").exists()
+    assert (root / "resumed" / "checkpoints" / "unet.safetensors").exists()
     _train(root / "resumed")
     return root / "straight", root / "resumed"
 

@@ -512,3 +512,74 @@ def test_mindone_pipelines_load_the_folders(libs, folders, ms, kind, cls):
         images = pipe("a squirrel", num_inference_steps=2, output_type="np",
                       generator=np.random.Generator(np.random.PCG64(0)))[0]  # mindone returns a tuple
         assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+
+
+# --- mindone's own pipelines with the few-step schedulers, against fewstep's MindSpore pipeline -------------
+DEMO_PIPELINE = "demo"  # fewstep/demo/weights/pipeline: its model_index.json names TCDScheduler
+PROMPT = "a red circle on a blue background"  # in the demo model's vocabulary
+
+
+def _few_step_folder(kind):
+    import os
+
+    import fewstep.demo
+    from fewstep.testing import tiny_pipeline
+
+    if kind == DEMO_PIPELINE:
+        return os.path.join(os.path.dirname(fewstep.demo.__file__), "weights", "pipeline")
+    return tiny_pipeline(kind)
+
+
+def test_mindone_exports_every_scheduler_its_loader_looks_up(ms):
+    """mindone.diffusers 0.5 lacks TCDScheduler at its top level, where its pipeline loader looks a folder's
+    scheduler up by name; the install adds it (and is idempotent)."""
+    import mindone.diffusers as md
+    from mindone.diffusers import schedulers
+
+    from fewstep.backends.mindspore_cpu import complete_mindone_exports
+
+    assert md.TCDScheduler is schedulers.TCDScheduler and md.LCMScheduler is schedulers.LCMScheduler
+    assert complete_mindone_exports() == []  # nothing left to add
+
+
+@pytest.mark.parametrize("scheduler", ["lcm", "tcd"])
+@pytest.mark.parametrize("kind", [DEMO_PIPELINE, pytest.param("sd15", marks=pytest.mark.torch)])  # torch builds sd15
+def test_mindone_pipeline_with_few_step_schedulers_matches_fewstep(ms, kind, scheduler):
+    """mindone's own StableDiffusionPipeline with its LCMScheduler / TCDScheduler runs on CPU (classifier-free
+    guidance on, TCD with noise) and gives fewstep's MindSpore pipeline's image for the same latents."""
+    from fewstep.parity.sides import load_side
+
+    folder = _few_step_folder(kind)
+    theirs = load_side(folder, library="mindone", scheduler=scheduler)
+    ours = load_side(folder, library="fewstep", backend="mindspore", scheduler=scheduler)
+    assert type(theirs.pipe).__name__ == "StableDiffusionPipeline" and theirs.library == "mindone"
+    assert type(theirs.pipe.scheduler).__module__.startswith("mindone.diffusers.schedulers")
+    assert type(theirs.pipe.scheduler).__name__ == type(ours.pipe.scheduler).__name__ == \
+        {"lcm": "LCMScheduler", "tcd": "TCDScheduler"}[scheduler]
+    height, width = ours.default_size()
+    latents = np.random.RandomState(3).randn(*ours.latent_shape(1, height, width)).astype(np.float32)
+    call = dict(prompt=PROMPT, num_inference_steps=2, guidance_scale=1.5, height=height, width=width)
+    if scheduler == "tcd":
+        call["eta"] = 0.3  # TCD draws noise between steps: both sides from the same numpy stream
+    got = theirs.run(call, latents, seed=7, stream="numpy")
+    want = ours.run(call, latents, seed=7, stream="numpy")
+    assert got.shape == want.shape == (1, height, width, 3) and np.isfinite(got).all()
+    diff = float(np.abs(got.astype(np.float64) - want).max())
+    assert diff < 1e-4, diff  # seen 7.0e-6 (demo, TCD), 2.0e-6 (demo, LCM), 5.4e-7 (tiny sd15); images in [0, 1]
+
+
+@pytest.mark.parametrize("scheduler", ["lcm", "tcd"])
+def test_parity_cli_against_mindone_runs_on_cpu(ms, scheduler, tmp_path, monkeypatch, capsys):
+    """`fewstep parity PROMPT --against mindone` with the default (demo) model: mindone's own pipeline loads a
+    folder naming TCDScheduler and runs with either scheduler; the picture goes only where -o says."""
+    from fewstep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["parity", PROMPT, "--against", "mindone", "--scheduler", scheduler, "--steps", "2", "--seed", "0",
+                 "-o", "picture.png"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = [l for l in out.splitlines() if "largest difference" in l][-1]
+    assert line.startswith("seed 0  largest difference mindspore vs mindone: ")
+    assert float(line.split(": ")[1].split()[0]) < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["picture.png"]

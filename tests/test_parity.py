@@ -253,9 +253,9 @@ def test_cli_model_b_finds_the_fault_and_the_exit_status_follows_the_tolerance(t
 def test_cli_against_diffusers_and_float16_are_clean(capsys):
     from fewstep.cli import main
 
-    assert main(["parity", "a fox", "--against", "diffusers", "--steps", "2", "--seed", "2"]) == 0
+    assert main(["parity", "a fox", "--model", tiny_pipeline("sd15"), "--against", "diffusers", "--steps", "2", "--seed", "2"]) == 0
     assert "first stage out of bounds: none" in capsys.readouterr().out
-    assert main(["parity", "a fox", "--against", "float16", "--steps", "2", "--seed", "2", "--device-b", "cpu"]) == 0
+    assert main(["parity", "a fox", "--model", tiny_pipeline("sd15"), "--against", "float16", "--steps", "2", "--seed", "2", "--device-b", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "dtype=float16" in printed and "device=cpu" in printed
 
@@ -269,7 +269,7 @@ def test_bad_parity_input_is_refused_before_anything_runs():
     # pipelines of two architectures: the structural difference is reported, not a crash
     report = compare(_side("sd15"), _side("sdxl"), {"prompt": "x", "num_inference_steps": 1})
     assert report.first_stage.note and any(s.note == "missing on side a" for s in report.stages)
-    assert main(["parity", "a fox", "--against", "mindone", "--backend", "torch"]) == 2
+    assert main(["parity", "a fox", "--model", tiny_pipeline("sd15"), "--against", "mindone", "--backend", "torch"]) == 2
     with pytest.raises(ValueError, match="library"):
         load_side(tiny_pipeline("sd15"), library="jax")
 

@@ -324,7 +324,11 @@ def test_export_to_video_falls_back_to_imageio(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", types.ModuleType("imageio_ffmpeg"))
     path = str(tmp_path / "clip.mp4")
     assert export_to_video([_solid(RED, (8, 6)), np.ones((6, 8, 3), np.float32)], path, fps=8) == path
-    assert calls[0] == ("open", path, {"format": "FFMPEG", "fps": 8, "quality": 5.0, "macro_block_size": 16})
+    # imageio writes a fresh temporary name beside the path (fewstep.core.files), renamed onto it once finished
+    opened, temp, options = calls[0]
+    assert opened == "open" and options == {"format": "FFMPEG", "fps": 8, "quality": 5.0, "macro_block_size": 16}
+    assert os.path.dirname(temp) == str(tmp_path) and os.path.basename(temp).startswith(".fewstep-tmp-")
+    assert temp.endswith(".mp4") and not os.path.exists(temp) and os.path.isfile(path)
     assert calls[1:] == [("frame", np.uint8, (6, 8, 3), RED), ("frame", np.uint8, (6, 8, 3), WHITE), ("close",)]
 
 

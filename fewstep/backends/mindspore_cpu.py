@@ -36,6 +36,13 @@ which every op returns and every Parameter answers to); without `output_size` th
 happens to take a path that runs on CPU, with it (as mindone calls it) the one without a kernel.
 
 Each stand-in matches its torch counterpart in float32 (tests/test_mindspore_cpu.py checks each one).
+
+Once the stand-ins are in, `complete_mindone_exports()` also fills a gap of mindone.diffusers 0.5 that keeps
+its own pipelines from loading folders on any device: `mindone.diffusers.schedulers` has TCDScheduler (and
+ScoreSdeVeScheduler), but the package's top level does not export them, so `from_pretrained` of a folder whose
+model_index.json names TCDScheduler (fewstep's demo model, any TCD checkpoint) fails with "module
+mindone.diffusers has no attribute TCDScheduler", even with `scheduler=` passed (mindone checks the folder's
+class by name first). mindone's pipelines with LCMScheduler and TCDScheduler then run on CPU end to end.
 """
 
 from __future__ import annotations
@@ -266,7 +273,36 @@ def install_cpu_kernels() -> bool:
         _ORIGINALS.setdefault((owner, name), getattr(owner, name))
         setattr(owner, name, replacement)
     _INSTALLED = True
+    complete_mindone_exports()  # imports mindone.diffusers: only now that the stand-ins are in
     return True
+
+
+def complete_mindone_exports() -> list:
+    """Export from `mindone.diffusers` the scheduler classes that `mindone.diffusers.schedulers` has and the
+    top level lacks (TCDScheduler in mindone 0.5), as diffusers exports every scheduler; mindone's pipeline
+    loader looks a folder's scheduler up there by name. Returns the names added ([] without mindone, or when
+    nothing is missing); idempotent. On CPU call `install_cpu_kernels()` first (it calls this): importing
+    mindone.diffusers before the stand-ins are in leaves some ops without a CPU kernel."""
+    import importlib
+
+    try:
+        top = importlib.import_module("mindone.diffusers")
+        schedulers = importlib.import_module("mindone.diffusers.schedulers")
+    except ImportError:
+        return []
+    structure = getattr(schedulers, "_import_structure", {})
+    names = sorted({n for group in structure.values() for n in group if n.endswith("Scheduler")})
+    added = []
+    for name in names:
+        if hasattr(top, name):  # the lazy module answers False for a name it does not export
+            continue
+        try:
+            cls = getattr(schedulers, name)
+        except (AttributeError, ImportError):  # listed but not importable in this install
+            continue
+        setattr(top, name, cls)
+        added.append(name)
+    return added
 
 
 def installed() -> bool:

@@ -61,8 +61,9 @@ class _Torch:
         # "cuda" comes back as the "cuda:0" that weights report
         try:
             return torch.empty(0, device=device).device
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise ValueError(f"torch cannot use the device {device!r}: {err}") from err
+        except (RuntimeError, TypeError, ValueError, AssertionError) as err:  # no CUDA build: an AssertionError
+            raise ValueError(f"torch cannot use the device {device!r} ({' '.join(str(err).split())}); pass another "
+                             f"device, e.g. cpu.") from None
 
     @staticmethod
     def _move(module, device, dtype) -> None:
@@ -201,6 +202,8 @@ def wrap_component(name: str, module):
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",
                    device: Optional[str] = None, variant: Optional[str] = None):
     """Load one component folder with the class model_index.json names and wrap it in its adapter."""
+    if device:
+        _Torch._canonical_device(device)  # before the weights load: "cuda" on a machine without one fails in one line
     module = load_pretrained(_LIBRARIES, name, library, class_name, folder, variant, TORCH_DTYPES.native(dtype),
                              _DTYPE_KEYWORDS)
     if device:

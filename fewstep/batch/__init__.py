@@ -31,7 +31,9 @@ def run(job, out: str, *, model: Optional[str] = None, backend: str = "torch", d
         out (`str`):
             The job folder: images, done-records, manifest, environment, logs.
         model (`str`, *optional*):
-            Model folder or hub id; the tiny demo model when not given.
+            Model folder or hub id. When not given, the default of `fewstep generate`: the trained demo
+            model (its few-step LoRA fused) when it can draw every item's prompt, else the tiny random-weight
+            SD 1.5 pipeline (`fewstep.batch.runner.default_model` says which, and why).
         backend (`str`, *optional*, defaults to "torch"):
             "torch" or "mindspore".
         dtype (`str`, *optional*, defaults to "float32"):
@@ -60,7 +62,12 @@ def run(job, out: str, *, model: Optional[str] = None, backend: str = "torch", d
 
     Returns:
         `dict`: rank, world size, the batches this process ran, whether it resumed, the manifest path (once
-        every batch is done) and the folder.
+        every batch is done), the folder, and "repaired": the finished images found missing or changed
+        (one line each, naming the item's line), whose batches were made again.
+
+    Raises `JobError` (a ValueError) when the folder holds another job, is in use by another run (its
+    lock), or an id is too long for the file system; nothing is written then. job.json is written only
+    once the model has loaded and the first batch has been generated.
     """
     if not isinstance(job, Job):
         job = load_job(job)

@@ -16,18 +16,28 @@ import csv
 import hashlib
 import io
 import json
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+
+from fewstep.core.files import TEMP_PREFIX
 
 FIELDS = ("id", "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "eta", "width",
           "height", "loras", "scheduler")
 SETTINGS = ("negative_prompt", "num_inference_steps", "guidance_scale", "eta", "width", "height", "loras", "scheduler")
 DEFAULTS = {"negative_prompt": None, "num_inference_steps": 4, "guidance_scale": 0.0, "eta": 0.3, "width": None,
             "height": None, "loras": (), "scheduler": "tcd"}
-_INTEGER = ("seed", "num_inference_steps", "width", "height")
 _NUMBER = ("guidance_scale", "eta")
+# The ranges an item's settings must lie in, checked when the job is read so that a bad value stops the job
+# before its first image, naming its line (not when its batch comes up, hours later). The bounds are far
+# beyond any use: past them a run is an accident (a typo, an extra digit) that would take hours or all memory.
+MAX_STEPS = 1000                # the schedulers' training timesteps: more steps than there are timesteps
+RANGES = {"num_inference_steps": (1, MAX_STEPS), "guidance_scale": (0.0, 100.0), "eta": (0.0, 1.0)}
+SIZE_MULTIPLE = 8               # the VAE's downsampling factor (SD 1.5 / SDXL)
+MAX_SIDE = 4096                 # 4096 x 4096 is 16x SDXL's pixels; the UNet's attention at that size needs ~100 GB
+MAX_LORA_WEIGHT = 100.0         # |weight| above this turns any image to noise or black
 
 
 class JobError(ValueError):
@@ -106,9 +116,54 @@ def _number(value, name: str, where: str) -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise JobError(f"{where}: `{name}` must be a number, got {value!r}.") from None
+    if not math.isfinite(number):  # NaN / Infinity in JSON, "nan" / "inf" / 1e309 in CSV: never a setting
+        raise JobError(f"{where}: `{name}` must be a finite number, got {value!r}.")
+    return number
+
+
+def _in_range(value, name: str, where: str, low, high):
+    if not low <= value <= high:
+        raise JobError(f"{where}: `{name}` must be in [{low}, {high}], got {value!r}.")
+    return value
+
+
+def _lora_weight(value, where: str) -> float:
+    weight = _number(value, "loras weight", where)
+    if abs(weight) > MAX_LORA_WEIGHT:
+        raise JobError(f"{where}: a LoRA weight must be in [-{MAX_LORA_WEIGHT:g}, {MAX_LORA_WEIGHT:g}], got {value!r} "
+                       f"(LoRA weights are usually 0.5-1.5).")
+    return weight
+
+
+def _side(value, name: str, where: str) -> int:
+    side = _integer(value, name, where)
+    if side <= 0 or side % SIZE_MULTIPLE or side > MAX_SIDE:
+        raise JobError(f"{where}: `{name}` must be a positive multiple of {SIZE_MULTIPLE} up to {MAX_SIDE}, got "
+                       f"{value!r}; leave it out for the model's own size.")
+    return side
+
+
+def check_settings(values: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """`values` (a part of SETTINGS: an item's merged settings, or defaults) with numbers parsed and checked
+    against their ranges; raises JobError naming `where` and the fix. LoRAs are checked by `_loras`."""
+    out = dict(values)
+    for name in ("num_inference_steps",):
+        if out.get(name) is not None:
+            out[name] = _in_range(_integer(out[name], name, where), name, where, *RANGES[name])
+    for name in ("width", "height"):
+        if out.get(name) is not None:
+            out[name] = _side(out[name], name, where)
+    for name in _NUMBER:
+        if out.get(name) is not None:
+            out[name] = _in_range(_number(out[name], name, where), name, where, *RANGES[name])
+    if out.get("scheduler") is not None and out["scheduler"] not in ("tcd", "lcm"):
+        raise JobError(f"{where}: `scheduler` must be \"tcd\" or \"lcm\", got {out['scheduler']!r}.")
+    if out.get("negative_prompt") is not None and not isinstance(out["negative_prompt"], str):
+        raise JobError(f"{where}: `negative_prompt` must be a string, got {out['negative_prompt']!r}.")
+    return out
 
 
 def _loras(value, where: str) -> Tuple[Lora, ...]:
@@ -124,9 +179,9 @@ def _loras(value, where: str) -> Tuple[Lora, ...]:
     for entry in value:
         if isinstance(entry, str):
             path, _, weight = entry.rpartition(":") if ":" in entry and not os.path.exists(entry) else (entry, "", "")
-            out.append(Lora(path.strip(), _number(weight, "loras weight", where) if weight else 1.0))
+            out.append(Lora(path.strip(), _lora_weight(weight, where) if weight else 1.0))
         elif isinstance(entry, dict) and "path" in entry and set(entry) <= {"path", "weight", "name", "weight_name"}:
-            out.append(Lora(str(entry["path"]), _number(entry.get("weight", 1.0), "loras weight", where),
+            out.append(Lora(str(entry["path"]), _lora_weight(entry.get("weight", 1.0), where),
                             entry.get("name"), entry.get("weight_name")))
         else:
             raise JobError(f"{where}: a `loras` entry must be \"path:weight\" or {{\"path\": ..., \"weight\": ..., "
@@ -152,31 +207,28 @@ def _item(values: Dict[str, Any], defaults: Dict[str, Any], job_seed: int, where
     item_id = str(values["id"])
     if any(c in item_id for c in "/\\\0") or item_id in (".", ".."):
         raise JobError(f"{where}: the id {item_id!r} cannot name a file; use letters, digits, '-', '_' or '.'.")
+    if item_id.startswith(TEMP_PREFIX):  # the end-of-job cleanup removes files named so: never an image
+        raise JobError(f"{where}: the id {item_id!r} starts with {TEMP_PREFIX!r}, which fewstep keeps for its "
+                       f"temporary files; rename the item.")
     if not isinstance(merged.get("prompt"), str):
         raise JobError(f"{where}: the item has no `prompt` (a string).")
     seed = _integer(merged["seed"], "seed", where) if "seed" in merged else derive_seed(job_seed, item_id)
     if not 0 <= seed < 2**63:
         raise JobError(f"{where}: `seed` must be in [0, 2**63), got {seed}.")
-    for name in _INTEGER[1:]:
-        if merged[name] is not None:
-            merged[name] = _integer(merged[name], name, where)
-    for name in _NUMBER:
-        merged[name] = _number(merged[name], name, where)
-    if merged["scheduler"] not in ("tcd", "lcm"):
-        raise JobError(f"{where}: `scheduler` must be \"tcd\" or \"lcm\", got {merged['scheduler']!r}.")
+    merged.update(check_settings({name: merged[name] for name in SETTINGS if name != "loras"}, where))
     merged["loras"] = _with_common(common_loras, _loras(merged["loras"], where))
     settings = tuple((name, merged[name]) for name in SETTINGS)
     return Item(item_id, merged["prompt"], seed, settings, line)
 
 
 def _rows(text: str, source: str):
-    """(line number, dict) per item, and the header's (defaults, job seed) if there is one."""
+    """(line number, dict) per item, and the header's (defaults, job seed, line) if there is one."""
     if source.lower().endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None:
-            return [], ({}, None)
-        return [(reader.line_num, dict(row)) for row in reader], ({}, None)
-    rows, header = [], ({}, None)
+            return [], ({}, None, 0)
+        return [(reader.line_num, dict(row)) for row in reader], ({}, None, 0)
+    rows, header = [], ({}, None, 0)
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -194,7 +246,7 @@ def _rows(text: str, source: str):
             if extra or not isinstance(value["defaults"], dict):
                 raise JobError(f"{_where(source, number)}: a header is {{\"defaults\": {{...}}, \"seed\": N}}; "
                                f"unexpected {extra or value['defaults']!r}.")
-            header = (value["defaults"], value.get("seed"))
+            header = (value["defaults"], value.get("seed"), number)
             continue
         rows.append((number, value))
     return rows, header
@@ -217,14 +269,16 @@ def load_job(path: str, defaults: Optional[Dict[str, Any]] = None, seed: Optiona
 
     Returns:
         `Job`. Raises `JobError` naming the line and the fix for malformed JSON, unknown fields, duplicate
-        ids, non-integer seeds and the like.
+        ids, non-integer seeds, values out of range (steps in [1, 1000], eta in [0, 1], guidance in [0, 100],
+        sizes positive multiples of 8 up to 4096, finite LoRA weights up to 100 in size), ids starting
+        with the temporary-file prefix and the like: every item is checked before anything runs.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise JobError(f"No job file {path!r}: pass a .jsonl or .csv file of items.")
     with open(path, "r", encoding="utf-8") as f:
         text = f.read()
-    rows, (header_defaults, header_seed) = _rows(text, path)
+    rows, (header_defaults, header_seed, header_line) = _rows(text, path)
     if not rows:
         raise JobError(f"{path} holds no items; write one JSON object per line, e.g. {{\"id\": \"a\", \"prompt\": \"a fox\"}}.")
     caller = dict(defaults or {})
@@ -233,6 +287,12 @@ def load_job(path: str, defaults: Optional[Dict[str, Any]] = None, seed: Optiona
         raise JobError(f"{path}: unknown default field(s) {unknown}; defaults may set {', '.join(FIELDS[1:])}.")
     job_seed = _integer(header_seed if header_seed is not None else (seed if seed is not None else 0), "seed",
                         f"{path} (job seed)")
+    # defaults checked on their own first, so a bad flag or header value is named as such, not as item 1's
+    check_settings({k: v for k, v in caller.items() if k != "loras"}, f"{path}: the defaults passed (command-line flags)")
+    check_settings({k: v for k, v in header_defaults.items() if k != "loras"}, _where(path, header_line))
+    _loras(header_defaults.get("loras"), _where(path, header_line))
+    for lora in loras:
+        _lora_weight(lora.weight, f"{path}: LoRA {lora.path!r} passed for every item (--lora)")
     merged_defaults = {**caller, **header_defaults}
     items, seen = [], {}
     for line, values in rows:

@@ -15,7 +15,10 @@ def add_parser(sub) -> None:
     bat.add_argument("job", help="a .jsonl (one item per line, optional {\"defaults\": ..., \"seed\": N} header) "
                                  "or .csv job file")
     bat.add_argument("--out", required=True, help="the job folder (images, done-records, manifest.jsonl)")
-    bat.add_argument("--model", help="diffusers-format pipeline folder or hub id (default: the tiny demo model)")
+    bat.add_argument("--model", help="diffusers-format pipeline folder or hub id (default, as for generate: the "
+                                     "trained demo model of coloured shapes, its few-step LoRA fused, when every "
+                                     "prompt is one it can draw, e.g. 'a red circle on a blue background'; else "
+                                     "the tiny random-weight one)")
     bat.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
     bat.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     bat.add_argument("--device", default=None, help="torch device such as cuda")
@@ -41,6 +44,7 @@ def add_parser(sub) -> None:
 
 def run(args, given: Iterable[str] = ()) -> int:
     import fewstep.batch as batch
+    from fewstep.batch.store import JobFolder
 
     common = tuple(batch.Lora(spec.source, spec.weight, spec.name, spec.weight_name)
                    for spec in loras.specs_from_flags(args.lora))
@@ -49,10 +53,17 @@ def run(args, given: Iterable[str] = ()) -> int:
         ("eta", args.eta), ("width", args.width), ("height", args.height), ("negative_prompt", args.negative_prompt))
         if value is not None}
     job = batch.load_job(args.job, defaults=defaults, seed=args.seed, loras=common)
+    if not args.model:
+        # what the run checks first, checked before the default model is named (and the tiny one built)
+        batch.RunConfig(batch_size=args.batch_size, threads=args.threads).check()
+        JobFolder(args.out).check_names(job)
+        _say_default(job)
     summary = batch.run(job, args.out, model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
                         batch_size=args.batch_size, threads=args.threads, deterministic=args.deterministic,
                         allow_different_env=args.allow_different_env, engine=args.engine,
                         num_workers=args.num_workers)
+    for line in summary.get("repaired", ()):
+        logs.say(line)
     ran = len(summary["batches_run"])
     logs.say(f"rank {summary['rank']} of {summary['world_size']}: ran {ran} batch{'es' if ran != 1 else ''}"
           f"{' (resumed)' if summary['resumed'] else ''}; folder {summary['folder']}")
@@ -61,6 +72,19 @@ def run(args, given: Iterable[str] = ()) -> int:
         if args.grid:
             _write_grid(job, summary["folder"], args.grid)
     return 0
+
+
+def _say_default(job) -> None:
+    """Which model a run with no --model uses, said as `fewstep generate` says it."""
+    from fewstep.batch.runner import DEMO, default_model
+    from fewstep.cli.common import resolve_model, say_demo_default
+
+    chosen, why = default_model(job)
+    if chosen == DEMO:
+        say_demo_default()
+    else:
+        logs.say(f"Not the trained demo model: {why}.")
+        resolve_model(None, None)  # says it uses the tiny random-weight pipeline, as generate does
 
 
 def _write_grid(job, folder: str, path: str) -> None:

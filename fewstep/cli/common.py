@@ -12,10 +12,12 @@ import numpy as np
 from fewstep.cli import logs
 
 
-TINY_DEFAULT = "the tiny random-weight demo model"
+# what --model defaults to, for every command (see model_source)
+DEFAULT_MODEL = ("the trained demo model of coloured shapes, its few-step LoRA fused, e.g. 'a red circle on a blue "
+                 "background'; with --mask, adapters or --frames: tiny random-weight ones")
 
 
-def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False, model_default: str = TINY_DEFAULT) -> None:
+def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False, model_default: str = DEFAULT_MODEL) -> None:
     if prompt_optional:  # generate: the prompt may come from --settings instead
         p.add_argument("prompt", nargs="?", default=None, help="what to draw (or from --settings)")
     else:
@@ -69,10 +71,44 @@ def resolve_model(model: Optional[str], mask: Optional[str]) -> str:
     return folder
 
 
+def model_source(s):
+    """The one answer to "which model?" for generate, batch and parity: (pipeline folder, LoRAs to load first).
+    A single-file checkpoint gives (None, []); --model a folder or hub id; without --model, the trained demo
+    model (its LoRA first) where it can serve these settings (`demo_serves`), else the tiny random-weight
+    pipelines, said so. `s` needs the flags' names: model, prompt, mask, frames, controlnets, t2i_adapter,
+    ip_adapter."""
+    if is_single_file(s.model):
+        return None, []
+    if demo_serves(s):
+        return demo_model(s)
+    return resolve_model(s.model, s.mask), []
+
+
+def demo_model(s):
+    """(folder, LoRAs) of the trained demo model, after checking the prompt is in its vocabulary."""
+    from fewstep.cli import loras
+    from fewstep.demo import model
+
+    model.check_prompt(s.prompt)
+    model.check_installed()
+    say_demo_default()
+    lora = loras.LoraSpec(model.LORA_NAME, str(model.LORA_FOLDER), 1.0, model.LORA_FILE)
+    return str(model.PIPELINE_FOLDER), [lora]
+
+
+def say_demo_default() -> None:
+    """How every command says it draws with the demo model."""
+    from fewstep.demo import model
+
+    logs.say(f"No --model given: using the trained demo model at {model.WEIGHTS} (32x32 coloured shapes; its "
+             f"few-step LoRA fused). Pass --model PATH_OR_ID for a real checkpoint.")
+
+
 def demo_serves(s) -> bool:
     """No --model, and a picture the trained demo model (fewstep.demo) can make: text-to-image or img2img.
     Inpainting, adapters and video need an SD 1.5-shaped model, so those keep the tiny random-weight ones."""
-    return not s.model and not s.mask and s.frames is None and not (s.controlnets or s.t2i_adapter or s.ip_adapter)
+    return not s.model and not s.mask and getattr(s, "frames", None) is None and not (
+        getattr(s, "controlnets", None) or getattr(s, "t2i_adapter", None) or getattr(s, "ip_adapter", None))
 
 
 def call_kwargs(s) -> dict:
@@ -89,12 +125,32 @@ def call_kwargs(s) -> dict:
     if s.scheduler == "tcd":
         kwargs["eta"] = s.eta
     if s.image:
-        kwargs["image"] = Image.open(s.image)
+        kwargs["image"] = open_image(s.image, "--image")
         if s.strength is not None:
             kwargs["strength"] = s.strength
     if s.mask:
-        kwargs["mask_image"] = Image.open(s.mask)
+        kwargs["mask_image"] = open_image(s.mask, "--mask")
     return kwargs
+
+
+def open_image(path: str, flag: str):
+    """The picture at `path`, read whole now (a truncated file fails here, not mid-run), or a ValueError
+    naming `flag`: not a file, not a picture PIL reads, or larger than PIL's decompression-bomb limit."""
+    from PIL import Image
+
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give a picture file (.png, .jpg, .webp).")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path!r} does not exist; give a picture file (.png, .jpg, .webp).")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{flag} {path!r} is too large to read safely ({err}); resize it first.") from None
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{flag} {path!r} is not a picture PIL can read ({' '.join(str(err).split())}); give a "
+                         f".png, .jpg or .webp file.") from None
+    return image
 
 
 def local_path(value: Optional[str]) -> Optional[str]:

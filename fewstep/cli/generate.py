@@ -10,14 +10,12 @@ import time
 from typing import Iterable
 
 from fewstep.cli import adapters, logs, loras, outputs, settings
-from fewstep.cli.common import add_common, call_kwargs, demo_serves, is_single_file, resolve_model, task_of
+from fewstep.cli.common import add_common, call_kwargs, is_single_file, model_source, open_image, task_of
 
 
 def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="make an image")
-    add_common(gen, prompt_optional=True,
-               model_default="the trained demo model of coloured shapes, its few-step LoRA fused, e.g. 'a red "
-                             "circle on a blue background'; with --mask, adapters or --frames: tiny random-weight ones")
+    add_common(gen, prompt_optional=True)
     gen.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
     gen.add_argument("--config", metavar="FOLDER",
                      help="with --model FILE.safetensors (a single-file checkpoint): a diffusers folder or hub id of the "
@@ -41,6 +39,8 @@ def add_parser(sub) -> None:
 def check(s, args) -> None:
     """Everything that can be checked before a model loads (on the merged settings)."""
     task_of(s.image, s.mask)
+    for flag, path in input_pictures(s):
+        open_image(path, flag)  # a missing, truncated or huge picture fails now, in one line
     adapters.check_combination(s)
     if s.config and not is_single_file(s.model):
         raise ValueError("--config describes a single-file checkpoint: give it with --model FILE.safetensors.")
@@ -64,6 +64,14 @@ def check(s, args) -> None:
         outputs.check_output(args.grid)
 
 
+def input_pictures(s):
+    """(flag, path) of every picture the settings read: --image, --mask, control, adapter and IP-Adapter images."""
+    pictures = [("--image", s.image), ("--mask", s.mask)]
+    pictures += [("--control-image", c.get("image")) for c in s.controlnets or ()]
+    pictures += [("--adapter-image", (s.t2i_adapter or {}).get("image")), ("--ip-image", (s.ip_adapter or {}).get("image"))]
+    return [(flag, path) for flag, path in pictures if path]
+
+
 def build_pipeline(s, folder: str, first_loras=()):
     """The pipeline the settings describe: its class from auto.py (the folder's family, the task from
     --image / --mask, the extension from the components passed), the scheduler, the LoRAs (`first_loras`,
@@ -82,18 +90,6 @@ def build_pipeline(s, folder: str, first_loras=()):
     loras.apply_loras(pipe, [*first_loras, *loras.specs_from_records(s.loras)])
     adapters.load_ip_adapter(pipe, s)
     return pipe
-
-
-def demo_model(s):
-    """(folder, LoRAs) of the trained demo model, after checking the prompt is in its vocabulary."""
-    from fewstep.demo import model
-
-    model.check_prompt(s.prompt)
-    model.check_installed()
-    logs.say(f"No --model given: using the trained demo model at {model.WEIGHTS} (32x32 coloured shapes; its "
-             f"few-step LoRA fused). Pass --model PATH_OR_ID for a real checkpoint.")
-    lora = loras.LoraSpec(model.LORA_NAME, str(model.LORA_FOLDER), 1.0, model.LORA_FILE)
-    return str(model.PIPELINE_FOLDER), [lora]
 
 
 def _from_single_file(s, components):
@@ -116,13 +112,7 @@ def run(args, given: Iterable[str]) -> int:
     check(s, args)
     seeds = settings.seeds(s)
     logs.say("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
-    first_loras = []
-    if is_single_file(s.model):
-        folder = None
-    elif demo_serves(s):
-        folder, first_loras = demo_model(s)
-    else:
-        folder = resolve_model(s.model, s.mask)
+    folder, first_loras = model_source(s)
     start = time.perf_counter()
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
     pipe = build_pipeline(s, folder, first_loras)

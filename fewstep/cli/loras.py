@@ -66,6 +66,14 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def default_name(source: str) -> str:
     """A file's name without extension; a folder's or hub repository's last part."""
     return os.path.splitext(os.path.basename(os.path.normpath(source)))[0] if os.path.isfile(source) else \
@@ -85,6 +93,8 @@ def parse_lora(text: str, weight_name: Optional[str] = None) -> LoraSpec:
         base, colon, tail = rest.rpartition(":")
         if colon and _is_number(tail):
             source, weight = base, float(tail)
+        elif colon and _is_float(tail):  # nan, inf, 1e309: fused, they turn the picture black
+            raise ValueError(f"--lora {text!r}: the weight must be a finite number, got {tail!r}.")
     if not source:
         raise ValueError(f"--lora {text!r} names no file; use --lora [NAME=]PATH_OR_ID[:WEIGHT].")
     return LoraSpec(name or default_name(source), local_path(source), weight, weight_name)

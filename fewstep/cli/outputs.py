@@ -1,12 +1,13 @@
-"""Output files: names that carry the seed when a run writes several, atomic writes (a failed run leaves
-no file behind), and the contact-sheet grid `generate --grid` and `batch --grid` write."""
+"""Output files: names that carry the seed when a run writes several, atomic writes through
+fewstep.core.files (a failed run leaves no file behind, a link at the name is replaced rather than written
+through), and the contact-sheet grid `generate --grid` and `batch --grid` write."""
 
 from __future__ import annotations
 
 import io
 import math
 import os
-from typing import Callable, List, Sequence
+from typing import List, Sequence
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
@@ -23,30 +24,14 @@ def output_paths(output: str, seeds: Sequence[int]) -> List[str]:
     return [f"{stem}-{seed}{ext}" for seed in seeds]
 
 
-def _atomic(path: str, write: Callable[[str], object]) -> None:
-    """`write(temporary path)` in the destination's folder, then a rename: the file appears whole or not at
-    all. The temporary name keeps the extension, which the GIF / MP4 writers read."""
-    from fewstep.batch.store import TEMP_MARK
-
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f"{TEMP_MARK}{os.getpid()}-{name}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def save_image(image, path: str) -> None:
-    """A PIL image, in the format its extension names."""
-    from fewstep.batch.store import atomic_write
+    """A PIL image, in the format its extension names; encoded in memory first, so a failure to encode
+    leaves nothing on disk."""
+    from fewstep.core.files import write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format=_format(path))
-    atomic_write(os.path.abspath(path), buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _format(path: str) -> str:
@@ -65,7 +50,7 @@ def save_video(frames, path: str, fps: int) -> None:
     from fewstep import utils
 
     export = utils.export_to_gif if path.lower().endswith(".gif") else utils.export_to_video
-    _atomic(path, lambda temp: export(frames, temp, fps=fps))
+    export(frames, path, fps=fps)  # both write through fewstep.core.files: whole or not at all
 
 
 def grid(images: Sequence, size=None):

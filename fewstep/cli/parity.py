@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Iterable
 
-from fewstep.cli import adapters, logs, loras
-from fewstep.cli.common import add_common, call_kwargs, fresh_seed, is_single_file, resolve_model, task_of
+from fewstep.cli import adapters, logs, loras, outputs
+from fewstep.cli.common import add_common, call_kwargs, fresh_seed, is_single_file, model_source, task_of
 
 AGAINST = ("mindspore", "torch", "diffusers", "mindone", "float16", "bfloat16")
 # parity's task names for auto.py's
@@ -38,10 +38,12 @@ def add_parser(sub) -> None:
     par.add_argument("--tolerance", type=float, default=None,
                      help="largest allowed max abs difference of the final images in [0, 1] (default by dtype: "
                           "1e-3 float32); above it the exit status is 1")
-    par.add_argument("--report", metavar="DIR", help="write report.json, images.png and latents.png there")
+    par.add_argument("--report", metavar="DIR", help="write report.json, images.png (the two images side by side and "
+                                                     "their difference) and latents.png there")
     par.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     par.add_argument("--no-localise", action="store_true", help="skip the per-layer rerun of the first divergent call")
-    par.add_argument("-o", "--output", default="parity.png", help="the two images side by side")
+    par.add_argument("-o", "--output", metavar="FILE", default=None,
+                     help="write the two images side by side there (default: no picture, unless --report DIR)")
     loras.add_lora_flags(par)
     adapters.add_adapter_flags(par)
 
@@ -119,13 +121,20 @@ def run(args, given: Iterable[str] = ()) -> int:
 
     from fewstep.parity import compare, format_report, write_report
 
+    _check_destinations(args)
     specs = loras.specs_from_flags(args.lora)
     adapter = _adapter_settings(args)
     task_of(args.image, args.mask)
     if args.config and not (is_single_file(args.model) or is_single_file(args.model_b)):
         raise ValueError("--config describes a single-file checkpoint: give it with --model (or --model-b) "
                          "FILE.safetensors.")
-    folder = args.model if is_single_file(args.model) else resolve_model(args.model, args.mask)
+    # the default model is generate's and batch's (cli.common.model_source): the trained demo model where it serves
+    records = adapters.records_from_args(args)
+    folder, first_loras = model_source(argparse.Namespace(
+        model=args.model, prompt=args.prompt, mask=args.mask, frames=None,
+        **{key: records[key] for key in ("controlnets", "t2i_adapter", "ip_adapter")}))
+    folder = args.model if folder is None else folder  # a single-file checkpoint
+    specs = [*first_loras, *specs]
     if args.seed is None:
         args.seed = fresh_seed()
     side_a, side_b = parity_sides(args, folder, specs, adapter)
@@ -138,13 +147,29 @@ def run(args, given: Iterable[str] = ()) -> int:
         logs.say(json.dumps(report.to_dict(), indent=2))
     else:
         logs.say(format_report(report))
-    a, b = report.images
-    Image.fromarray((np.concatenate([a[0], b[0]], axis=1) * 255).round().astype(np.uint8)).save(args.output)
-    if args.report:
-        for path in write_report(report, args.report).values():
-            logs.wrote(path, file=sys.stderr if args.json else sys.stdout)
     out = sys.stderr if args.json else sys.stdout
+    if args.report:
+        sides = f" (the picture: left {side_a.label}, middle {side_b.label}, right their difference |a - b|)"
+        for kind, path in write_report(report, args.report).items():
+            logs.wrote(path, sides if kind == "images" else "", file=out)
     logs.say(f"seed {args.seed}  largest difference {side_a.label} vs {side_b.label}: {report.image_max_abs:.3g} "
           f"(images in [0, 1]; tolerance {report.tolerance:.3g})", file=out)
-    logs.wrote(args.output, f" (left {side_a.label}, right {side_b.label})", file=out)
+    if args.output:
+        a, b = report.images
+        picture = Image.fromarray((np.concatenate([a[0], b[0]], axis=1) * 255).round().astype(np.uint8))
+        outputs.save_image(picture, args.output)
+        logs.wrote(args.output, f" (left {side_a.label}, right {side_b.label})", file=out)
+    elif not args.report:
+        logs.say("no picture written: give -o FILE for the two images side by side, or --report DIR", file=out)
     return 0 if report.passed else 1
+
+
+def _check_destinations(args) -> None:
+    """Before anything loads: a picture name whose format cannot be told, or a --report that is a file, fails at
+    once rather than after both sides have run."""
+    if args.output:
+        if args.output.lower().endswith(".mp4"):
+            raise ValueError(f"parity writes one picture, not a video: name -o {args.output!r} .png, .jpg or .webp.")
+        outputs.check_output(args.output)
+    if args.report and os.path.exists(args.report) and not os.path.isdir(args.report):
+        raise ValueError(f"--report needs a folder, but {args.report!r} is a file: give a new or existing folder.")

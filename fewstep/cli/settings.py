@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import numbers
 import os
 from typing import Any, Dict, Iterable, Optional
@@ -70,11 +71,32 @@ def resolve(args, given: Iterable[str]) -> argparse.Namespace:
                 record[key] = value
     if not record.get("prompt"):
         raise ValueError("No prompt: give one (fewstep generate \"a red fox\") or --settings FILE.")
+    check_values(record)
     if record["seed"] is None:
         record["seed"] = fresh_seed()
-    if record["num_images"] < 1:
-        raise ValueError(f"--num-images must be at least 1, got {record['num_images']}.")
     return argparse.Namespace(**record)
+
+
+# record key -> (lowest, highest) allowed, None for no bound; numbers must be finite in any case
+RANGES = {"steps": (1, 1000), "eta": (0.0, 1.0), "guidance": (0.0, 1000.0), "width": (1, 16384),
+          "height": (1, 16384), "num_images": (1, 10000), "strength": (0.0, 1.0), "frames": (1, 1024),
+          "fps": (1, 240), "seed": (0, 2 ** 63 - 1)}
+
+
+def check_values(record: Dict[str, Any], where: str = "") -> None:
+    """Every value of a merged record (flags and --settings alike) as SCHEMA types it, finite, and in RANGES:
+    a ValueError naming the flag for `--guidance inf`, `--width 0` or `--lora f:nan`, before anything loads."""
+    for key, value in record.items():
+        if key not in SCHEMA:
+            continue
+        flag = where or f"--{key.replace('_', '-')}"
+        _check(value, SCHEMA[key], flag)
+        low, high = RANGES.get(key, (None, None))
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and low is not None \
+                and not low <= value <= high:
+            raise ValueError(f"{flag} must be at least {low} and at most {high}, got {value!r}.")
+    if record.get("strength") is not None and record["strength"] <= 0:
+        raise ValueError(f"--strength must be in (0, 1], got {record['strength']!r}.")
 
 
 def seeds(s) -> list:
@@ -98,9 +120,12 @@ def load(path: str) -> Dict[str, Any]:
         raise ValueError(f"No {where}: pass a file written by `fewstep generate ... --save-settings FILE`.")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, parse_constant=_not_json)  # NaN / Infinity are not JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{where} is not valid JSON ({err}); write it with --save-settings.") from None
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to be a settings record; write it with --save-settings.") \
+            from None
     if not isinstance(data, dict) or VERSION_KEY not in data:
         raise ValueError(f"{where} is not a fewstep settings record: it needs a \"{VERSION_KEY}\": {VERSION} field "
                          f"(write one with --save-settings).")
@@ -138,6 +163,8 @@ def _check(value, kind, where: str) -> None:
     if not ok:
         raise ValueError(f"{where} must be {'an' if kind == 'int' else 'a'} {kind}{' or null' if nullable else ''}, "
                          f"got {value!r}.")
+    if kind == "number" and not math.isfinite(value):  # nan, inf, 1e309: a black picture, or a NaN in the JSON
+        raise ValueError(f"{where} must be a finite number, got {value!r}.")
 
 
 def _check_sub(value, kind: str, where: str) -> None:
@@ -154,10 +181,14 @@ def _check_sub(value, kind: str, where: str) -> None:
             _check(entry[key], _SUB_SCHEMA[key], f"{at}.{key}")
 
 
-def save(s, path: Optional[str]) -> None:
-    """--save-settings: written atomically, after the images."""
-    if path:
-        from fewstep.batch.store import atomic_write
+def _not_json(constant: str):
+    raise json.JSONDecodeError(f"{constant} is not a JSON number", constant, 0)
 
-        atomic_write(os.path.abspath(path), dumps(s).encode("utf-8"))
+
+def save(s, path: Optional[str]) -> None:
+    """--save-settings: written atomically (fewstep.core.files), after the images."""
+    if path:
+        from fewstep.core.files import write_text
+
+        write_text(path, dumps(s))
         logs.wrote(path, f" (replay: fewstep generate --settings {path})")

@@ -98,7 +98,25 @@ def parse_prompt(prompt: str) -> Attributes:
                 raise ValueError(f"{prompt!r} puts a shape on a background of its own colour, which the demo "
                                  f"never shows (it would be invisible); {vocabulary()}")
             return attrs
-    raise ValueError(f"{prompt!r} is outside the demo's vocabulary: {vocabulary()}")
+    unknown = _unknown_words(text)
+    if unknown:  # name the words, not the prompt: a prompt may be 10,000 words long
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        raise ValueError(f"the prompt has words outside the demo's vocabulary ({', '.join(map(repr, unknown[:8]))}"
+                         f"{more}): {vocabulary()}")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    raise ValueError(f"{shown!r} is outside the demo's vocabulary (its words, in an order the captions never "
+                     f"use): {vocabulary()}")
+
+
+def _unknown_words(text: str) -> list:
+    """The distinct words of `text` that no caption form, shape or colour uses, in the order they appear."""
+    known = set(SHAPES) | set(COLOURS) | {"a", "an"}
+    known |= {w for form in CAPTION_FORMS for w in re.findall(r"[a-z]+", re.sub(r"\{[^}]*\}", " ", form))}
+    seen = []
+    for word in re.findall(r"[a-z]+", text):
+        if word not in known and word not in seen:
+            seen.append(word)
+    return seen
 
 
 def all_attributes() -> list:

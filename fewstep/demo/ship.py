@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from fewstep.core.files import write_text
 from fewstep.demo.model import LORA_FILE, WEIGHTS
 
 LIMIT_MB = 12.0
@@ -90,7 +91,7 @@ def ship(run: Path, dest: Path = WEIGHTS) -> list:
     for name, folder in sources.items():
         shutil.copytree(folder, staging / name)
     shipped = [p for p in _files(staging)]
-    (staging / "TRAINING.md").write_text(training_notes(run, shipped, staging))
+    write_text(str(staging / "TRAINING.md"), training_notes(run, shipped, staging))
     shutil.rmtree(dest, ignore_errors=True)  # replaced only once the new copy is complete
     staging.rename(dest)
     return _files(dest)

@@ -28,6 +28,8 @@ import tempfile
 from collections import Counter
 from typing import Iterable
 
+from fewstep.core.files import write_text
+
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 # The demo's captions are at most 9 words (+ start and end tokens): 16 positions leave room for a longer
 # prompt while keeping the text encoder's attention 5x cheaper than SD's 77.
@@ -76,11 +78,8 @@ def write_vocabulary(folder: str, words: Iterable[str]) -> tuple:
     tokens += sorted({s for a, b in rules for s in (a, b, a + b)} - set(tokens))
     ids = {t: i for i, t in enumerate(tokens)}
     vocab, merges = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
-    with open(vocab, "w", encoding="utf-8") as f:
-        json.dump(ids, f, ensure_ascii=False, indent=0)
-    with open(merges, "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        f.writelines(f"{a} {b}\n" for a, b in rules)
+    write_text(vocab, json.dumps(ids, ensure_ascii=False, indent=0))
+    write_text(merges, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in rules))
     return vocab, merges
 
 

@@ -7,8 +7,10 @@ Resumable and reproducible by construction:
 - every random draw of a training step comes from generators seeded with (seed, stage, step), so a step
   draws the same batch, noise and timesteps whether the run got there in one go or resumed from a
   checkpoint -- there is no RNG state to save;
-- a checkpoint holds the weights, the optimizer's state, the EMA and the step, written to a temporary file
-  and renamed, so an interrupted write leaves the previous checkpoint intact;
+- a checkpoint holds the weights, the optimizer's state, the EMA and the step in one safetensors file: the
+  tensors as tensors, everything else (step, wall time, the optimizer's hyperparameters, the config) as JSON
+  in its metadata, so nothing is unpickled on resume (a pickled `.pt` found there is ignored, never opened);
+  it is written whole or not at all (fewstep.core.files), so an interrupted write leaves the previous one;
 - each stage reads its inputs from the previous stage's saved folder, never from memory, so a resumed run
   and an uninterrupted one start every stage from the same bytes.
 """
@@ -18,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fewstep.core.files import atomic_path, write_json
 
 # --- model shapes (issue 14's measured recipe) ----------------------------------------------------------
 IMAGE_SIZE = 32
@@ -136,14 +139,66 @@ def load_images(n: int, seed: int):
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------
+CHECKPOINT_KEY = "fewstep.checkpoint"  # the safetensors metadata entry holding a checkpoint's JSON part
+
+
+def flatten_state(state):
+    """(tensors, JSON-able description) of a nested state (module and optimizer state dicts, numbers): every
+    tensor becomes an entry of `tensors` (named by a counter) that the description points to, and every node
+    says its type, so that `unflatten_state` rebuilds the same structure, int keys and tuples (the optimizer's)
+    included, bit for bit."""
+    tensors = {}
+
+    def encode(value):
+        if isinstance(value, torch.Tensor):
+            key = str(len(tensors))
+            # a copy of its own: safetensors refuses tensors that share memory
+            tensors[key] = value.detach().to("cpu", copy=True).contiguous()
+            return {"tensor": key}
+        if isinstance(value, dict):
+            return {"dict": [[encode(k), encode(v)] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return {type(value).__name__: [encode(v) for v in value]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return {"value": value}
+        raise TypeError(f"A checkpoint holds tensors, numbers, strings and their dicts and lists, not a "
+                        f"{type(value).__name__} ({value!r}).")
+
+    return tensors, encode(state)
+
+
+def unflatten_state(tensors, description):
+    """The state `flatten_state` described; only dicts, lists, tuples, numbers, strings and the tensors given
+    are made (nothing named in the file is imported or called)."""
+
+    def decode(node):
+        if not isinstance(node, dict) or len(node) != 1:
+            raise ValueError(f"unexpected entry {str(node)[:80]!r}")
+        (kind, value), = node.items()
+        if kind == "tensor":
+            return tensors[value]
+        if kind == "dict":
+            return {decode(k): decode(v) for k, v in value}
+        if kind in ("list", "tuple"):
+            items = [decode(v) for v in value]
+            return items if kind == "list" else tuple(items)
+        if kind == "value" and (value is None or isinstance(value, (bool, int, float, str))):
+            return value
+        raise ValueError(f"unexpected entry kind {kind!r}")
+
+    return decode(description)
+
+
 class Stage:
-    """One stage's folders under OUT: `checkpoints/<name>.pt` while it runs, `stages/<name>/` when it is done
-    (its weights plus done.json). `config` is what the stage's result depends on; a finished stage whose
-    recorded config differs is an error rather than a silent reuse."""
+    """One stage's folders under OUT: `checkpoints/<name>.safetensors` while it runs, `stages/<name>/` when it
+    is done (its weights plus done.json). `config` is what the stage's result depends on; a finished stage
+    whose recorded config differs is an error rather than a silent reuse."""
 
     def __init__(self, out: Path, name: str, config: dict):
         self.name, self.config = name, config
-        self.checkpoint = out / "checkpoints" / f"{name}.pt"
+        self.checkpoint = out / "checkpoints" / f"{name}.safetensors"
+        # what earlier versions wrote with torch.save: a pickle, never opened
+        self.pickled_checkpoint = out / "checkpoints" / f"{name}.pt"
         self.folder = out / "stages" / name
         self.log_path = out / "training_log.jsonl"
 
@@ -160,26 +215,51 @@ class Stage:
     def finish(self, summary: dict) -> None:
         """Write done.json (last, so a stage without it counts as unfinished) and drop the checkpoint."""
         summary = dict(summary, config=self.config)
-        tmp = self.folder / "done.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
-        os.replace(tmp, self.folder / "done.json")
+        write_json(str(self.folder / "done.json"), summary, indent=1)
         self.checkpoint.unlink(missing_ok=True)
         self.log({"event": "done", **{k: v for k, v in summary.items() if k != "config"}})
 
     def save(self, state: dict) -> None:
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(dict(state, config=self.config), tmp)
-        os.replace(tmp, self.checkpoint)
+        """The state (tensors, and numbers, strings, dicts and lists of them) as one safetensors file."""
+        from safetensors.torch import save_file
+
+        tensors, description = flatten_state(dict(state, config=self.config))
+        metadata = {CHECKPOINT_KEY: json.dumps(description, allow_nan=False)}
+        with atomic_path(str(self.checkpoint)) as temp:
+            save_file(tensors, temp, metadata=metadata)
 
     def load(self):
-        """The last checkpoint's state (None when there is none); refuses one from another config."""
+        """The last checkpoint's state (None when there is none); refuses one from another config or one that
+        cannot be read. Nothing is unpickled: a pickled `<name>.pt` (what earlier versions wrote, or a file
+        planted there) is reported and left unopened."""
+        if self.pickled_checkpoint.exists():
+            print(f"[{self.name}] ignoring {self.pickled_checkpoint}: a pickled checkpoint is never loaded (unpickling "
+                  f"can run code); delete it. The stage resumes from {self.checkpoint.name} if there is one, else "
+                  f"from step 0.", file=sys.stderr, flush=True)
         if not self.checkpoint.exists():
             return None
-        state = torch.load(self.checkpoint, weights_only=False)
+        try:
+            state = self._read_checkpoint()
+        except Exception as err:  # not safetensors, cut short, or metadata that is not ours
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise SystemExit(f"{self.checkpoint} is not a checkpoint this training can read ({reason}); delete it to "
+                             f"restart stage {self.name!r} from step 0.") from err
         if state.pop("config") != self.config:
             raise SystemExit(f"{self.checkpoint} comes from another configuration; rerun with the same flags "
                              f"or remove it to restart stage {self.name!r}.")
+        return state
+
+    def _read_checkpoint(self) -> dict:
+        from safetensors import safe_open
+
+        with safe_open(str(self.checkpoint), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        if CHECKPOINT_KEY not in metadata:
+            raise ValueError(f"no {CHECKPOINT_KEY!r} entry in its metadata")
+        state = unflatten_state(tensors, json.loads(metadata[CHECKPOINT_KEY]))
+        if not isinstance(state, dict) or not {"config", "step", "elapsed"} <= state.keys():
+            raise ValueError("its metadata does not describe a training state")
         return state
 
     def log(self, record: dict) -> None:

@@ -1,7 +1,8 @@
 """A parity report on disk: one folder with ``report.json`` (the numbers), ``images.png`` (the two final
 images and where they differ) and ``latents.png`` (rel L2 per step), and the JSON read back.
 
-Each file is written under a temporary name and renamed, so a folder never holds half a file. The
+Each file is written through fewstep.core.files (an unpredictable temporary name, renamed onto the target), so
+a folder never holds half a file and a link planted at a name is replaced, not written through. The
 text form is `text.format_report`; the pictures are drawn in `pictures`."""
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Union
+from typing import Any, Dict, Union
 
 import numpy as np
+
+from fewstep.core.files import write_with
 
 from .pictures import images_picture, steps_plot
 from .report import ParityReport
@@ -39,7 +42,7 @@ def write_report(report: ParityReport, directory: Union[str, os.PathLike]) -> Di
             The folder to write into.
 
     Returns:
-        `Dict[str, str]`: the paths written, by kind: ``"report"`` (``report.json``, always: the report's
+        `Dict[str, str]`: the absolute paths written, by kind: ``"report"`` (``report.json``, always: the report's
         `to_dict()`, indented, strict JSON with inf / NaN as strings), ``"images"`` (``images.png``, only
         when `report.images` is set) and ``"latents"`` (``latents.png``, only when the report has a
         per-step stage: ``unet.input``, ``unet.output``, ``guidance`` or ``scheduler``). A picture that is
@@ -51,11 +54,11 @@ def write_report(report: ParityReport, directory: Union[str, os.PathLike]) -> Di
     written = {}
 
     data = _strict_json(report.to_dict())
-    written["report"] = _atomic(os.path.join(directory, REPORT_JSON), lambda f: _dump(data, f), "w")
+    written["report"] = write_with(os.path.join(directory, REPORT_JSON), lambda f: _dump(data, f), "w")
     for kind, name, picture in (("images", IMAGES_PNG, images_picture(report)),
                                 ("latents", LATENTS_PNG, steps_plot(report))):
         if picture is not None:
-            written[kind] = _atomic(os.path.join(directory, name), lambda f: picture.save(f, format="PNG"), "wb")
+            written[kind] = write_with(os.path.join(directory, name), lambda f: picture.save(f, format="PNG"))
     return written
 
 
@@ -83,18 +86,6 @@ def read_report(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
 def _dump(data, f) -> None:
     json.dump(data, f, indent=2, allow_nan=False, default=str)
     f.write("\n")
-
-
-def _atomic(path: str, write: Callable[[Any], None], mode: str) -> str:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
 
 
 def _strict_json(value):

@@ -190,9 +190,10 @@ def load_side(model: str, library: str = "fewstep", backend: Optional[str] = Non
             pipe = pipe.to(device)
         pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
     else:
-        from fewstep.backends.mindspore_cpu import install_cpu_kernels
+        from fewstep.backends.mindspore_cpu import complete_mindone_exports, install_cpu_kernels
 
         install_cpu_kernels()  # before mindone's models are imported: they bind mint ops at import time
+        complete_mindone_exports()  # mindone 0.5 leaves TCDScheduler out of its top level (off CPU too)
         import mindspore  # lazily: the reference library of the MindSpore side
         import mindone.diffusers as md
         from mindone.diffusers import schedulers

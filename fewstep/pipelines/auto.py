@@ -159,10 +159,12 @@ class _AutoPipeline:
             `AutoPipelineForImage2Image`.
         """
         from fewstep.pipelines import loading
+        from fewstep.pipelines.hub import LOADED_COMPONENTS
 
         # the dtype keywords are checked before any file is read, as the chosen class checks them
         loading.resolve_dtype(*(kwargs.get(k) for k in ("dtype", "torch_dtype", "mindspore_dtype")))
-        folder = loading.resolve_folder(pretrained_model_name_or_path)
+        folder = loading.resolve_folder(pretrained_model_name_or_path, variant=kwargs.get("variant"),
+                                        skip=[k for k, v in kwargs.items() if v is not None and k in LOADED_COMPONENTS])
         index = loading.read_model_index(folder)
         key = key_of(index.get("_class_name"), f"{folder!r}")
         components = {k: v for k, v in kwargs.items() if k in _EXTENSION_COMPONENTS}

@@ -16,15 +16,16 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from fewstep.backends import framework_of, get_backend
+from fewstep.core import checks
 from fewstep.core.guidance import guidance_scale_embedding
 from fewstep.core.noise import randn_like
 from fewstep.core.random import Generator
-from fewstep.pipelines import image_processing, loading
+from fewstep.pipelines import busy, loading
 from fewstep.pipelines.docstrings import Arg, args_section, section, with_doc
 from fewstep.pipelines.extensions import (Extension, RunContext, StepContext, UNetInputs, owned_arguments,
                                           split_arguments)
@@ -181,7 +182,8 @@ class DiffusionPipeline(PipelineObjectMixin):
         """
         # the dtype keywords are checked before any file is read
         dtype = loading.resolve_dtype(dtype, torch_dtype, mindspore_dtype)
-        folder = loading.resolve_folder(pretrained_model_name_or_path)
+        folder = loading.resolve_folder(pretrained_model_name_or_path, variant=variant,
+                                        skip=[n for n, c in components.items() if c is not None])
         index = loading.read_model_index(folder)
         if cls is DiffusionPipeline:
             from fewstep.pipelines.auto import class_for_folder
@@ -324,6 +326,34 @@ class DiffusionPipeline(PipelineObjectMixin):
         return tqdm(total=total, **self._progress_config)
 
     # ------------------------------------------------------------------ call
+    def _check_numbers(self, guidance_scale, strength, eta, cross_attention_kwargs):
+        """(guidance_scale, strength, eta) as floats, the class's defaults for None, each finite and in the range
+        diffusers gives it; the LoRA scale of cross_attention_kwargs finite. A ValueError names the argument."""
+        guidance_scale = self._default_guidance if guidance_scale is None else checks.number(
+            guidance_scale, "guidance_scale", "Use e.g. 7.5, or 0 to turn classifier-free guidance off.")
+        strength = self._default_strength if strength is None else checks.in_range(
+            strength, "strength", 0.0, 1.0, low_open=True, hint="Use 1.0 to ignore the input image.")
+        eta = checks.in_range(eta, "eta", 0.0, 1.0, hint="0 is deterministic; TCD's authors suggest 0.3.")
+        if isinstance(cross_attention_kwargs, Mapping) and cross_attention_kwargs.get("scale") is not None:
+            checks.number(cross_attention_kwargs["scale"], 'cross_attention_kwargs["scale"]',
+                          "It is the scale of the fused LoRAs for this call, e.g. 1.0.")
+        return guidance_scale, strength, eta
+
+    def _check_size(self, height, width, images: int, output_type: str, layout_args) -> None:
+        """The output size (whole multiples of the VAE factor, at most checks.MAX_SIDE) and the decode's memory,
+        estimated from the VAE's widths and dtype and whether it decodes in slices or tiles."""
+        vae = self.vae
+        channels = list(vae.config.get("block_out_channels") or ())
+        itemsize = {"float16": 2, "bfloat16": 2, "float64": 8}.get(str(vae.dtype), 4)
+        checks.output_size(height, width, self.vae_scale_factor, channels, itemsize)
+        if output_type == "latent":
+            return
+        module = getattr(vae, "module", None)
+        tiled = getattr(module, "use_tiling", False)
+        checks.decode_memory(self._layout.decode_images(images, layout_args), height, width, channels, itemsize,
+                             sliced=bool(getattr(module, "use_slicing", False)),
+                             tile=int(getattr(module, "tile_sample_min_size", 512)) if tiled else None)
+
     def _do_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1 and self.unet.config.get("time_cond_proj_dim") is None
 
@@ -376,96 +406,99 @@ class DiffusionPipeline(PipelineObjectMixin):
                  cross_attention_kwargs=None, **extension_arguments):
         # The docstring is assembled per class (`_call_docstring`): these arguments are documented in
         # CALL_ARGUMENTS below, `extension_arguments` by the class's extensions and layout.
-        ops = self.ops
-        extensions, layout = tuple(self._extensions), self._layout
-        owned = owned_arguments(extensions + (layout,))
-        unknown = sorted(set(extension_arguments) - set(owned))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}"
-                            + (f"; its adapter arguments are {sorted(owned)}." if owned else "."))
-        if "image" in owned:  # a text-to-image ControlNet pipeline: image= is the control image
-            extension_arguments["image"], image = image, None
-        *ext_args, layout_args = split_arguments(extensions + (layout,), extension_arguments)
-        guidance_scale = self._default_guidance if guidance_scale is None else float(guidance_scale)
-        strength = self._default_strength if strength is None else float(strength)
-        if output_type not in ("pil", "np", "latent"):
-            raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np' or 'latent'.")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1]; got {strength}. Use 1.0 to ignore the input image.")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1; got {num_images_per_prompt}.")
-        self._check_task_inputs(image, mask_image)
-        prompt_batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else \
-            (prompt_embeds.shape[0] if prompt_embeds is not None else None)
-        layout.check_arguments(self, layout_args)
-        for ext, args in zip(extensions, ext_args):
-            ext.check_arguments(self, args, prompt_batch)
-        if height is None or width is None:
-            sizes = [s for s in (ext.default_size(self, a) for ext, a in zip(extensions, ext_args)) if s]
-            if sizes:
-                height, width = height or sizes[0][0], width or sizes[0][1]
-        height, width = self._output_size(height, width, image)
-        image_processing.check_size(height, width, self.vae_scale_factor)
-        timings: Dict[str, float] = {}
+        # One call at a time (busy.py): a second thread gets a RuntimeError instead of sharing the scheduler and
+        # the fused weights with this call.
+        with busy.hold(self, "a call", reentrant=False):
+            ops = self.ops
+            extensions, layout = tuple(self._extensions), self._layout
+            owned = owned_arguments(extensions + (layout,))
+            unknown = sorted(set(extension_arguments) - set(owned))
+            if unknown:
+                raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}"
+                                + (f"; its adapter arguments are {sorted(owned)}." if owned else "."))
+            if "image" in owned:  # a text-to-image ControlNet pipeline: image= is the control image
+                extension_arguments["image"], image = image, None
+            *ext_args, layout_args = split_arguments(extensions + (layout,), extension_arguments)
+            if output_type not in ("pil", "np", "latent"):
+                raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np' or 'latent'.")
+            # every number is checked before any work (core/checks.py): a NaN would otherwise give a black image
+            guidance_scale, strength, eta = self._check_numbers(guidance_scale, strength, eta, cross_attention_kwargs)
+            self._check_task_inputs(image, mask_image)
+            prompt_batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else \
+                (prompt_embeds.shape[0] if prompt_embeds is not None else None)
+            checks.image_count(num_images_per_prompt, prompt_batch)
+            layout.check_arguments(self, layout_args)
+            for ext, args in zip(extensions, ext_args):
+                ext.check_arguments(self, args, prompt_batch)
+            if height is None or width is None:
+                sizes = [s for s in (ext.default_size(self, a) for ext, a in zip(extensions, ext_args)) if s]
+                if sizes:  # only a size not given takes the default: 0 is refused below, not replaced
+                    height = sizes[0][0] if height is None else height
+                    width = sizes[0][1] if width is None else width
+            height, width = self._output_size(height, width, image)
+            self._check_size(height, width, (prompt_batch or 1) * num_images_per_prompt, output_type, layout_args)
+            timings: Dict[str, float] = {}
 
-        with ops.no_grad():
-            cross_attention_kwargs = self._apply_lora_scale(cross_attention_kwargs)
-            do_cfg = self._do_cfg(guidance_scale)
-            cond = self._encode(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, do_cfg,
-                                height, width, original_size, target_size, crops_coords_top_left)
-            batch = cond.batch
-            generator, seeds = resolve_generators(generator, batch)
-            schedule = self._timesteps(num_inference_steps, timesteps, strength)
-            # the text embeddings already sit on the models' device: new tensors are placed beside them
-            state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
-                                          schedule, strength, like=cond.hidden, layout_args=layout_args)
-            latents = state.latents
-            run = RunContext(ops=ops, cond=cond, batch=batch, num_images_per_prompt=num_images_per_prompt,
-                             do_cfg=do_cfg, height=height, width=width, timesteps=[int(t) for t in schedule])
-            ext_states = [ext.prepare(self, run, args) for ext, args in zip(extensions, ext_args)]
-            hidden = layout.condition(ops, cond, layout_args).hidden  # per frame for a video layout
+            with ops.no_grad():
+                cross_attention_kwargs = self._apply_lora_scale(cross_attention_kwargs)
+                do_cfg = self._do_cfg(guidance_scale)
+                cond = self._encode(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                    pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, do_cfg,
+                                    height, width, original_size, target_size, crops_coords_top_left)
+                batch = cond.batch
+                generator, seeds = resolve_generators(generator, batch)
+                schedule = self._timesteps(num_inference_steps, timesteps, strength)
+                # the text embeddings already sit on the models' device: new tensors are placed beside them
+                state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
+                                              schedule, strength, like=cond.hidden, layout_args=layout_args)
+                latents = state.latents
+                run = RunContext(ops=ops, cond=cond, batch=batch, num_images_per_prompt=num_images_per_prompt,
+                                 do_cfg=do_cfg, height=height, width=width, timesteps=[int(t) for t in schedule])
+                ext_states = [ext.prepare(self, run, args) for ext, args in zip(extensions, ext_args)]
+                hidden = layout.condition(ops, cond, layout_args).hidden  # per frame for a video layout
 
-            timestep_cond = None
-            proj_dim = self.unet.config.get("time_cond_proj_dim")
-            if proj_dim is not None:
-                w = np.full((batch,), guidance_scale - 1.0)
-                timestep_cond = ops.from_numpy(guidance_scale_embedding(w, proj_dim), like=latents, dtype=cond.dtype)
+                timestep_cond = None
+                proj_dim = self.unet.config.get("time_cond_proj_dim")
+                if proj_dim is not None:
+                    w = np.full((batch,), guidance_scale - 1.0)
+                    timestep_cond = ops.from_numpy(guidance_scale_embedding(w, proj_dim), like=latents,
+                                                   dtype=cond.dtype)
 
-            step_kwargs = self._step_kwargs(eta, generator)
-            start = time.perf_counter()
-            with self.progress_bar(total=len(schedule)) as bar:
-                for i, t in enumerate(schedule):
-                    t = int(t)
-                    model_in = ops.concat([latents, latents], axis=0) if do_cfg else latents
-                    model_in = self._unet_input(model_in, state)
-                    inputs = UNetInputs()
-                    inputs.merge({"added_cond": cond.added, "cross_attention_kwargs": cross_attention_kwargs})
-                    if extensions:
-                        step = StepContext(index=i, timestep=t, model_input=model_in, latents=latents)
-                        for ext, ext_state in zip(extensions, ext_states):
-                            inputs.merge(ext.unet_inputs(self, run, ext_state, step))
-                    noise_pred = self.unet(model_in, t, hidden, timestep_cond=timestep_cond, **inputs.values)
-                    if do_cfg:
-                        uncond, text = ops.split(noise_pred, 2, axis=0)
-                        noise_pred = uncond + guidance_scale * (text - uncond)
-                    latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
-                    latents = self._after_step(latents, i, schedule, state)
-                    if callback_on_step_end is not None:
-                        values = {"latents": latents, "prompt_embeds": cond.hidden}
-                        result = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
-                        latents = (result or {}).get("latents", latents)
-                    bar.update()
-            timings["denoise_s"] = time.perf_counter() - start
-            timings["per_step_s"] = timings["denoise_s"] / max(len(schedule), 1)
+                step_kwargs = self._step_kwargs(eta, generator)
+                start = time.perf_counter()
+                with self.progress_bar(total=len(schedule)) as bar:
+                    for i, t in enumerate(schedule):
+                        t = int(t)
+                        model_in = ops.concat([latents, latents], axis=0) if do_cfg else latents
+                        model_in = self._unet_input(model_in, state)
+                        inputs = UNetInputs()
+                        inputs.merge({"added_cond": cond.added, "cross_attention_kwargs": cross_attention_kwargs})
+                        if extensions:
+                            step = StepContext(index=i, timestep=t, model_input=model_in, latents=latents)
+                            for ext, ext_state in zip(extensions, ext_states):
+                                inputs.merge(ext.unet_inputs(self, run, ext_state, step))
+                        noise_pred = self.unet(model_in, t, hidden, timestep_cond=timestep_cond, **inputs.values)
+                        if do_cfg:
+                            uncond, text = ops.split(noise_pred, 2, axis=0)
+                            noise_pred = uncond + guidance_scale * (text - uncond)
+                        latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
+                        latents = self._after_step(latents, i, schedule, state)
+                        if callback_on_step_end is not None:
+                            values = {"latents": latents, "prompt_embeds": cond.hidden}
+                            tensors = {k: values[k] for k in callback_on_step_end_tensor_inputs}
+                            result = callback_on_step_end(self, i, t, tensors)
+                            latents = (result or {}).get("latents", latents)
+                        bar.update()
+                timings["denoise_s"] = time.perf_counter() - start
+                timings["per_step_s"] = timings["denoise_s"] / max(len(schedule), 1)
 
-            if output_type == "latent":
-                images = latents
-            else:
-                images = layout.postprocess(layout.decode(self, latents, layout_args), output_type)
-        if not return_dict:
-            return (images,)
-        return PipelineOutput(**{layout.output_field: images}, seeds=seeds, timings=timings)
+                if output_type == "latent":
+                    images = latents
+                else:
+                    images = layout.postprocess(layout.decode(self, latents, layout_args), output_type)
+            if not return_dict:
+                return (images,)
+            return PipelineOutput(**{layout.output_field: images}, seeds=seeds, timings=timings)
 
 
 # ---------------------------------------------------------------------- the call's documentation

@@ -18,6 +18,7 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
+from fewstep.core import checks
 from fewstep.pipelines import image_processing, prompts
 from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.extensions import Extension
@@ -39,7 +40,9 @@ def _per_net(value, n: int, what: str) -> List[float]:
         raise ValueError(f"{what} has {len(values)} entries for {n} ControlNet(s); pass one value, or one per ControlNet.")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ValueError(f"{what} must be a number or a list of numbers; got {value!r}.")
-    return [float(v) for v in values]
+    # NaN and inf are numbers too: refused by name (a NaN scale gives a black image)
+    return [checks.number(v, what if not isinstance(value, (list, tuple)) else f"{what}[{i}]")
+            for i, v in enumerate(values)]
 
 
 @dataclass

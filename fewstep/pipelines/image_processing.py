@@ -12,6 +12,8 @@ from typing import Tuple
 import numpy as np
 import PIL.Image
 
+from fewstep.core import checks
+
 
 def _as_list(images) -> list:
     if isinstance(images, (list, tuple)):
@@ -39,12 +41,8 @@ def default_size(image, scale_factor: int) -> Tuple[int, int]:
 
 
 def check_size(height: int, width: int, scale_factor: int) -> None:
-    if height % scale_factor or width % scale_factor or height <= 0 or width <= 0:
-        raise ValueError(
-            f"height and width must be positive multiples of {scale_factor} (the VAE's downsampling factor); "
-            f"got {height}x{width}. Try {max(scale_factor, height - height % scale_factor)}x"
-            f"{max(scale_factor, width - width % scale_factor)}."
-        )
+    """Positive whole multiples of the VAE factor, at most fewstep.core.checks.MAX_SIDE a side."""
+    checks.output_size(height, width, scale_factor)
 
 
 def _to_array(image, height: int, width: int, mode: str, what: str) -> np.ndarray:

@@ -28,7 +28,8 @@ import numpy as np
 
 from fewstep.backends import load_component
 from fewstep.core.lora.reading import read_safetensors
-from fewstep.pipelines import image_processing
+from fewstep.core import checks
+from fewstep.pipelines import busy, image_processing
 from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.extensions import Extension
 
@@ -66,10 +67,13 @@ def _weight_file(source: str, subfolder: Optional[str], weight_name: str, hub_kw
             raise ValueError(f"No IP-Adapter file {weight_name!r} in {os.path.join(source, subfolder or '')!r}.")
         return path
     try:
-        from huggingface_hub import hf_hub_download
+        from fewstep.pipelines import hub
 
-        return hf_hub_download(source, filename=weight_name, subfolder=subfolder or None, **hub_kwargs)
+        # that file only, with a bounded wait for a hub that does not answer (FEWSTEP_HUB_TIMEOUT)
+        return hub.file(source, weight_name, subfolder=subfolder or None, options=hub_kwargs)
     except Exception as err:
+        if isinstance(err, hub.HubTimeout):
+            raise  # one line naming the variable that sets the bound
         raise ValueError(f"{source!r} is neither a local folder nor a hub repository whose {weight_name!r} could be "
                          f"fetched ({type(err).__name__}); download it first and pass the folder.") from err
 
@@ -83,10 +87,13 @@ def _encoder_folder(source: str, subfolder: Optional[str], image_encoder_folder:
         folder = os.path.join(source, relative)
     else:
         try:
-            from huggingface_hub import snapshot_download
+            from fewstep.pipelines import hub
 
-            folder = os.path.join(snapshot_download(source, allow_patterns=[f"{relative}/*"], **hub_kwargs), relative)
+            # that folder's safetensors and configs (no .bin copy), with a bounded wait (FEWSTEP_HUB_TIMEOUT)
+            folder = os.path.join(hub.snapshot_matching(source, [f"{relative}/*"], hub_kwargs), relative)
         except Exception as err:
+            if isinstance(err, hub.HubTimeout):
+                raise  # one line naming the variable that sets the bound
             raise ValueError(f"The image encoder {relative!r} of {source!r} could not be fetched "
                              f"({type(err).__name__}); download it first and pass the folder.") from err
     if not os.path.isfile(os.path.join(folder, "config.json")):
@@ -172,6 +179,7 @@ class IPAdapterMixin:
     def _ip_state(self) -> Optional[_IPState]:
         return self.__dict__.get("_ip")
 
+    @busy.exclusive  # changes the UNet's attention: not while another thread runs a call
     def load_ip_adapter(self, pretrained_model_name_or_path_or_dict, subfolder, weight_name,
                         image_encoder_folder: Optional[str] = "image_encoder", **hub_kwargs):
         """Load one IP-Adapter file, or several (lists of sources / subfolders / weight names, as in
@@ -214,6 +222,7 @@ class IPAdapterMixin:
         device = getattr(next(iter(module.parameters()), None), "device", None) if hasattr(module, "parameters") else None
         return str(device) if device is not None and str(device) != "cpu" else None
 
+    @busy.exclusive
     def set_ip_adapter_scale(self, scale):
         """A float, a list (one per adapter), or diffusers' per-block dicts
         (`{"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}}`)."""
@@ -224,12 +233,15 @@ class IPAdapterMixin:
         if len(scales) not in (1, len(state.kinds)):
             raise ValueError(f"set_ip_adapter_scale got {len(scales)} scales for {len(state.kinds)} IP-Adapter(s); pass "
                              f"one, or one per adapter.")
-        for s in scales:
+        for i, s in enumerate(scales):
             if not isinstance(s, (int, float, dict)) or isinstance(s, bool):
                 raise ValueError(f"An IP-Adapter scale is a number or a per-block dict; got {s!r}.")
             _check_block_scales(self.unet.config, s)
+            # every number, per-block ones included, before the UNet changes (a NaN scale gives a black image)
+            checks.numbers_in(s, "set_ip_adapter_scale's scale" + (f"[{i}]" if len(scales) > 1 else ""))
         self.unet.set_ip_adapter_scale(scales)
 
+    @busy.exclusive
     def unload_ip_adapter(self):
         """Put the UNet's attention back exactly as it was and drop the image encoder."""
         state = self._ip_state()

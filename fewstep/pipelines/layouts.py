@@ -37,6 +37,10 @@ class ImageLayout:
         """The conditioning as the UNet takes it for these latents."""
         return cond
 
+    def decode_images(self, batch: int, args) -> int:
+        """How many images one VAE decode call takes (what its memory grows with): the whole batch."""
+        return batch
+
     def decode(self, pipe, latents, args) -> np.ndarray:
         """Pixels in about [-1, 1] on the host: NCHW for images."""
         vae = pipe.vae
@@ -77,6 +81,9 @@ class VideoLayout(ImageLayout):
         rows = ops.split(cond.hidden, ops.shape(cond.hidden)[0], axis=0)
         hidden = ops.concat([r for r in rows for _ in range(frames)], axis=0)
         return replace(cond, hidden=hidden)
+
+    def decode_images(self, batch: int, args) -> int:
+        return min(batch * int(args["num_frames"]), int(args["decode_chunk_size"]))
 
     def decode(self, pipe, latents, args) -> np.ndarray:
         ops, vae = pipe.ops, pipe.vae

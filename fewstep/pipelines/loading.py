@@ -75,9 +75,14 @@ def resolve_dtype(dtype=None, torch_dtype=None, mindspore_dtype=None, default: O
     return next(iter(names.values()), default)
 
 
-def resolve_folder(path_or_id: str, what: str = "the pipeline folder that holds model_index.json") -> str:
-    """A local folder for a path or a hub id (through huggingface_hub's cache, which works offline
-    when the snapshot is already there)."""
+def resolve_folder(path_or_id: str, what: str = "the pipeline folder that holds model_index.json",
+                   variant: Optional[str] = None, skip: Iterable[str] = (), subfolder: Optional[str] = None) -> str:
+    """A local folder for a path or a hub id. A hub id is fetched through huggingface_hub's cache (which
+    works offline when the snapshot is already there) with only the files fewstep loads: for a pipeline, its
+    components' configs and safetensors weights of `variant` (the plain ones without), tokenizers and
+    scheduler, leaving out the components in `skip` (passed in by the caller); with `subfolder`, only that
+    model's config and weights. See fewstep.pipelines.hub. A hub that does not answer fails within
+    FEWSTEP_HUB_TIMEOUT seconds."""
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise ValueError(f"Expected a folder path or hub id, got a {type(path_or_id).__name__}; pass {what}.")
     path_or_id = os.fspath(path_or_id)
@@ -88,18 +93,23 @@ def resolve_folder(path_or_id: str, what: str = "the pipeline folder that holds 
                   "config=...) or `fewstep generate --model FILE`.") if path_or_id.endswith(".safetensors") else ""
         raise ValueError(f"{path_or_id!r} is a file; pass {what}.{single}")
     try:
-        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub import constants
     except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
         raise ValueError(f"{path_or_id!r} is not a folder, and huggingface_hub is not installed to fetch it.") from err
+    from fewstep.pipelines import hub
+
     try:
-        return snapshot_download(path_or_id)
+        return hub.snapshot(path_or_id, variant=variant, skip=skip, subfolder=subfolder)
+    except hub.HubError:
+        raise  # already one line: a timeout naming the variable that sets it, or a file the repository lacks
     except Exception as err:
         # huggingface_hub read HF_ENDPOINT and HF_HUB_OFFLINE when it was imported; say which applied
         where = ("HF_HUB_OFFLINE is set, so only the local cache was searched" if constants.HF_HUB_OFFLINE
                  else f"the hub at {constants.ENDPOINT} was asked (set HF_ENDPOINT to use a mirror)")
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"{path_or_id!r} is neither a local folder nor a hub repository that could be fetched; {where} "
-            f"({err}). Pass the path of a diffusers-format pipeline folder, or download it first with "
+            f"({reason}). Pass the path of a diffusers-format pipeline folder, or download it first with "
             f"`huggingface-cli download {path_or_id}`."
         ) from err
 
@@ -111,8 +121,42 @@ def read_model_index(folder: str) -> dict:
             f"{folder!r} has no model_index.json: it is not a diffusers-format pipeline folder. Save one with "
             f"diffusers' `pipe.save_pretrained(path)`, or pass the folder that holds model_index.json."
         )
-    with open(index_path) as f:
-        return json.load(f)
+    return read_json_object(index_path, "the pipeline's model_index.json",
+                            "save the folder again with diffusers' `pipe.save_pretrained(path)`")
+
+
+_PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickled_weights(component: str) -> None:
+    """fewstep never unpickles: a component folder whose weights are only in pickled files (`.bin`, `.ckpt`...)
+    is refused before anything loads, with how to convert it."""
+    try:
+        names = os.listdir(component)
+    except OSError:
+        return
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith(_PICKLED))
+    if pickled:
+        raise ValueError(f"{component} holds its weights only as pickles ({', '.join(pickled)}), which can run code "
+                         f"when read and which fewstep never loads; convert them to safetensors (load the model in "
+                         f"diffusers/transformers in a trusted place and `save_pretrained(path, "
+                         f"safe_serialization=True)`).")
+
+
+def read_json_object(path: str, what: str, fix: str) -> dict:
+    """The JSON object in `path`; a ValueError naming the file and `fix` when it is empty, truncated, not UTF-8,
+    nested too deeply or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(err, RecursionError) else f"not valid JSON: {err}"
+        raise ValueError(f"{path} ({what}) is {reason}; {fix}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} ({what}) holds a JSON {type(value).__name__}, not an object; {fix}.")
+    return value
 
 
 # components a base-model folder does not carry; the message says where to get them
@@ -122,6 +166,9 @@ _LOADERS = {"controlnet": "fewstep.ControlNetModel.from_pretrained(...)", "adapt
 
 def _component_spec(index: dict, folder: str, name: str, pipeline: str):
     spec = index.get(name)
+    if spec is not None and not (isinstance(spec, list) and len(spec) == 2):
+        raise ValueError(f"{folder}/model_index.json: the {name!r} entry is {spec!r}, not [library, class name]; save "
+                         f"the folder again with diffusers' `pipe.save_pretrained(path)`.")
     if not spec or spec[0] is None or not os.path.isdir(os.path.join(folder, name)):
         if name in _LOADERS:
             raise ValueError(f"{pipeline} needs a {name!r} and the folder {folder!r} has none: load one with "
@@ -178,8 +225,7 @@ def load_scheduler(folder: str):
     path = os.path.join(folder, "scheduler", "scheduler_config.json")
     if not os.path.isfile(path):
         raise ValueError(f"The pipeline folder {folder!r} is missing scheduler/scheduler_config.json.")
-    with open(path) as f:
-        config = json.load(f)
+    config = read_json_object(path, "the pipeline's scheduler config", "save the folder again with diffusers")
     cls = LCMScheduler if config.get("_class_name") == "LCMScheduler" else TCDScheduler
     if config.get("_class_name") not in ("TCDScheduler", "LCMScheduler"):
         logger.info("Scheduler %s in %s replaced by TCDScheduler with its config.", config.get("_class_name"), folder)
@@ -193,6 +239,9 @@ def load_components(folder: str, index: dict, names: Iterable[str], backend: str
     checks every one is present before loading any."""
     names = list(names)
     specs = {name: _component_spec(index, folder, name, pipeline) for name in names}
+    for name in names:
+        if name not in _TOKENIZERS and name != "scheduler":
+            refuse_pickled_weights(os.path.join(folder, name))
     loaded = {}
     for name in names:
         library, class_name = specs[name]

@@ -41,12 +41,16 @@ LoRA at scale s for that call by fusing at s (diffusers ignores the scale once f
 without a scale going back to the fuse_lora scale.
 
 Every input is checked before any weight changes: a bad file, a key matching no module, a shape
-that does not fit, an unknown adapter name all raise `LoraError` with the weights untouched.
+that does not fit, an unknown adapter name, a factor holding NaN or inf, a NaN or infinite adapter weight
+or lora_scale, and a combination that would change a weight element by more than `fusion.MAX_CHANGE`
+(adapter weights like -1e30) all raise `LoraError` with the weights untouched. The methods that change
+weights hold the pipeline against other threads (`fewstep.pipelines.busy`).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
@@ -55,9 +59,10 @@ import numpy as np
 from fewstep.backends import get_backend
 from fewstep.core.lora import (DEFAULT_WEIGHT_NAME, LoraError, LoraSource, find_weight_file, fused_weight,
                                normalise, read_lora)
-from fewstep.core.lora.fusion import HALF, factor_dtype, work_buffer
+from fewstep.core import checks
+from fewstep.core.lora.fusion import HALF, MAX_CHANGE, factor_dtype, work_buffer
 from fewstep.core.lora.plan import plan_refresh, wanted_terms
-from fewstep.pipelines import lora_bases
+from fewstep.pipelines import busy, lora_bases
 
 __all__ = ["LoraError", "LoraMixin"]
 
@@ -72,6 +77,7 @@ class _Factors(NamedTuple):
     alpha: float
     rank: int
     rslora: bool
+    peak: float   # a bound on |up @ down| at any element (LoraLayer.peak), for the refresh's check against MAX_CHANGE
 
 
 @dataclass
@@ -146,6 +152,7 @@ class LoraMixin:
             raise LoraError(f"Unknown adapter name(s) {unknown}; loaded adapters: {known or 'none'}.")
 
     # ------------------------------------------------------------------ loading
+    @busy.exclusive  # these change the weights: not while another thread runs a call (busy.py)
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: Optional[str] = None,
                           adapter_name: Optional[str] = None, **hub_kwargs):
         """Load a LoRA and apply it, fused, as the only active adapter (weight 1.0), as diffusers does.
@@ -179,14 +186,15 @@ class LoraMixin:
                 for path, layer in paths.items():
                     weight = comp.named_weight(path)
                     up, down = layer.device_factors(self.ops, weight, self.ops.dtype_name(weight))
-                    factors[name][path] = _Factors(up, down, layer.alpha, layer.rank, layer.rslora)
-        state.loads += 1
-        state.adapters[adapter_name] = _Adapter(token=state.loads, layers=factors)
-        state.weights[adapter_name] = {name: 1.0 for name in components}
-        state.active = [adapter_name]
-        if not state.applied:
-            state.applied = set(components)
-        self._lora_refresh()
+                    factors[name][path] = _Factors(up, down, layer.alpha, layer.rank, layer.rslora, layer.peak())
+        with self._lora_state_kept_on_error():
+            state.loads += 1
+            state.adapters[adapter_name] = _Adapter(token=state.loads, layers=factors)
+            state.weights[adapter_name] = {name: 1.0 for name in components}
+            state.active = [adapter_name]
+            if not state.applied:
+                state.applied = set(components)
+            self._lora_refresh()
 
     def _read_lora_source(self, source, weight_name, hub_kwargs) -> LoraSource:
         if isinstance(source, Mapping):
@@ -211,6 +219,7 @@ class LoraMixin:
         return read_lora(source, weight_name)
 
     # ------------------------------------------------------------------ combining
+    @busy.exclusive
     def set_adapters(self, adapter_names: Union[str, Sequence[str]], adapter_weights=None):
         """Make these adapters the active ones, with these weights (a number each, or a dict of
         component -> number; None means 1.0), and fuse the combination: base + sum of weighted deltas,
@@ -225,21 +234,24 @@ class LoraMixin:
         weights = {}
         for name, weight in zip(names, adapter_weights):
             if weight is None or isinstance(weight, (int, float, np.number)):
-                weights[name] = {c: 1.0 if weight is None else float(weight) for c in components}
+                weights[name] = {c: 1.0 if weight is None else _finite(weight, f"adapter_weights for {name!r}")
+                                 for c in components}
             elif isinstance(weight, Mapping):
                 extra = [k for k in weight if k not in components]
                 if extra or not all(isinstance(v, (int, float, np.number)) for v in weight.values()):
                     raise LoraError(f"adapter_weights for {name!r}: a dict maps components ({components}) to numbers; "
                                     f"got {weight!r}. Per-block weights are not supported.")
-                weights[name] = {c: float(weight.get(c, 1.0)) for c in components}
+                weights[name] = {c: _finite(weight.get(c, 1.0), f"adapter_weights for {name!r}[{c!r}]")
+                                 for c in components}
             else:
                 raise LoraError(f"adapter_weights for {name!r} must be a number, a dict or None; got {weight!r}.")
         state = self._lora_state()
-        state.weights.update(weights)
-        state.active = names
-        if not state.applied:
-            state.applied = set(components)
-        self._lora_refresh()
+        with self._lora_state_kept_on_error():
+            state.weights.update(weights)
+            state.active = names
+            if not state.applied:
+                state.applied = set(components)
+            self._lora_refresh()
 
     def get_active_adapters(self) -> List[str]:
         return list(self._lora_state().active)
@@ -252,6 +264,7 @@ class LoraMixin:
                 listing.setdefault(component, []).append(name)
         return listing
 
+    @busy.exclusive
     def delete_adapters(self, adapter_names: Union[str, Sequence[str]]):
         """Remove adapters; their deltas leave the fused weights. When no active adapter remains but
         others are loaded, the first loaded one becomes active (PEFT's rule)."""
@@ -264,7 +277,7 @@ class LoraMixin:
         state.active = [n for n in state.active if n not in names]
         if not state.active and state.adapters:
             state.active = [next(iter(state.adapters))]
-        self._lora_refresh()
+        self._lora_refresh()  # (removing terms only: never past MAX_CHANGE; a newly active first adapter was loaded so)
 
     # ------------------------------------------------------------------ fusing
     def _components_arg(self, components) -> List[str]:
@@ -277,6 +290,7 @@ class LoraMixin:
             raise LoraError(f"Unknown LoRA component(s) {unknown}; this pipeline has {available}.")
         return names
 
+    @busy.exclusive
     def fuse_lora(self, components: Optional[Sequence[str]] = None, lora_scale: float = 1.0,
                   safe_fusing: bool = False, adapter_names: Optional[Sequence[str]] = None,
                   keep_base: Optional[str] = None):
@@ -299,14 +313,17 @@ class LoraMixin:
         if adapter_names is not None:
             active = _names(adapter_names)
             self._check_known(active)
+        lora_scale = _finite(lora_scale, "lora_scale")
         before = (state.active, state.lora_scale, state.applied)
-        state.active, state.lora_scale, state.applied = active, float(lora_scale), set(names)
+        state.active, state.lora_scale, state.applied = active, lora_scale, set(names)
         try:
             self._lora_refresh(check_finite=safe_fusing)
-        except LoraError:  # safe fusing found NaN/inf and wrote nothing: the state stays as the weights are
+        except LoraError:  # safe fusing found NaN/inf, or a change past MAX_CHANGE, and wrote nothing: the state
+            # stays as the weights are
             state.active, state.lora_scale, state.applied = before
             raise
 
+    @busy.exclusive
     def unfuse_lora(self, components: Optional[Sequence[str]] = None):
         """Put the saved base weights of `components` (default: all) back, bit for bit. The adapters stay
         loaded; `fuse_lora()` or `set_adapters()` applies them again."""
@@ -315,6 +332,7 @@ class LoraMixin:
         state.applied -= set(names)
         self._lora_refresh()
 
+    @busy.exclusive
     def unload_lora_weights(self):
         """Put every saved base weight back (bit for bit) and forget all adapters."""
         state = self._lora_state()
@@ -380,6 +398,7 @@ class LoraMixin:
         components = self._lora_components()
         wanted = wanted_terms(state.active, state.adapters, state.weights, state.applied, scale)
         plan = plan_refresh(wanted, state.signature, state.saved)
+        _check_changes(state, plan.fuse)  # before anything is written
         ops = self.ops
         # a base kept as a file reference is read back only if the file still gives it exactly: checked
         # for all of them before anything is written
@@ -428,6 +447,20 @@ class LoraMixin:
                 del state.saved[key]
         state.fused_scale = scale
 
+    @contextmanager
+    def _lora_state_kept_on_error(self):
+        """Undo the block's changes to the adapters, weights, active list, scale and applied components when a
+        refresh raises LoraError: it raises only before writing (a change past MAX_CHANGE, a changed file base),
+        so the state goes back to what the weights hold."""
+        state = self._lora_state()
+        before = (dict(state.adapters), {k: dict(v) for k, v in state.weights.items()}, list(state.active),
+                  state.lora_scale, set(state.applied))
+        try:
+            yield
+        except LoraError:
+            state.adapters, state.weights, state.active, state.lora_scale, state.applied = before
+            raise
+
     def _work_buffers(self, components, keys) -> Dict[str, Any]:
         """component -> one float32 buffer for the float32 copies of its half-precision weights among `keys`
         (`fused_weight(work=)`), as large as the largest; one per component, as components may sit on
@@ -449,28 +482,64 @@ class LoraMixin:
         state.signature[key] = signature
 
 
-def _from_hub(repo_id: str, weight_name: Optional[str], hub_kwargs: dict) -> str:
-    """A local path for a LoRA on the hub (huggingface_hub's cache; works offline once cached)."""
+def _finite(value, what: str) -> float:
+    """A LoRA weight or scale as a float, refused by name when NaN or infinite: `addmm(alpha=nan)` fuses a NaN
+    weight as if it were 1.0 on a CPU, and inf makes every fused weight inf."""
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-    except ImportError as err:  # pragma: no cover - comes with transformers
+        return checks.number(value, what, "Use a finite number, e.g. 1.0.")
+    except ValueError as err:
+        raise LoraError(str(err)) from None
+
+
+def _check_changes(state: _LoraState, fuse) -> None:
+    """Refuse a refresh that would change any weight element by more than MAX_CHANGE (fusion.py says why),
+    naming the adapter with the largest term; a NaN bound (never from checked numbers) is refused too."""
+    names = {adapter.token: name for name, adapter in state.adapters.items()}
+    for (component, path), terms, _ in fuse:
+        sizes = [abs(t.scale) * t.factors.peak for t in terms]
+        change = sum(sizes)
+        if not change <= MAX_CHANGE:
+            worst = names.get(terms[sizes.index(max(sizes))].token) if sizes else None
+            raise LoraError(f"Adapter {worst!r} at its adapter weight and lora_scale would change {component} module "
+                            f"{path!r} by up to {change:.3g} (at most {MAX_CHANGE:g}; a LoRA changes weights by less "
+                            f"than 1): use a smaller adapter weight, lora_scale or cross_attention_kwargs['scale']. "
+                            f"No weight was changed.")
+
+
+def _from_hub(repo_id: str, weight_name: Optional[str], hub_kwargs: dict) -> str:
+    """A local path for a LoRA on the hub (huggingface_hub's cache; works offline once cached): `weight_name`,
+    else the default name, else the repository's only .safetensors file. Only that file is fetched, and a hub
+    that does not answer fails within FEWSTEP_HUB_TIMEOUT seconds (fewstep.pipelines.hub)."""
+    try:
+        from fewstep.pipelines import hub
+    except ImportError as err:  # pragma: no cover
         raise LoraError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to fetch it.") from err
     hub_kwargs = dict(hub_kwargs)
-    subfolder = hub_kwargs.pop("subfolder", None)
-    try:
+    subfolder = (hub_kwargs.pop("subfolder", None) or "").strip("/")
+    inside = f"{subfolder}/" if subfolder else ""
+
+    def choose(names, read):
         if weight_name:
-            return hf_hub_download(repo_id, filename=weight_name, subfolder=subfolder, **hub_kwargs)
-        try:
-            return hf_hub_download(repo_id, filename=DEFAULT_WEIGHT_NAME, subfolder=subfolder, **hub_kwargs)
-        except EntryNotFoundError as err:  # no file of the default name: the repository's only .safetensors file
-            if isinstance(err, LocalEntryNotFoundError):  # offline and not cached: nothing else to try
-                raise
-            pattern = f"{subfolder}/*.safetensors" if subfolder else "*.safetensors"
-            folder = snapshot_download(repo_id, allow_patterns=[pattern], **hub_kwargs)
-            return find_weight_file(os.path.join(folder, subfolder or ""))
-    except LoraError:
-        raise
+            wanted = [inside + weight_name]
+        elif inside + DEFAULT_WEIGHT_NAME in names:
+            wanted = [inside + DEFAULT_WEIGHT_NAME]
+        else:  # no file of the default name: the repository's only .safetensors file (find_weight_file says if several)
+            wanted = [n for n in names if n.startswith(inside) and "/" not in n[len(inside):]
+                      and n.endswith(".safetensors")]
+        if len(wanted) > 1:  # fetch none of them: the caller must choose
+            raise LoraError(f"{repo_id!r} holds several .safetensors files ({', '.join(sorted(wanted)[:5])}); pass "
+                            f"weight_name= naming the LoRA.")
+        missing = [n for n in wanted if n not in names]
+        if missing or not wanted:
+            raise LoraError(f"{repo_id!r} has no LoRA file {missing[0] if missing else inside + '*.safetensors'!r}; "
+                            f"pass weight_name= naming one of its .safetensors files.")
+        return wanted
+
+    try:
+        folder = os.path.join(hub.fetch(repo_id, choose, hub_kwargs), subfolder)
+        return os.path.join(folder, weight_name) if weight_name else find_weight_file(folder)
+    except (LoraError, hub.HubError):
+        raise  # already one line (a timeout names the variable that sets it)
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         raise LoraError(f"{repo_id!r} is neither a local file or folder nor a hub repository whose LoRA could be "

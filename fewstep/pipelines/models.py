@@ -65,7 +65,8 @@ class _ModelLoader:
         """
         ops = get_backend(backend)  # an unknown backend or dtype fails before any file is read
         dtype = loading.resolve_dtype(dtype, torch_dtype, mindspore_dtype)
-        folder = loading.resolve_folder(pretrained_model_name_or_path, what="a diffusers model folder (with config.json)")
+        folder = loading.resolve_folder(pretrained_model_name_or_path, what="a diffusers model folder (with config.json)",
+                                        variant=variant, subfolder=subfolder)
         if subfolder:
             folder = os.path.join(folder, subfolder)
         path = os.path.join(folder, "config.json")

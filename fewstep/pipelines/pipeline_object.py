@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from fewstep.backends.components_common import Model
-from fewstep.pipelines import loading
+from fewstep.pipelines import busy, loading
 
 # keywords of diffusers' DiffusionPipeline.to, plus mindone's dtype keyword
 _TO_KEYWORDS = ("device", "dtype", "torch_device", "torch_dtype", "mindspore_dtype", "silence_dtype_warnings")
@@ -87,6 +87,7 @@ class PipelineObjectMixin:
                     found.append((name, item))
         return found
 
+    @busy.exclusive  # moves the weights: not while another thread runs a call
     def to(self, *args, **kwargs):
         """Move (torch) or cast (torch and MindSpore) every model of the pipeline, as diffusers'
         `DiffusionPipeline.to` does, and return the pipeline itself.

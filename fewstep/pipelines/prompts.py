@@ -6,9 +6,12 @@ arithmetic follows diffusers' `encode_prompt`, so the same prompt gives the same
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def as_prompt_list(prompt, what: str = "prompt") -> List[str]:
@@ -20,8 +23,21 @@ def as_prompt_list(prompt, what: str = "prompt") -> List[str]:
 
 
 def token_ids(tokenizer, prompts: Sequence[str], max_length: Optional[int] = None) -> np.ndarray:
-    return tokenizer(list(prompts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                     truncation=True, return_tensors="np").input_ids.astype(np.int64)
+    length = max_length or tokenizer.model_max_length
+    ids = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                    return_tensors="np").input_ids.astype(np.int64)
+    _warn_truncated(tokenizer, prompts, length)
+    return ids
+
+
+def _warn_truncated(tokenizer, prompts: Sequence[str], length: int) -> None:
+    """diffusers' warning for a prompt longer than the text encoder reads, with the words that were dropped."""
+    for prompt in prompts:
+        full = tokenizer(prompt, truncation=False).input_ids
+        if len(full) > length:
+            removed = tokenizer.decode(full[length - 1:-1])
+            logger.warning("The following part of your input was truncated because CLIP can only handle sequences up "
+                           f"to {length} tokens: {removed[:200]}{'...' if len(removed) > 200 else ''}")
 
 
 def encoder_ids(tokenizer, encoder, texts: Sequence[str], max_length: Optional[int] = None) -> np.ndarray:

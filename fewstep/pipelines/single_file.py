@@ -170,10 +170,13 @@ def resolve_config(config, family: CheckpointFamily) -> str:
             return config
     repo = config or HUB_CONFIGS[family.key]
     try:
-        from huggingface_hub import snapshot_download
+        from fewstep.pipelines import hub
 
-        return snapshot_download(repo, allow_patterns=_CONFIG_PATTERNS, local_files_only=hub_offline())
+        # the configs only, with a bounded wait for a hub that does not answer (FEWSTEP_HUB_TIMEOUT)
+        return hub.snapshot_matching(repo, _CONFIG_PATTERNS, {"local_files_only": hub_offline() or None})
     except Exception as err:  # offline and not cached, no network, no such repository
+        if isinstance(err, hub.HubTimeout):
+            raise  # one line naming the variable that sets the bound
         reason = ("HF_HUB_OFFLINE is set and they are not in the cache" if hub_offline()
                   else f"the hub could not be reached or refused ({type(err).__name__}: {err})")
         if config is not None:

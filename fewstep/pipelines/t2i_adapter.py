@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
+from fewstep.core import checks
 from fewstep.pipelines import image_processing, prompts
 from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.extensions import Extension
@@ -81,6 +82,7 @@ class T2IAdapter(Extension):
         for name in ("adapter_conditioning_scale", "adapter_conditioning_factor"):
             if not isinstance(args[name], (int, float)) or isinstance(args[name], bool):
                 raise ValueError(f"{name} must be a number; got {args[name]!r}.")
+            checks.number(args[name], name)  # NaN and inf are floats too
         if not 0.0 <= args["adapter_conditioning_factor"] <= 1.0:
             raise ValueError(f"adapter_conditioning_factor is the share of steps the adapter is on: 0 to 1; got "
                              f"{args['adapter_conditioning_factor']}.")

@@ -33,7 +33,8 @@ class _ImageTaskMixin:
     def _output_size(self, height, width, image):
         # diffusers' default: the input image's own size, rounded down to the VAE factor
         default_h, default_w = image_processing.default_size(image, self.vae_scale_factor)
-        return height or default_h, width or default_w
+        # only None takes the default: 0 is refused by the size check, not silently replaced
+        return default_h if height is None else height, default_w if width is None else width
 
     def _encode_image(self, pixels, generator, batch: int, dtype: str, like):
         """Scaled VAE latents of an NCHW [-1, 1] image, sampled from the posterior with the user's
@@ -70,7 +71,7 @@ class Text2ImageTask:
 
     def _output_size(self, height, width, image):
         default_h, default_w = self._default_size()
-        return height or default_h, width or default_w
+        return default_h if height is None else height, default_w if width is None else width
 
     def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
                          strength, like, layout_args=None):

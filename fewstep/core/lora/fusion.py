@@ -33,6 +33,14 @@ import numpy as np
 
 HALF = ("float16", "bfloat16")
 
+# The most one fusion may change any element of a weight: sum |scale| x `LoraLayer.peak` over its terms. A LoRA
+# is trained as a small correction (the demo LoRA's peak bound is 0.24 at weight 1), so this leaves room for
+# adapter weights in the thousands, while a weight like -1e30 is refused before anything is
+# written: it would overflow the activations to inf (a black image) even where a float32 weight stays finite, and
+# a fused float16 weight stays finite under it (|base| + 1e4 < 65504). Checked from numbers known on the host,
+# so it costs no pass over the weights and no device sync (a finite check of every fused weight would cost both).
+MAX_CHANGE = 1e4
+
 
 @dataclass(frozen=True)
 class LoraLayer:
@@ -47,6 +55,16 @@ class LoraLayer:
     @property
     def rank(self) -> int:
         return int(self.down.shape[0])
+
+    def peak(self) -> float:
+        """A bound on |up @ down| at any element, from the factors alone: |sum_r up[o, r] down[r, i]| is at most
+        sum_r max_o |up[o, r]| x max_i |down[r, i]|. Exact for rank 1, above the true peak where terms cancel;
+        computed in float64 on the host (no overflow for any float32 factor), once per load."""
+        up = self.up.reshape(self.up.shape[0], -1)
+        down = self.down.reshape(self.down.shape[0], -1)
+        if up.size == 0 or down.size == 0:
+            return 0.0
+        return float(np.abs(up).max(axis=0).astype(np.float64) @ np.abs(down).max(axis=1).astype(np.float64))
 
     def scaling(self, weight: float = 1.0, lora_scale: float = 1.0) -> float:
         return scaling(self.alpha, self.rank, self.rslora, weight, lora_scale)

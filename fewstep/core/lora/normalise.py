@@ -5,7 +5,8 @@ weight shape of every module a LoRA may change (Linear: (out, in); Conv2d: (out,
 Names are resolved against that list, never guessed: a kohya name is looked up in a table of every
 module path with "." turned into "_" (and, for the UNet, of every SGM name, see `sgm.py`), so a key
 either names exactly one module of this model or is reported. Everything is checked here, before a
-caller changes any weight: unknown keys, keys matching no module, missing factors, ranks, shapes.
+caller changes any weight: unknown keys, keys matching no module, missing factors, ranks, shapes, and
+factors holding NaN or inf.
 
 Alphas: a `.alpha` key wins; else diffusers' `lora_adapter_metadata` (PEFT's `lora_alpha` and
 `alpha_pattern`, per component); else alpha = rank (scale 1), kohya's and PEFT's default.
@@ -85,6 +86,15 @@ def _scalar(key: str, value: np.ndarray, origin: str) -> float:
     if not np.isfinite(alpha):
         raise LoraError(f"{origin}: alpha {key!r} is {alpha}.")
     return alpha
+
+
+def _check_finite(key: str, factor: np.ndarray, origin: str) -> None:
+    """A factor holding NaN or inf is refused by key: fused, it makes the weight (and the image) NaN. One
+    vectorised pass over the factor (LoRA factors are small next to the weights they change)."""
+    if factor.dtype.kind in "fc" and not np.isfinite(factor).all():
+        bad = int(factor.size - np.count_nonzero(np.isfinite(factor)))
+        raise LoraError(f"{origin}: tensor {key!r} holds {bad} NaN or infinite value(s) of {factor.size}; the file is "
+                        f"broken: download or export it again.")
 
 
 def _check_shapes(component: str, path: str, keys, down: np.ndarray, up: np.ndarray,
@@ -173,6 +183,8 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
                 raise LoraError(f"{origin}: {component} module {path!r} has {have!r} but no {needed} factor.")
         down, up = tensors[keys[DOWN]], tensors[keys[UP]]
         _check_shapes(component, path, keys, down, up, tuple(targets[component][path]), origin)
+        for part, factor in ((DOWN, down), (UP, up)):
+            _check_finite(keys[part], factor, origin)
         config = configs[component]
         rank = int(down.shape[0])
         if ALPHA in keys:

@@ -14,6 +14,7 @@ adapter is loaded must not change the loaded factors.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
@@ -74,6 +75,8 @@ def read_header(path: str) -> SafetensorsHeader:
                 header = json.loads(f.read(length).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as err:
                 raise LoraError(f"{path} is corrupt: its safetensors header is not valid JSON ({err}).") from err
+            except RecursionError:
+                raise LoraError(f"{path} is corrupt: its safetensors header is nested too deeply.") from None
     except OSError as err:
         raise LoraError(f"Cannot read the safetensors file {path}: {err}") from err
     if not isinstance(header, dict):
@@ -92,7 +95,7 @@ def _entry(path: str, name: str, info: Any, data_size: int) -> TensorInfo:
         raise LoraError(f"{path} is corrupt: the header entry of tensor {name!r} is malformed ({info!r}).") from err
     itemsize = _ITEMSIZES.get(dtype)
     if min(shape, default=0) < 0 or not 0 <= begin <= end or (
-            itemsize is not None and end - begin != int(np.prod(shape)) * itemsize):
+            itemsize is not None and end - begin != math.prod(shape) * itemsize):  # exact: np.prod wraps at 2**63
         raise LoraError(f"{path} is corrupt: tensor {name!r} ({dtype}, shape {list(shape)}) has data offsets "
                         f"{begin}..{end}.")
     if end > data_size:

@@ -23,6 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
+from fewstep.core.files import write_text
+
 logger = logging.getLogger("fewstep")
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
@@ -253,8 +255,8 @@ class Configurable:
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, json_file_path: Union[str, os.PathLike]) -> None:
-        with open(json_file_path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        # whole or not at all, and a link at the path is replaced rather than written through
+        write_text(os.fspath(json_file_path), self.to_json_string())
 
     def save_config(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs) -> str:
         """Write `scheduler_config.json` into a folder.
