@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 
 import nox
 
@@ -33,9 +34,15 @@ LATEST_PACKAGES = ["diffusers", "transformers", "huggingface_hub", "numpy", "pef
 FIRST_PROMPT = "a green triangle on a pink background"
 
 
+def _scratch() -> str:
+    # not session.create_tmp(): that also points TMPDIR into .nox/<session>/tmp for every later command, and Ray's
+    # socket paths under it grow too long for its workers to register (the Ray batch test then hangs)
+    return tempfile.mkdtemp(prefix="fewstep-nox-")
+
+
 def _first_command(session: nox.Session) -> None:
     """The README's first command, and the demo checker reading its picture as what was asked for."""
-    out = os.path.join(session.create_tmp(), "triangle.png")
+    out = os.path.join(_scratch(), "triangle.png")
     session.run("fewstep", "generate", FIRST_PROMPT, "--seed", "0", "-o", out)
     session.run("python", "-c", "import sys; from PIL import Image; from fewstep.demo import score_images; "
                 "s = score_images([Image.open(sys.argv[1])], [sys.argv[2]]); print('checker:', s); "
@@ -69,7 +76,7 @@ def torch_latest(session: nox.Session) -> None:
 @nox.session
 def mindspore_low(session: nox.Session) -> None:
     """MindSpore 2.7.1 with mindone 0.5.0 (and the rest of the pinned set): the MindSpore and parity tests."""
-    constraints = os.path.join(session.create_tmp(), "constraints-mindspore-low.txt")
+    constraints = os.path.join(_scratch(), "constraints-mindspore-low.txt")
     with open(PINNED, encoding="utf-8") as f:
         pinned_lines = f.read()
     with open(constraints, "w", encoding="utf-8") as f:
