@@ -39,8 +39,6 @@ def add_parser(sub) -> None:
 def check(s, args) -> None:
     """Everything that can be checked before a model loads (on the merged settings)."""
     task_of(s.image, s.mask)
-    for flag, path in input_pictures(s):
-        open_image(path, flag)  # a missing, truncated or huge picture fails now, in one line
     adapters.check_combination(s)
     if s.config and not is_single_file(s.model):
         raise ValueError("--config describes a single-file checkpoint: give it with --model FILE.safetensors.")
@@ -62,6 +60,8 @@ def check(s, args) -> None:
     outputs.check_output(args.output)
     if args.grid:
         outputs.check_output(args.grid)
+    for flag, path in input_pictures(s):  # last: the flags' own mistakes are named first
+        open_image(path, flag)  # a missing, truncated or huge picture fails now, in one line
 
 
 def input_pictures(s):
