@@ -67,7 +67,9 @@ class Case:
         def weights(pipe):
             out = {}
             for c, p in self.modules:
-                module = getattr(pipe, c).get_submodule(p)
+                model = getattr(pipe, c)
+                bare = p.startswith("text_model.") and not hasattr(model, "text_model")  # transformers 5's CLIP
+                module = model.get_submodule(p[len("text_model."):] if bare else p)
                 out[(c, p)] = getattr(module, "base_layer", module).weight.detach().numpy().copy()
             return out
 

@@ -146,15 +146,20 @@ class LoraWeights:
         Conv2d (out, in, kh, kw)."""
         return {path: as_ints(layer.weight.shape) for path, layer in self._lora_layer_map().items()}
 
+    def _layer(self, path: str):
+        # the released name, or the installed library's (transformers 5's bare CLIPTextModel path) for the same module
+        layers = self._lora_layer_map()
+        return layers[path] if path in layers else layers[self._released_prefix() + path]
+
     def named_weight(self, path: str):
         """The current weight of the module at `path`, sharing the parameter's data (not a copy)."""
-        return self._tensor_of(self._lora_layer_map()[path].weight)
+        return self._tensor_of(self._layer(path).weight)
 
     def set_weight(self, path: str, tensor) -> None:
         """Make `tensor` (the weight's shape, dtype and device) the weight of the module at `path`,
         without copying it and without writing into the tensor that held the weight before (a saved
         base weight stays as it was)."""
-        param = self._lora_layer_map()[path].weight
+        param = self._layer(path).weight
         new, old = self._layout(tensor), self._layout(param)
         if new != old:
             raise ValueError(f"New weight for {path!r} is {_describe(new)}; the module's is {_describe(old)}.")

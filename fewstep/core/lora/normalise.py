@@ -145,6 +145,8 @@ def normalise(tensors: Mapping[str, np.ndarray], targets: Targets, unet_config: 
             if parsed.component not in tables:
                 tables[parsed.component] = kohya_table(parsed.component, modules, unet_config)
             path = tables[parsed.component].get(parsed.names[0])
+            if path is None:  # made from transformers 5's bare CLIPTextModel names (no `text_model_` level)
+                path = tables[parsed.component].get(RELEASED_TEXT_PREFIX.replace(".", "_") + parsed.names[0])
         else:
             path = next((name for name in parsed.names if name in modules), None)
             if path is None:  # saved from transformers 5, whose CLIPTextModel has no `text_model.` level
