@@ -206,3 +206,16 @@ def test_long_prompts(capsys, here, caplog):
     assert main(["generate", "word " * 200, "--model", tiny_pipeline("sd15"), "--steps", "1", "-o", "long.png"]) == 0
     assert any("truncated because CLIP can only handle sequences up to 77 tokens" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.torch
+def test_a_word_the_demo_tokenizer_splits_is_refused_by_the_pipeline_not_the_embedding():
+    """The demo's vocab.json lists its BPE merges' intermediate symbols (transformers 5 needs them), at ids its text
+    encoder has no row for: a prompt outside its vocabulary is a ValueError naming the pieces, not an index error."""
+    from fewstep.demo import load_demo
+
+    pipe = load_demo("torch")
+    with pytest.raises(ValueError, match=r"^The prompt has tokens the text encoder has no embedding for \(.*\): its "
+                                         r"vocabulary has 14 entries"):
+        pipe("a purple hexagon", num_inference_steps=1)
+    assert pipe(PROMPT, num_inference_steps=1, output_type="np").images.shape == (1, 32, 32, 3)

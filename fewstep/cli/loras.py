@@ -59,19 +59,12 @@ def add_lora_flags(p: argparse.ArgumentParser) -> None:
                    help="the file to read from the repository or folder of the --lora just before it")
 
 
-def _is_number(text: str) -> bool:
+def _as_float(text: str) -> Optional[float]:
+    """`text` as a float (nan and inf included), or None when it is not a number."""
     try:
-        return math.isfinite(float(text))
+        return float(text)
     except ValueError:
-        return False
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+        return None
 
 
 def default_name(source: str) -> str:
@@ -91,9 +84,10 @@ def parse_lora(text: str, weight_name: Optional[str] = None) -> LoraSpec:
     source, weight = rest, 1.0
     if not os.path.exists(rest):
         base, colon, tail = rest.rpartition(":")
-        if colon and _is_number(tail):
-            source, weight = base, float(tail)
-        elif colon and _is_float(tail):  # nan, inf, 1e309: fused, they turn the picture black
+        number = _as_float(tail) if colon else None
+        if number is not None and math.isfinite(number):
+            source, weight = base, number
+        elif number is not None:  # nan, inf, 1e309: fused, they turn the picture black
             raise ValueError(f"--lora {text!r}: the weight must be a finite number, got {tail!r}.")
     if not source:
         raise ValueError(f"--lora {text!r} names no file; use --lora [NAME=]PATH_OR_ID[:WEIGHT].")

@@ -23,6 +23,7 @@ import os
 from typing import Any, Dict, Iterable, Optional
 
 from fewstep.cli import adapters, logs, loras
+from fewstep.core import checks
 from fewstep.cli.common import fresh_seed, local_path
 
 VERSION = 1
@@ -78,8 +79,8 @@ def resolve(args, given: Iterable[str]) -> argparse.Namespace:
 
 
 # record key -> (lowest, highest) allowed, None for no bound; numbers must be finite in any case
-RANGES = {"steps": (1, 1000), "eta": (0.0, 1.0), "guidance": (0.0, 1000.0), "width": (1, 16384),
-          "height": (1, 16384), "num_images": (1, 10000), "strength": (0.0, 1.0), "frames": (1, 1024),
+RANGES = {"steps": (1, 1000), "eta": (0.0, 1.0), "guidance": (0.0, 1000.0), "width": (1, checks.MAX_SIDE),
+          "height": (1, checks.MAX_SIDE), "num_images": (1, 10000), "strength": (0.0, 1.0), "frames": (1, 1024),
           "fps": (1, 240), "seed": (0, 2 ** 63 - 1)}
 
 

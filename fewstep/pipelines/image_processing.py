@@ -12,7 +12,6 @@ from typing import Tuple
 import numpy as np
 import PIL.Image
 
-from fewstep.core import checks
 
 
 def _as_list(images) -> list:
@@ -38,11 +37,6 @@ def default_size(image, scale_factor: int) -> Tuple[int, int]:
     """The image's own size rounded down to a multiple of the VAE factor, as diffusers does."""
     height, width = image_size(image)
     return height - height % scale_factor, width - width % scale_factor
-
-
-def check_size(height: int, width: int, scale_factor: int) -> None:
-    """Positive whole multiples of the VAE factor, at most fewstep.core.checks.MAX_SIDE a side."""
-    checks.output_size(height, width, scale_factor)
 
 
 def _to_array(image, height: int, width: int, mode: str, what: str) -> np.ndarray:
