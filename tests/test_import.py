@@ -44,6 +44,27 @@ def test_import_fewstep_imports_no_framework():
     assert line == "LOADED:", f"`import fewstep` imported frameworks: {line[len('LOADED:'):]}"
 
 
+def test_import_fewstep_installs_no_import_hook_and_patches_no_class():
+    # No sys.meta_path finder (which would run code when diffusers or mindone is imported later), and
+    # the schedulers' bases are the core's own, before and after any use of the backends.
+    result = _run("""
+        import sys
+        finders = list(sys.meta_path)
+        import fewstep
+        import fewstep.backends, fewstep.backends.scheduler_interop
+        from fewstep.core.schedulers.scheduler import ConsistencyScheduler
+        fewstep.get_backend("numpy")
+        print("FINDERS", sys.meta_path == finders)
+        print("BASES", [c.__name__ for c in ConsistencyScheduler.__mro__], fewstep.TCDScheduler.__bases__)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == [
+        "FINDERS True",
+        "BASES ['ConsistencyScheduler', 'Configurable', 'object'] "
+        "(<class 'fewstep.core.schedulers.scheduler.ConsistencyScheduler'>,)",
+    ]
+
+
 @pytest.mark.parametrize("spec", ["numpy", "np", "NumPy"])
 def test_get_backend_numpy_names(spec):
     ops = fewstep.get_backend(spec)

@@ -78,6 +78,77 @@ def test_install_does_nothing_off_cpu(ms, monkeypatch):
     assert (mint.arange, mint.nn.functional.conv2d, mint.nn.Conv2d.construct) == before
 
 
+def _patched(mc):
+    """{(owner, name): (what owner's own __dict__ holds, or None, what getattr gives)} for every patched attribute."""
+    return {(owner, name): (vars(owner).get(name), getattr(owner, name)) for owner, name, _ in mc._replacements()}
+
+
+def test_uninstall_restores_every_attribute_and_install_works_again(ms):
+    from mindspore import mint
+
+    from fewstep.backends import mindspore_cpu as mc
+
+    if not mc.is_cpu():
+        pytest.skip("device target is not CPU: nothing is replaced there")
+    assert mc.installed()
+    originals = {key: mc.original(*key) for key in _patched(mc)}
+    try:
+        assert mc.uninstall() is True and not mc.installed()
+        after = _patched(mc)
+        for key, (own, seen) in after.items():
+            assert seen is originals[key], key  # the very object that was there before
+        # an inherited method is inherited again, not shadowed by a copy on the class
+        assert "repeat_interleave" not in vars(ms.Tensor) and after[(ms.Tensor, "repeat_interleave")][0] is None
+        assert mint.arange is originals[(mint, "arange")] and mint.arange is not mc.arange
+        assert mc.original(mint, "arange") is mint.arange  # nothing replaced: the current op
+        assert mc.uninstall() is False  # nothing left to take out
+    finally:
+        assert mc.install_cpu_kernels() is True  # the other tests of this module run with them
+    assert mc.installed() and mint.arange is mc.arange and ms.Tensor.repeat_interleave is mc._tensor_repeat_interleave
+    assert mint.nn.Conv2d.construct is mc._conv2d_construct
+    assert all(mc.original(*key) is value for key, value in originals.items())
+
+
+def test_cpu_kernels_context_takes_out_only_what_it_put_in(ms):
+    from mindspore import mint
+
+    from fewstep.backends import mindspore_cpu as mc
+
+    if not mc.is_cpu():
+        pytest.skip("device target is not CPU: nothing is replaced there")
+    with mc.cpu_kernels() as active:  # already installed (the fixture): they stay after the block
+        assert active is True and mint.arange is mc.arange
+    assert mc.installed() and mint.arange is mc.arange
+    mc.uninstall()
+    try:
+        before = _patched(mc)
+        with pytest.raises(KeyError):
+            with mc.cpu_kernels(complete_exports=False) as active:
+                assert active is True and mc.installed() and mint.nn.functional.gelu is mc.gelu
+                raise KeyError("an error inside the block")  # the stand-ins come out all the same
+        assert not mc.installed() and _patched(mc) == before
+    finally:
+        mc.install_cpu_kernels()
+
+
+def test_creating_the_backend_installs_them_without_importing_mindone():
+    import subprocess
+
+    code = ("import sys\nimport fewstep\nfrom fewstep.backends import mindspore_cpu as mc\n"
+            "assert not mc.installed()\n"  # importing fewstep and this module installs nothing
+            "fewstep.get_backend('mindspore')\n"
+            "from mindspore import mint\n"
+            "print(mc.installed(), mint.arange is mc.arange, 'mindone' in sys.modules)\n"
+            "print(mc.uninstall(), mc.installed(), mint.arange is mc.original(mint, 'arange'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import mindspore
+
+    on_cpu = mindspore.get_context("device_target") == "CPU"
+    want = ["True True False", "True False True"] if on_cpu else ["False False False", "False False True"]
+    assert result.stdout.splitlines()[-2:] == want
+
+
 # --- each stand-in against torch ------------------------------------------------------------------
 @pytest.mark.parametrize("args,kwargs", [((5,), {}), ((2, 11, 3), {}), ((0.0, 1.0, 0.125), {}),
                                          ((0, 10), {"dtype": "float32"}), ((-3, 3), {"dtype": "int32"})])

@@ -1,11 +1,13 @@
-"""fewstep's schedulers as diffusers' and mindone's own: inside their pipelines, saved with them,
-reloaded by them, and the types their code relies on (timesteps, previous_timestep, step outputs,
+"""fewstep's schedulers as diffusers' and mindone's own: inside their pipelines, saved with them (through
+the classes `fewstep.backends.scheduler_interop` builds), reloaded by them, the same `isinstance` answers
+whatever the import order, and the types their code relies on (timesteps, previous_timestep, step outputs,
 config attributes)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import fewstep
+from fewstep.backends.scheduler_interop import diffusers_class, for_diffusers, for_mindone, mindone_class
 from fewstep.testing import tiny_pipeline
 
 SIZE = 64
@@ -41,7 +44,8 @@ def test_diffusers_pipeline_with_fewstep_scheduler_saves_and_reloads(tmp_path, p
     import diffusers
     import torch
 
-    ours = getattr(fewstep, scheduler)(timestep_spacing="trailing")  # a non-default value must survive
+    # a non-default value must survive; diffusers accepts and saves a scheduler of its SchedulerMixin only
+    ours = diffusers_class(getattr(fewstep, scheduler))(timestep_spacing="trailing")
     pipe = getattr(diffusers, pipeline).from_pretrained(tiny_pipeline(kind), scheduler=ours)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.scheduler is ours
@@ -75,34 +79,148 @@ def test_diffusers_pipeline_with_fewstep_scheduler_saves_and_reloads(tmp_path, p
 def test_diffusers_from_pretrained_accepts_scheduler_and_rejects_other_objects():
     import diffusers
 
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_pipeline("sd15"), scheduler=fewstep.LCMScheduler())
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_pipeline("sd15"),
+                                                             scheduler=for_diffusers(fewstep.LCMScheduler()))
     assert isinstance(pipe.scheduler, diffusers.SchedulerMixin)
     assert pipe.config["scheduler"] == ("diffusers", "LCMScheduler")
     with pytest.raises(ValueError, match="should be"):
         diffusers.StableDiffusionPipeline.from_pretrained(tiny_pipeline("sd15"), scheduler=object())
+    # fewstep's own class is no SchedulerMixin, imports or not: asking for the interop class is explicit
+    with pytest.raises(ValueError, match="should be"):
+        diffusers.StableDiffusionPipeline.from_pretrained(tiny_pipeline("sd15"), scheduler=fewstep.LCMScheduler())
 
 
-def test_schedulers_become_diffusers_schedulers_whatever_the_import_order():
-    # Fresh interpreters: a scheduler built before diffusers is imported, and diffusers imported first.
-    for order in ("fewstep_first", "diffusers_first"):
-        code = f"""
-            import sys
-            if "{order}" == "diffusers_first":
-                import diffusers
-            import fewstep
-            s = fewstep.TCDScheduler()
-            assert "diffusers" in sys.modules or "{order}" == "fewstep_first"
-            import diffusers
-            from diffusers import ConfigMixin, SchedulerMixin
-            assert isinstance(s, SchedulerMixin) and isinstance(s, ConfigMixin)
-            assert issubclass(fewstep.LCMScheduler, SchedulerMixin)
-            print("OK")
-        """
-        result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                                timeout=300)
-        if "No module named 'diffusers'" in result.stderr:
-            pytest.skip("diffusers is not installed")
-        assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+# One fresh interpreter per import order. It fails if `import fewstep` imports a framework, if a plain
+# fewstep scheduler is a SchedulerMixin (built before or after diffusers), or if diffusers' own
+# from_pretrained refuses the interop scheduler.
+_ORDER_CHECK = """
+import sys
+
+def frameworks():
+    return {{m.split(".")[0] for m in sys.modules}} & {{"torch", "diffusers", "mindspore", "mindone"}}
+
+if {order!r} == "diffusers_first":
+    import diffusers
+before = frameworks()
+{import_fewstep}
+added = sorted(frameworks() - before)
+assert not added, f"import fewstep imported {{added}}"
+early = fewstep.TCDScheduler()
+import diffusers
+from fewstep.backends.scheduler_interop import diffusers_class, for_diffusers
+late = fewstep.TCDScheduler()
+print("PLAIN", isinstance(early, diffusers.SchedulerMixin), isinstance(late, diffusers.SchedulerMixin),
+      issubclass(fewstep.LCMScheduler, diffusers.SchedulerMixin), fewstep.TCDScheduler.__bases__)
+cls = diffusers_class(fewstep.TCDScheduler)
+ours = for_diffusers(early)
+print("INTEROP", issubclass(cls, diffusers.SchedulerMixin), issubclass(cls, diffusers.ConfigMixin), type(ours) is cls)
+pipe = diffusers.StableDiffusionPipeline.from_pretrained({folder!r}, scheduler=ours)
+print("ACCEPTED", pipe.scheduler is ours, list(pipe.config["scheduler"]))
+"""
+
+
+def _order_check(order, import_fewstep="import fewstep"):
+    code = _ORDER_CHECK.format(order=order, import_fewstep=import_fewstep, folder=tiny_pipeline("sd15"))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("order", ["fewstep_first", "diffusers_first"])
+def test_isinstance_answers_the_same_whatever_the_import_order(order):
+    result = _order_check(order)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.split(" ")[0] in ("PLAIN", "INTEROP", "ACCEPTED")]
+    assert lines == [
+        "PLAIN False False False (<class 'fewstep.core.schedulers.scheduler.ConsistencyScheduler'>,)",
+        "INTEROP True True True",
+        "ACCEPTED True ['diffusers', 'TCDScheduler']",
+    ], result.stdout
+
+
+@pytest.mark.torch
+def test_order_check_fails_when_importing_fewstep_imports_a_framework():
+    # The check above must be able to fail: here the import step pulls diffusers (and torch) in.
+    result = _order_check("fewstep_first", import_fewstep="import fewstep, diffusers")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "AssertionError: import fewstep imported ['diffusers', 'torch']"
+    assert "PLAIN" not in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The interop module itself
+
+
+@pytest.mark.torch
+def test_interop_class_is_built_once_and_is_the_fewstep_class_with_the_mixins():
+    import diffusers
+
+    from fewstep.core.schedulers.scheduler import ConsistencyScheduler
+
+    cls = diffusers_class(fewstep.TCDScheduler)
+    assert cls is diffusers_class(fewstep.TCDScheduler) is diffusers_class(cls)  # cached, and idempotent
+    assert cls.__name__ == "TCDScheduler" and issubclass(cls, fewstep.TCDScheduler)
+    assert cls.__mro__[1:4] == (fewstep.TCDScheduler, ConsistencyScheduler, ConsistencyScheduler.__bases__[0])
+    assert issubclass(cls, diffusers.SchedulerMixin) and issubclass(cls, diffusers.ConfigMixin)
+    assert not issubclass(fewstep.TCDScheduler, diffusers.SchedulerMixin)  # building it changed no fewstep class
+    assert type(cls.from_config(fewstep.TCDScheduler().config)) is cls
+    # the core's compatibles list fewstep's own classes, not the interop ones built on them
+    assert fewstep.TCDScheduler().compatibles == cls().compatibles == [fewstep.TCDScheduler]
+
+
+@pytest.mark.torch
+def test_for_diffusers_copies_config_and_state_and_leaves_the_scheduler_alone(tmp_path):
+    import diffusers
+
+    x = fewstep.Generator(0).randn((1, 4, 8, 8))
+    plain = fewstep.LCMScheduler(timestep_spacing="trailing")
+    plain.set_timesteps(4)
+    x1 = plain.step(x, plain.timesteps[0], x, generator=fewstep.Generator(1)).prev_sample
+    ours = for_diffusers(plain)
+    assert type(ours) is diffusers_class(fewstep.LCMScheduler) and isinstance(ours, diffusers.SchedulerMixin)
+    assert not isinstance(plain, diffusers.SchedulerMixin)
+    assert ours.config == plain.config and ours.config["timestep_spacing"] == "trailing"
+    assert np.array_equal(ours.timesteps, plain.timesteps) and ours.step_index == plain.step_index == 1
+    # the next step from the copied state equals the original's, and moves only the copy's index
+    t = ours.timesteps[1]
+    got = ours.step(x, t, x1, generator=fewstep.Generator(2)).prev_sample
+    assert ours.step_index == 2 and plain.step_index == 1
+    want = plain.step(x, t, x1, generator=fewstep.Generator(2)).prev_sample
+    assert np.array_equal(got, want)
+    assert for_diffusers(ours) is ours
+    again = pickle.loads(pickle.dumps(ours))
+    assert type(again) is type(ours) and again.config == ours.config and again.step_index == 2
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == "LCMScheduler"
+
+
+def test_interop_refuses_what_is_not_a_fewstep_scheduler():
+    from fewstep.backends import scheduler_interop
+
+    built = dict(scheduler_interop._CLASSES)
+    with pytest.raises(TypeError) as err:
+        for_diffusers(object())
+    assert str(err.value).splitlines()[0] == (
+        "for_diffusers takes a fewstep scheduler (fewstep.TCDScheduler, fewstep.LCMScheduler), got 'object'; "
+        "build one with fewstep.TCDScheduler.from_config(scheduler.config).")
+    with pytest.raises(TypeError, match=r"^mindone_class takes a fewstep scheduler class .* got <class 'dict'>\.$"):
+        mindone_class(dict)
+    assert scheduler_interop._CLASSES == built  # nothing built, no library imported for it
+
+
+def test_interop_class_without_the_library_says_how_to_install_it(monkeypatch):
+    from fewstep.backends import scheduler_interop
+
+    class OwnTCD(fewstep.TCDScheduler):  # not built before, so the library is asked for
+        pass
+
+    built = dict(scheduler_interop._CLASSES)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if diffusers were not installed
+    with pytest.raises(ImportError) as err:
+        diffusers_class(OwnTCD)
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("diffusers_class needs diffusers, which cannot be imported (")
+    assert first.endswith("); install it with `pip install 'fewstep[torch]' -c constraints.txt`.")
+    assert scheduler_interop._CLASSES == built
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +230,7 @@ def test_schedulers_become_diffusers_schedulers_whatever_the_import_order():
 def _mindone():
     from fewstep.backends.mindspore_cpu import install_cpu_kernels
 
-    install_cpu_kernels()  # before mindone's models are imported (they bind mint ops at import)
+    install_cpu_kernels()  # before mindone's models are imported (they bind mint ops at import); completes its exports
     import mindone.diffusers as md
 
     return md
@@ -155,7 +273,7 @@ def test_mindone_pipeline_with_fewstep_scheduler_saves_and_reloads(tmp_path, pip
     latents = ms.tensor(fewstep.Generator(4).randn((1, 4, SIZE // 2, SIZE // 2)))
     for scheduler, extra in SCHEDULERS:
         folder = tmp_path / scheduler
-        ours = getattr(fewstep, scheduler)(timestep_spacing="trailing")
+        ours = mindone_class(getattr(fewstep, scheduler))(timestep_spacing="trailing")
         pipe = getattr(md, pipeline).from_pretrained(tiny_pipeline(kind), scheduler=ours)
         pipe.set_progress_bar_config(disable=True)
         assert pipe.scheduler is ours
@@ -178,6 +296,25 @@ def test_mindone_pipeline_with_fewstep_scheduler_saves_and_reloads(tmp_path, pip
             assert type(reloaded.scheduler) is _mindone_scheduler(scheduler)
             after = reloaded(latents=latents, generator=np.random.Generator(np.random.PCG64(1)), **_kwargs(extra))[0]
             assert np.abs(np.asarray(before) - np.asarray(after)).max() <= ATOL
+
+
+@pytest.mark.mindspore
+@pytest.mark.torch
+def test_mindone_class_from_either_class_and_for_mindone():
+    import diffusers
+
+    md = _mindone()
+    from mindone.diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+    cls = mindone_class(fewstep.TCDScheduler)
+    assert cls is mindone_class(diffusers_class(fewstep.TCDScheduler)) is mindone_class(cls)
+    assert cls is not diffusers_class(fewstep.TCDScheduler) and issubclass(cls, md.ConfigMixin)
+    plain = fewstep.TCDScheduler(beta_schedule="linear")
+    plain.set_timesteps(2)
+    ours = for_mindone(for_diffusers(plain))
+    assert type(ours) is cls and isinstance(ours, SchedulerMixin) and not isinstance(ours, diffusers.SchedulerMixin)
+    assert ours.config == plain.config and np.array_equal(ours.timesteps, plain.timesteps)
+    assert not isinstance(plain, SchedulerMixin)
 
 
 # ---------------------------------------------------------------------------------------------

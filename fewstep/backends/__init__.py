@@ -3,6 +3,11 @@
 It fills the core's registry (`fewstep.core.registry`): which module implements each backend and how
 to tell that an object belongs to its framework. `get_backend` / `backend_of` live in the core and
 are re-exported here. Loading components goes through the backend's trusted library.
+
+Importing this package registers the backends and nothing else: no import hook, no patch. fewstep's
+schedulers as diffusers' / mindone's own classes are built on request (`scheduler_interop`); the
+MindSpore CPU stand-ins are installed when the MindSpore backend is created and can be removed
+(`mindspore_cpu.uninstall`, `mindspore_cpu.cpu_kernels()`).
 """
 
 from __future__ import annotations
@@ -10,8 +15,7 @@ from __future__ import annotations
 import importlib
 
 from fewstep.core.registry import (BackendEntry, BackendNotInstalled, available_backends, backend_of,
-                                   framework_of, get_backend, register_backend, register_library_hook,
-                                   run_library_hooks)
+                                   framework_of, get_backend, register_backend)
 
 __all__ = ["BackendNotInstalled", "available_backends", "backend_of", "framework_of", "get_backend",
            "load_component", "motion_unet", "wrap_component"]
@@ -42,16 +46,12 @@ register_backend("torch", BackendEntry("fewstep.backends.torch_backend", "torch"
                  aliases=("pt", "pytorch"))
 register_backend("mindspore", BackendEntry("fewstep.backends.mindspore_backend", "mindspore", _owns_mindspore,
                                            "mindspore"), aliases=("ms",))
-# The schedulers become diffusers' / mindone's own SchedulerMixin subclasses once that library is imported.
-register_library_hook("diffusers", "fewstep.backends.scheduler_interop:adopt_diffusers")
-register_library_hook("mindone.diffusers", "fewstep.backends.scheduler_interop:adopt_mindone")
-run_library_hooks()  # now for a library already imported, later (at its import) for the others
 
 
 def load_component(backend: str, name: str, library: str, class_name: str, folder: str, **kwargs):
     """Load one pipeline component (unet, vae, text_encoder, text_encoder_2) with the backend's
     trusted library (diffusers/transformers on torch, mindone on MindSpore), wrapped in the adapter
-    that gives every framework one call signature (`fewstep.pipelines.components`)."""
+    that gives every framework one call signature (`fewstep.backends.components_common`)."""
     ops = get_backend(backend)
     if ops.name == "numpy":
         raise ValueError("The numpy backend runs schedulers only; load models with backend='torch' or 'mindspore'.")

@@ -31,7 +31,7 @@ def _configure_once() -> None:
     (fewstep calls ops eagerly) and is set only if another mode is active. On CPU,
     `mindspore.runtime.launch_blocking()` makes kernels run synchronously: about 5x faster on small
     CPU workloads, and an op without a CPU kernel fails where it is called rather than later in an
-    unrelated op."""
+    unrelated op; and the CPU stand-ins of `fewstep.backends.mindspore_cpu` are installed."""
     global _CONFIGURED, _ON_CPU
     if _CONFIGURED:
         return
@@ -44,6 +44,11 @@ def _configure_once() -> None:
     if target == "CPU":
         _ON_CPU = True
         ms.runtime.launch_blocking()
+        # mindone's models reach mint ops without a CPU kernel: the stand-ins go in with the backend, before
+        # fewstep imports mindone (removable: fewstep.backends.mindspore_cpu.uninstall / cpu_kernels)
+        from fewstep.backends.mindspore_cpu import install_cpu_kernels
+
+        install_cpu_kernels(complete_exports=False)
 
 
 def _cpu_bf16(x) -> bool:

@@ -7,6 +7,15 @@ the KL VAE (encoder and decoder) and CLIP text encoders reach for equivalents bu
 run on CPU, so that the same models can be checked against diffusers on any laptop. On Ascend (or
 any device target other than CPU) it does nothing.
 
+Installing and removing them (nothing happens at import of this module or of fewstep):
+
+    fewstep.get_backend("mindspore")  # creating the MindSpore backend installs them (on CPU)
+    install_cpu_kernels()             # the same, explicitly; also completes mindone's exports (below)
+    uninstall()                       # every replaced attribute is the original object again
+    with cpu_kernels(): ...           # in for the block; out after, unless they were in before it
+
+Install them before mindone is imported (see below); `installed()` says whether they are in.
+
 Replaced (each reached by the tiny SD/SDXL models of fewstep.testing unless said otherwise):
 mint.arange (UNet timestep embedding), mint.nn.functional.gelu (GEGLU feed-forward, CLIP "gelu"),
 mint.nn.Conv2d (every conv), mint.nn.LayerNorm (transformer blocks), mint.nn.functional.pad (the VAE
@@ -47,7 +56,9 @@ class by name first). mindone's pipelines with LCMScheduler and TCDScheduler the
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import warnings
 
 import mindspore as ms
@@ -55,7 +66,11 @@ import numpy as np
 from mindspore import mint, ops
 
 _INSTALLED = False
+_EVER_INSTALLED = False  # mindone imported before the first install is what the warning is about
+_LOCK = threading.Lock()
+_MISSING = object()
 _ORIGINALS = {}  # (owner, name) -> the op that was replaced; see `original`
+_OWN = {}        # (owner, name) -> what owner's own __dict__ held, or _MISSING; see `uninstall`
 
 
 def _pair(value):
@@ -250,31 +265,75 @@ def is_cpu() -> bool:
     return ms.get_context("device_target") == "CPU"
 
 
-def install_cpu_kernels() -> bool:
-    """Install the CPU stand-ins when MindSpore runs on CPU; idempotent.
+def install_cpu_kernels(complete_exports: bool = True) -> bool:
+    """Install the CPU stand-ins when MindSpore runs on CPU; idempotent. The MindSpore backend calls it
+    when it is created (`fewstep.get_backend("mindspore")`, with `complete_exports=False`: it does not
+    import mindone); `uninstall()` takes them out again.
 
     Also turns on `mindspore.runtime.launch_blocking()` on CPU: about 5x faster there, and an op
     without a kernel then fails where it is called instead of later in an unrelated op.
-    Call it before importing mindone. Returns True when the stand-ins are active, False when the
-    device target is not CPU (nothing is changed then)."""
-    global _INSTALLED
+    Call it before importing mindone. With `complete_exports` (the default) it then runs
+    `complete_mindone_exports()`, which imports mindone.diffusers. Returns True when the stand-ins are
+    active, False when the device target is not CPU (nothing is changed then)."""
+    global _INSTALLED, _EVER_INSTALLED
     if not is_cpu():
         return False
-    if _INSTALLED:
-        return True
-    if "mindone.diffusers" in sys.modules or "mindone.transformers" in sys.modules:
-        warnings.warn(
-            "install_cpu_kernels() ran after mindone.diffusers or mindone.transformers was imported; "
-            "what mindone built at import time keeps the ops that have no CPU kernel. Call "
-            "fewstep.backends.mindspore_cpu.install_cpu_kernels() before importing mindone.",
-            RuntimeWarning, stacklevel=2)
-    ms.runtime.launch_blocking()
-    for owner, name, replacement in _replacements():
-        _ORIGINALS.setdefault((owner, name), getattr(owner, name))
-        setattr(owner, name, replacement)
-    _INSTALLED = True
-    complete_mindone_exports()  # imports mindone.diffusers: only now that the stand-ins are in
+    with _LOCK:
+        if not _INSTALLED:
+            if not _EVER_INSTALLED and ("mindone.diffusers" in sys.modules or "mindone.transformers" in sys.modules):
+                warnings.warn(
+                    "install_cpu_kernels() ran after mindone.diffusers or mindone.transformers was imported; "
+                    "what mindone built at import time keeps the ops that have no CPU kernel. Call "
+                    "fewstep.backends.mindspore_cpu.install_cpu_kernels() before importing mindone.",
+                    RuntimeWarning, stacklevel=2)
+            ms.runtime.launch_blocking()
+            for owner, name, replacement in _replacements():
+                # what owner itself held (_MISSING: inherited, e.g. Tensor.repeat_interleave), so that
+                # uninstall() puts back exactly that rather than shadowing the inherited one
+                _OWN[(owner, name)] = vars(owner).get(name, _MISSING)
+                _ORIGINALS[(owner, name)] = getattr(owner, name)
+                setattr(owner, name, replacement)
+            _INSTALLED = _EVER_INSTALLED = True
+    if complete_exports:
+        complete_mindone_exports()  # imports mindone.diffusers: only now that the stand-ins are in
     return True
+
+
+def uninstall() -> bool:
+    """Take the stand-ins out: every attribute they replaced is the original object again (a method
+    the class inherited is inherited again). Returns True when something was put back, False when
+    nothing was installed.
+
+    What was built while they were in keeps what it bound then (a mindone GELUActivation stores the
+    gelu it found at construction), and mindone's completed exports stay (they are mindone's own
+    classes). `launch_blocking()` stays on: the MindSpore backend sets it on CPU anyway."""
+    global _INSTALLED
+    with _LOCK:
+        if not _INSTALLED:
+            return False
+        for (owner, name), own in _OWN.items():
+            if own is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, own)
+        _OWN.clear()
+        _ORIGINALS.clear()
+        _INSTALLED = False
+    return True
+
+
+@contextlib.contextmanager
+def cpu_kernels(complete_exports: bool = True):
+    """`with cpu_kernels(): ...` runs the block with the stand-ins in (on CPU) and takes out on exit
+    what it put in: stand-ins that were already installed when the block began stay. Yields what
+    `install_cpu_kernels` returns."""
+    was_installed = installed()
+    active = install_cpu_kernels(complete_exports)
+    try:
+        yield active
+    finally:
+        if active and not was_installed:
+            uninstall()
 
 
 def complete_mindone_exports() -> list:
@@ -306,7 +365,7 @@ def complete_mindone_exports() -> list:
 
 
 def installed() -> bool:
-    """Whether `install_cpu_kernels` has replaced the ops in this process."""
+    """Whether the stand-ins are in now (`install_cpu_kernels` ran and `uninstall` did not since)."""
     return _INSTALLED
 
 

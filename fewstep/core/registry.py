@@ -7,19 +7,16 @@ it needs, and a predicate telling whether an object belongs to that framework. L
 `_backends.py`, a framework is only *detected* when it is already in `sys.modules`: asking never
 imports torch or MindSpore. There is no process-global backend; both frameworks live in one process.
 
-The same registry carries *library hooks*: code a backend module runs once a library it adapts to
-(diffusers, mindone.diffusers) has been imported, whichever comes first, fewstep or the library. The
-schedulers use it to become diffusers' and mindone's own `SchedulerMixin` subclasses without
-`import fewstep` importing either (see `fewstep/backends/scheduler_interop.py`).
+Registering installs nothing: no import hook, no patch of another library. What fewstep adds to a
+library (its schedulers as diffusers' or mindone's `SchedulerMixin` subclasses, the MindSpore CPU
+stand-ins) is asked for explicitly (`fewstep/backends/scheduler_interop.py`,
+`fewstep/backends/mindspore_cpu.py`).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -53,10 +50,6 @@ def register_backend(name: str, entry: BackendEntry, aliases=()) -> None:
     _BY_TYPE.clear()
     for alias in aliases:
         _ALIASES[alias] = name
-
-
-def backend_names() -> List[str]:
-    return list(_ENTRIES)
 
 
 def available_backends() -> List[str]:
@@ -163,77 +156,3 @@ def backend_of(*tensors: Any) -> TensorOps:
         )
     return get_backend(next(t for t in tensors if t is not None))
 
-
-# ---------------------------------------------------------------------------------------------
-# Library hooks: run once a library is imported
-
-
-_HOOKS: Dict[str, List[str]] = {}     # library module name -> "module:function" to call once it exists
-_DONE: set = set()                     # hooks already run
-_LOCK = threading.RLock()
-
-
-def register_library_hook(library: str, target: str) -> None:
-    """Call `target` ("package.module:function", imported lazily) once `library` is in sys.modules."""
-    _HOOKS.setdefault(library, []).append(target)
-
-
-def run_library_hooks() -> None:
-    """Run the hooks of every registered library that is imported now, and arrange for the others
-    to run when their library is imported later (a `sys.meta_path` finder that only watches those
-    names, installed once; other imports pass through it untouched)."""
-    with _LOCK:
-        waiting = False
-        for library in _HOOKS:
-            if library in sys.modules:
-                _run(library)
-            else:
-                waiting = True
-        if waiting and not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
-            sys.meta_path.insert(0, _PostImportFinder())
-
-
-def _run(library: str) -> None:
-    for target in _HOOKS.get(library, []):
-        if target in _DONE:
-            continue
-        _DONE.add(target)  # first, so a hook that imports more of the library does not re-enter
-        module_name, function = target.split(":")
-        getattr(importlib.import_module(module_name), function)()
-
-
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Lets the normal finders load a watched library, then runs its hooks after the module ran."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname not in _HOOKS or fullname in _DONE_LIBRARIES:
-            return None
-        _DONE_LIBRARIES.add(fullname)  # the lookup below re-enters this finder; skip that time
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            _DONE_LIBRARIES.discard(fullname)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _HookedLoader(spec.loader, fullname)
-        return spec
-
-
-_DONE_LIBRARIES: set = set()
-
-
-class _HookedLoader(importlib.abc.Loader):
-    def __init__(self, loader, library: str):
-        self._loader = loader
-        self._library = library
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        with _LOCK:
-            _run(self._library)
-
-    def __getattr__(self, name):  # is_package, get_code, get_source, ... as the real loader has them
-        return getattr(self._loader, name)

@@ -6,8 +6,9 @@ writes a `scheduler_config.json` that diffusers and mindone read (`save_config`)
 schedulers do, answers a config key read as an attribute (`scheduler.num_train_timesteps`) with the
 config value and a FutureWarning.
 
-NumPy and the standard library only: diffusers' own mixins are added to the classes by
-`fewstep/backends/scheduler_interop.py` once diffusers or mindone is imported.
+NumPy and the standard library only: the classes derive from no library's mixins. Where diffusers or
+mindone needs its own `SchedulerMixin` (`from_pretrained(..., scheduler=)`, `save_pretrained`),
+`fewstep/backends/scheduler_interop.py` builds a subclass with them on request.
 """
 
 from __future__ import annotations

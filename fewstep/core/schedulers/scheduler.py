@@ -70,6 +70,11 @@ class ConsistencyScheduler(Configurable):
     # fewstep (and by mindone at all). The config fewstep saves is diffusers' own, so the folder names
     # diffusers' class of the same name, which reads it with the same numbers. Set per subclass.
     _saved_as_module: Optional[str] = None
+    # Set only on the classes `fewstep/backends/scheduler_interop.py` builds (a fewstep class with diffusers' or
+    # mindone's mixins): the library, and the fewstep class it was built on. The core's classes derive from no
+    # library's, whatever is imported.
+    _interop_library: Optional[str] = None
+    _interop_base: Optional[type] = None
 
     @records_config
     def __init__(
@@ -297,9 +302,6 @@ class ConsistencyScheduler(Configurable):
         schedule = self._timestep_list if schedule_timesteps is None else _as_list(schedule_timesteps)
         return index_for_timestep(schedule, timestep_as_int(timestep, len(self)))
 
-    def _init_step_index(self, timestep: Any) -> None:
-        self._step_index = self._first_index(timestep_as_int(timestep, len(self)))
-
     def _first_index(self, timestep: int) -> int:
         if self._begin_index is not None:
             return self._begin_index
@@ -442,10 +444,12 @@ def step_docstring(step):
 
 
 def _scheduler_classes() -> list:
+    """fewstep's scheduler classes (the interop classes built on them left out)."""
     found, stack = [], [ConsistencyScheduler]
     while stack:
         cls = stack.pop()
-        found.append(cls)
+        if cls._interop_library is None:
+            found.append(cls)
         stack.extend(cls.__subclasses__())
     return found
 
