@@ -10,21 +10,28 @@ from fewstep.core.schedulers.tcd import TCDScheduler
 
 __version__ = "0.1.0"
 
-# Pipelines, component loaders and AutoPipelines are reached as fewstep.<Name> too (as in diffusers);
-# imported on first use so that `import fewstep` stays light.
-_PIPELINE_NAMES = ("AnimateDiffPipeline", "MotionAdapter", "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "AutoPipelineForText2Image",
-                   "ControlNetModel", "DiffusionPipeline", "T2IAdapter", "UNet2DConditionModel")
-
-
+# Pipelines (every class of fewstep/pipelines/table.py), component loaders, AutoPipelines and `utils` are
+# reached as fewstep.<Name> too (as in diffusers); imported on first use so that `import fewstep` stays light.
 def __getattr__(name):
-    if name in _PIPELINE_NAMES:
+    if name == "utils":
+        import fewstep.utils
+
+        return fewstep.utils
+    if name[:1].isupper() and not name.startswith("_"):
         from fewstep import pipelines
 
-        return getattr(pipelines, name)
+        if name in pipelines.__all__:
+            return getattr(pipelines, name)
     raise AttributeError(f"module 'fewstep' has no attribute {name!r}")
 
+
+def __dir__():
+    from fewstep.pipelines.table import TABLE
+
+    return sorted(set(globals()) | {row.name for row in TABLE} | {"utils"})
+
+
 __all__ = [
-    *_PIPELINE_NAMES,
     "Generator",
     "LCMScheduler",
     "TCDScheduler",

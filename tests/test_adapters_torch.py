@@ -7,7 +7,7 @@ import pytest
 import fewstep
 from fewstep import pipelines
 from fewstep.pipelines.controlnet import ControlNet
-from fewstep.pipelines.extensions import owned_arguments
+from fewstep.pipelines.parts import owned_arguments
 from fewstep.pipelines.t2i_adapter import T2IAdapter
 from fewstep.testing import tiny_pipeline
 from tests.adapter_cases import (ADAPTER_PIPELINES, PLAIN, call_kwargs, case_ids, cases_for, component_folders)

@@ -97,3 +97,46 @@ def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "fewstep", "generate", "--help"], capture_output=True, text=True,
                             timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0 and "--scheduler" in result.stdout
+
+
+def _video_inputs(folder):
+    """(name -> path) of --video inputs that cannot make a video: missing, a folder, not a picture, one frame."""
+    from tests.pipeline_cases import picture
+
+    (folder / "text.gif").write_text("not a gif")
+    picture(0).save(folder / "still.gif")
+    (folder / "frames").mkdir()
+    return {"missing": str(folder / "none.gif"), "folder": str(folder / "frames"), "text": str(folder / "text.gif"),
+            "still": str(folder / "still.gif")}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "--video '{path}' does not exist; give an animated .gif."),
+    ("folder", "--video '{path}' is a folder; give an animated .gif."),
+    ("text", "--video '{path}' is not a video PIL can read ("),
+    ("still", "--video '{path}' has one frame; give an animated .gif of several frames (or use --image for one "
+              "picture)."),
+])
+def test_a_video_that_cannot_be_read_fails_in_one_line_before_anything_loads(tmp_path, capsys, case, message):
+    path = _video_inputs(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "v.gif"
+    assert main(["generate", "a fox", "--video", path, "--steps", "2", "-o", str(out)]) == 2
+    printed = capsys.readouterr()
+    err = printed.err
+    assert err.startswith("fewstep: error: " + message.format(path=path)) and err.count("\n") == 1
+    assert "tiny random-weight" not in printed.out  # refused before a model was made
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_video_with_a_model_needs_a_motion_adapter(tmp_path, capsys):
+    from tests.pipeline_cases import picture
+
+    first, *rest = [picture(seed) for seed in (1, 2)]
+    first.save(tmp_path / "in.gif", save_all=True, append_images=rest)
+    out = tmp_path / "v.gif"
+    assert main(["generate", "a fox", "--video", str(tmp_path / "in.gif"), "--model", "some/model", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fewstep: error: --video with --model needs --motion-adapter PATH_OR_ID (e.g. "
+                   "guoyww/animatediff-motion-adapter-v1-5).\n")
+    assert not out.exists()

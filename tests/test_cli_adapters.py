@@ -1,6 +1,8 @@
-"""Adapter flags against the Python API on the same tiny weights: ControlNet (one, two), T2I-Adapter,
-IP-Adapter, --frames / --motion-adapter (torch; one MindSpore case); --canny against OpenCV, --depth against
-transformers' depth pipeline; --grid with the control image; parity with a ControlNet; bad combinations."""
+"""Adapter flags against the Python API on the same tiny weights: ControlNet (one, two; with --image / --mask, the
+ControlNet img2img / inpainting pipelines; with --frames, AnimateDiffControlNetPipeline), T2I-Adapter, IP-Adapter,
+--frames / --motion-adapter, --video (AnimateDiffVideoToVideoPipeline) (torch; one MindSpore case); --canny against
+OpenCV, --depth against transformers' depth pipeline; --grid with the control image; parity with a ControlNet; bad
+combinations."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import pytest
 
 import fewstep
 from fewstep.cli import main
-from fewstep.pipelines import (AnimateDiffPipeline, StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline,
-                               StableDiffusionPipeline)
+from fewstep.pipelines import (AnimateDiffControlNetPipeline, AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline,
+                               StableDiffusionAdapterPipeline, StableDiffusionControlNetImg2ImgPipeline,
+                               StableDiffusionControlNetInpaintPipeline, StableDiffusionControlNetPipeline,
+                               StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline)
 from fewstep.testing import (IP_ADAPTER_FILES, tiny_controlnet, tiny_dpt, tiny_ip_adapter, tiny_motion_adapter,
                              tiny_pipeline, tiny_t2i_adapter)
 from fewstep.utils import load_image
@@ -27,11 +31,19 @@ CALL = dict(num_inference_steps=2, guidance_scale=0.0, eta=0.3)
 def pictures(tmp_path_factory):
     from tests.pipeline_cases import picture
 
+    from tests.pipeline_cases import mask
+
     folder = tmp_path_factory.mktemp("cli-adapter-pictures")
     paths = {}
-    for name, seed in (("control", 7), ("control2", 8), ("reference", 9)):
+    for name, seed in (("control", 7), ("control2", 8), ("reference", 9), ("init", 1)):
         paths[name] = str(folder / f"{name}.png")
         picture(seed).save(paths[name])
+    paths["mask"] = str(folder / "mask.png")
+    mask().save(paths["mask"])
+    for name, seeds in (("video", (1, 2, 3)), ("video2", (4, 5, 6))):  # 3-frame animated GIFs
+        paths[name] = str(folder / f"{name}.gif")
+        first, *rest = [picture(seed) for seed in seeds]
+        first.save(paths[name], save_all=True, append_images=rest, duration=125, loop=0)
     return paths
 
 
@@ -40,8 +52,8 @@ def _png(path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _api(cls, backend="torch", **components):
-    pipe = cls.from_pretrained(tiny_pipeline("sd15"), backend=backend, **components)
+def _api(cls, backend="torch", kind="sd15", **components):
+    pipe = cls.from_pretrained(tiny_pipeline(kind), backend=backend, **components)
     pipe.scheduler = fewstep.TCDScheduler.from_config(pipe.scheduler.config)
     return pipe
 
@@ -145,6 +157,107 @@ def test_frames_and_motion_adapter_give_the_python_apis_video(tmp_path):
     assert out.read_bytes() == open(want, "rb").read()
 
 
+# --------------------------------------------------------------------------- ControlNet with a task, --video
+def _open(path):
+    """A picture as the CLI reads --image / --mask: PIL's own mode (the mask stays greyscale)."""
+    image = PIL.Image.open(path)
+    image.load()
+    return image
+
+
+def _gif(path) -> list:
+    """The frames of a GIF as the CLI reads --video: PIL's ImageSequence, each converted to RGB."""
+    from PIL import ImageSequence
+
+    with PIL.Image.open(path) as video:
+        return [frame.convert("RGB") for frame in ImageSequence.Iterator(video)]
+
+
+def _same_gif(path, frames, tmp_path) -> None:
+    """The CLI's video file is byte for byte the one fewstep.utils.export_to_gif writes of `frames`."""
+    from fewstep.utils import export_to_gif
+
+    want = export_to_gif(frames, str(tmp_path / "want.gif"), fps=8)
+    assert path.read_bytes() == open(want, "rb").read()
+
+
+def _frames_changed(frames, others) -> bool:
+    return _changed(np.stack([np.asarray(f) for f in frames]), np.stack([np.asarray(f) for f in others]))
+
+
+@pytest.mark.torch
+def test_controlnet_with_image_is_the_controlnet_img2img_pipeline(tmp_path, pictures):
+    out = tmp_path / "cn-img2img.png"
+    assert main(BASE + ["--controlnet", tiny_controlnet("sd15"), "--control-image", pictures["control"], "--image",
+                        pictures["init"], "--strength", "0.6", "-o", str(out)]) == 0
+    pipe = _api(StableDiffusionControlNetImg2ImgPipeline,
+                controlnet=fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sd15")))
+    control, init = load_image(pictures["control"]), _open(pictures["init"])
+    want = _image(pipe, image=init, control_image=control, strength=0.6)
+    np.testing.assert_array_equal(_png(out), want)
+    # the ControlNet counts (against plain img2img) and so does the picture to start from
+    assert _changed(want, _image(_api(StableDiffusionImg2ImgPipeline), image=init, strength=0.6))
+    assert _changed(want, _image(pipe, image=_open(pictures["reference"]), control_image=control, strength=0.6))
+
+
+@pytest.mark.torch
+def test_controlnet_with_image_and_mask_is_the_controlnet_inpaint_pipeline(tmp_path, pictures):
+    out = tmp_path / "cn-inpaint.png"
+    assert main(BASE + ["--controlnet", tiny_controlnet("sd15"), "--control-image", pictures["control"], "--image",
+                        pictures["init"], "--mask", pictures["mask"], "-o", str(out)]) == 0
+    # without --model, inpainting draws with the tiny inpainting pipeline
+    pipe = _api(StableDiffusionControlNetInpaintPipeline, kind="sd15-inpaint",
+                controlnet=fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sd15")))
+    inputs = dict(image=_open(pictures["init"]), mask_image=_open(pictures["mask"]))
+    want = _image(pipe, control_image=load_image(pictures["control"]), **inputs)
+    np.testing.assert_array_equal(_png(out), want)
+    assert _changed(want, _image(_api(StableDiffusionInpaintPipeline, kind="sd15-inpaint"), **inputs))
+
+
+@pytest.mark.torch
+def test_frames_with_controlnet_is_animatediff_controlnet_with_the_picture_on_every_frame(tmp_path, pictures):
+    out = tmp_path / "cn-video.gif"
+    # no --motion-adapter: the tiny demo model's tiny motion adapter, as for --frames alone
+    assert main(BASE + ["--frames", "2", "--controlnet", tiny_controlnet("sd15"), "--control-image",
+                        pictures["control"], "--control-scale", "0.5", "-o", str(out)]) == 0
+    pipe = _api(AnimateDiffControlNetPipeline,
+                controlnet=fewstep.ControlNetModel.from_pretrained(tiny_controlnet("sd15")),
+                motion_adapter=fewstep.MotionAdapter.from_pretrained(tiny_motion_adapter()))
+    frames = pipe(PROMPT, generator=fewstep.Generator(7), num_frames=2, **CALL, controlnet_conditioning_scale=0.5,
+                  conditioning_frames=[load_image(pictures["control"])] * 2).frames[0]
+    _same_gif(out, frames, tmp_path)
+    plain = _api(AnimateDiffPipeline, motion_adapter=fewstep.MotionAdapter.from_pretrained(tiny_motion_adapter()))
+    assert _frames_changed(frames, plain(PROMPT, generator=fewstep.Generator(7), num_frames=2, **CALL).frames[0])
+
+
+@pytest.mark.torch
+def test_frames_with_two_controlnets_give_each_its_picture_on_every_frame(tmp_path, pictures):
+    out = tmp_path / "cn2-video.gif"
+    nets = [tiny_controlnet("sd15"), tiny_controlnet("sd15", seed=1)]
+    assert main(BASE + ["--frames", "2", "--controlnet", nets[0], "--control-image", pictures["control"],
+                        "--controlnet", nets[1], "--control-image", pictures["control2"], "-o", str(out)]) == 0
+    pipe = _api(AnimateDiffControlNetPipeline, controlnet=[fewstep.ControlNetModel.from_pretrained(n) for n in nets],
+                motion_adapter=fewstep.MotionAdapter.from_pretrained(tiny_motion_adapter()))
+    conditioning = [[load_image(pictures["control"])] * 2, [load_image(pictures["control2"])] * 2]  # per net
+    frames = pipe(PROMPT, generator=fewstep.Generator(7), num_frames=2, conditioning_frames=conditioning,
+                  **CALL).frames[0]
+    _same_gif(out, frames, tmp_path)
+
+
+@pytest.mark.torch
+def test_video_is_the_video_to_video_pipeline_with_the_videos_frame_count(tmp_path, pictures):
+    out = tmp_path / "v2v.gif"
+    assert main(BASE + ["--video", pictures["video"], "--strength", "0.5", "-o", str(out)]) == 0
+    pipe = _api(AnimateDiffVideoToVideoPipeline,
+                motion_adapter=fewstep.MotionAdapter.from_pretrained(tiny_motion_adapter()))
+    frames = pipe(PROMPT, generator=fewstep.Generator(7), video=_gif(pictures["video"]), strength=0.5,
+                  **CALL).frames[0]
+    _same_gif(out, frames, tmp_path)
+    assert len(_gif(out)) == 3  # the input's frame count
+    other = pipe(PROMPT, generator=fewstep.Generator(7), video=_gif(pictures["video2"]), strength=0.5, **CALL)
+    assert _frames_changed(frames, other.frames[0])  # the video, not only the noise, makes the frames
+
+
 # --------------------------------------------------------------------------- --canny / --depth
 def test_canny_is_the_guides_opencv_edges(pictures):
     import cv2
@@ -213,7 +326,17 @@ def test_parity_runs_a_controlnet_on_both_sides_and_refuses_reference_libraries(
      "1 --controlnet but 2 --control-scale"),
     (["--controlnet", "a", "--control-image", "x.png", "--t2i-adapter", "b", "--adapter-image", "x.png"],
      "cannot be combined"),
-    (["--controlnet", "a", "--control-image", "x.png", "--image", "x.png"], "text-to-image"),
+    (["--t2i-adapter", "b", "--adapter-image", "x.png", "--image", "x.png"],
+     "--t2i-adapter makes pictures from text only (fewstep has no T2I-Adapter pipeline with --image); drop --image, "
+     "or use --controlnet, which works with --image, --mask and --frames."),
+    (["--t2i-adapter", "b", "--adapter-image", "x.png", "--frames", "4"],
+     "--t2i-adapter makes pictures from text only (fewstep has no T2I-Adapter pipeline with --frames)"),
+    (["--t2i-adapter", "b", "--adapter-image", "x.png", "--video", "v.gif"], "no T2I-Adapter pipeline with --video"),
+    (["--video", "v.gif", "--frames", "3"], "--video makes as many frames as the video has; drop --frames."),
+    (["--video", "v.gif", "--image", "x.png"], "--video starts from a video; --image / --mask"),
+    (["--video", "v.gif", "--controlnet", "a", "--control-image", "x.png"],
+     "--video cannot be combined with --controlnet: fewstep has no video-to-video ControlNet pipeline"),
+    (["--video", "v.gif"], "--video makes a video: name the output .gif or .mp4"),
     (["--canny"], "give a --controlnet or --t2i-adapter"),
     (["--t2i-adapter", "b"], "go together"),
     (["--ip-adapter", "h94/IP-Adapter", "--ip-image", "x.png"], "SUBFOLDER/WEIGHT_NAME"),
@@ -222,5 +345,7 @@ def test_parity_runs_a_controlnet_on_both_sides_and_refuses_reference_libraries(
 def test_bad_adapter_flags_fail_before_anything_loads(tmp_path, capsys, flags, message):
     out = tmp_path / "x.png"
     assert main(BASE + flags + ["-o", str(out)]) == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("fewstep: error: ") and err.count("\n") == 1  # one line
+    assert not out.exists() and list(tmp_path.iterdir()) == []

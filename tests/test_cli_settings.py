@@ -116,3 +116,42 @@ def test_missing_prompt_or_settings_file(tmp_path, capsys):
     assert "--save-settings" in capsys.readouterr().err
     assert main(["generate", "x", "--num-images", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def _gif(path, seeds=(1, 2, 3)):
+    from tests.pipeline_cases import picture
+
+    first, *rest = [picture(seed) for seed in seeds]
+    first.save(path, save_all=True, append_images=rest, duration=125, loop=0)
+
+
+def test_video_is_recorded_absolute_and_a_flag_overrides_the_files(tmp_path, monkeypatch):
+    _gif(tmp_path / "in.gif")
+    _gif(tmp_path / "other.gif", seeds=(4, 5))
+    monkeypatch.chdir(tmp_path)
+    s = _resolve(["generate", "a fox", "--video", "in.gif", "--seed", "1"])
+    assert s.video == str(tmp_path / "in.gif")
+    path = tmp_path / "run.json"
+    path.write_text(settings.dumps(s))
+    assert json.loads(path.read_text())["video"] == str(tmp_path / "in.gif")
+    assert _resolve(["generate", "--settings", str(path)]).video == str(tmp_path / "in.gif")
+    assert _resolve(["generate", "--settings", str(path), "--video", "other.gif"]).video == str(tmp_path / "other.gif")
+    assert _resolve(["generate", "a fox"]).video is None
+
+
+@pytest.mark.torch
+def test_save_settings_then_settings_replays_a_video_to_video_run(tmp_path, monkeypatch, capsys):
+    _gif(tmp_path / "in.gif")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)  # a relative --video: the record makes it absolute
+    assert main(["generate", "a fox", "--video", "../in.gif", "--steps", "2", "--seed", "5", "-o", "a.gif",
+                 "--save-settings", "run.json"]) == 0
+    saved = json.loads((first / "run.json").read_text())
+    assert saved == _printed_record(capsys.readouterr().out)
+    assert saved["video"] == str(tmp_path / "in.gif") and saved["frames"] is None and saved["strength"] is None
+    monkeypatch.chdir(second)
+    assert main(["generate", "--settings", str(first / "run.json"), "-o", "b.gif"]) == 0
+    assert (second / "b.gif").read_bytes() == (first / "a.gif").read_bytes()
+    assert sorted(p.name for p in second.iterdir()) == ["b.gif"]

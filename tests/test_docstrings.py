@@ -22,7 +22,7 @@ import fewstep
 import fewstep.utils
 from fewstep import pipelines
 from fewstep.pipelines import DiffusionPipeline
-from fewstep.pipelines.extensions import owned_arguments
+from fewstep.pipelines.parts import owned_arguments
 
 _ENTRY = re.compile(r"(?P<name>\*{0,2}\w+) \((?P<head>.*)\):")
 _DEFAULT = re.compile(r"defaults to (?P<value>.+)$")
@@ -52,7 +52,7 @@ def args_section(doc: str) -> dict:
 
 
 def _public_classes():
-    names = set(pipelines.__all__) | set(fewstep._PIPELINE_NAMES)
+    names = set(pipelines.__all__) | {n for n in dir(fewstep) if hasattr(pipelines, n)}
     return sorted((getattr(pipelines, n) for n in names if isinstance(getattr(pipelines, n), type)),
                   key=lambda c: c.__name__)
 
@@ -108,7 +108,7 @@ def test_every_public_entry_point_is_checked():
                  "fewstep.utils.export_to_video"):
         assert name in ids
     classes = [c for c in _public_classes() if issubclass(c, DiffusionPipeline)]
-    assert len(classes) == 12  # DiffusionPipeline and the eleven named pipelines
+    assert len(classes) == 1 + len(pipelines.factory.CLASSES)  # DiffusionPipeline and every row of the table
 
 
 def problems(qualname: str, doc, arguments: dict, var_keyword, returns: bool = True) -> list:

@@ -73,8 +73,11 @@ def test_controlnet_folder_and_auto_pipeline_without_a_controlnet(adapter_folder
     folder = adapter_folders["StableDiffusionControlNetPipeline"]
     assert type(fewstep.AutoPipelineForText2Image.from_pretrained(folder)) is pipelines.StableDiffusionControlNetPipeline
     assert type(fewstep.AutoPipelineForText2Image.from_pretrained(folder, controlnet=None)) is pipelines.StableDiffusionPipeline
-    with pytest.raises(ValueError, match="no img2img pipeline for SD with a controlnet yet"):
-        fewstep.AutoPipelineForImage2Image.from_pretrained(folder)
+    # diffusers' AutoPipelineForImage2Image keeps the ControlNet too (refused before issue 25)
+    assert type(fewstep.AutoPipelineForImage2Image.from_pretrained(folder)) is \
+        pipelines.StableDiffusionControlNetImg2ImgPipeline
+    with pytest.raises(ValueError, match="no img2img pipeline for SD with adapter"):
+        fewstep.AutoPipelineForImage2Image.from_pretrained(adapter_folders["StableDiffusionAdapterPipeline"])
 
 
 @pytest.mark.torch

@@ -306,10 +306,10 @@ def test_wrong_config_folder_and_wrong_class_are_refused():
 def test_from_single_file_is_documented():
     from tests.test_docstrings import _expected, problems
 
-    classes = [c for c in vars(pipelines.stable_diffusion).values()
-               if isinstance(c, type) and issubclass(c, pipelines.single_file.FromSingleFileMixin)
-               and c is not pipelines.single_file.FromSingleFileMixin]
-    assert len(classes) == 8
+    classes = [c for c in pipelines.factory.CLASSES.values()
+               if issubclass(c, pipelines.single_file.FromSingleFileMixin)]
+    # SD and SDXL: text-to-image, img2img, inpainting, each plain and with a ControlNet (as diffusers)
+    assert len(classes) == 12
     function, arguments, var_keyword = _expected(classes[0], "from_single_file")
     assert problems(function.__qualname__, function.__doc__, arguments, var_keyword) == []
 
@@ -481,7 +481,7 @@ def test_diffusion_pipeline_from_single_file_picks_the_familys_class(class_name,
 
 @needs_tiny
 def test_auto_pipelines_from_single_file_pick_the_task_and_the_adapter():
-    from fewstep.pipelines.auto import pipeline_class
+    from fewstep.pipelines.factory import pipeline_class
 
     sd15, config = tiny_checkpoint("sd15"), tiny_pipeline("sd15")
     pipe = pipelines.AutoPipelineForImage2Image.from_single_file(sd15, config=config)
@@ -500,8 +500,14 @@ def test_auto_pipelines_from_single_file_pick_the_task_and_the_adapter():
     assert pipeline_class("LatentConsistencyModelPipeline", "inpaint") is pipelines.StableDiffusionInpaintPipeline
     with pytest.raises(ValueError, match=r"Unknown task 'text2image'; use one of text2img, img2img, inpaint"):
         pipeline_class("sd15", "text2image")
-    with pytest.raises(ValueError, match=r"no inpaint pipeline for SD with a controlnet"):
-        pipelines.DiffusionPipeline.from_single_file(tiny_checkpoint("sd15-inpaint"), controlnet=control)
+    # an inpainting checkpoint with a ControlNet is diffusers' StableDiffusionControlNetInpaintPipeline (issue 25;
+    # before it, this combination was refused)
+    from fewstep.pipelines.factory import single_file_class
+
+    family, cls = single_file_class(tiny_checkpoint("sd15-inpaint"), None, {"controlnet": control})
+    assert family.key == "sd15-inpaint" and cls is pipelines.StableDiffusionControlNetInpaintPipeline
+    with pytest.raises(ValueError, match=r"no inpaint pipeline for SD with adapter \("):
+        pipeline_class("sd15-inpaint", None, {"adapter": control})
 
 
 @needs_tiny
@@ -525,7 +531,7 @@ def test_the_choosing_from_single_files_are_documented():
         assert problems(function.__qualname__, function.__doc__, arguments, var_keyword) == []
     import inspect
 
-    from fewstep.pipelines.auto import pipeline_class
+    from fewstep.pipelines.factory import pipeline_class
 
     arguments = {n: p.default for n, p in inspect.signature(pipeline_class).parameters.items()}
     assert problems("pipeline_class", pipeline_class.__doc__, arguments, None) == []

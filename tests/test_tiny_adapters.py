@@ -244,3 +244,49 @@ def test_refuses_foreign_folder_and_unknown_kind(tmp_path):
         tiny_controlnet("sd15-inpaint")
     with pytest.raises(ValueError, match="sdxl"):
         tiny_t2i_adapter("sd21")
+
+
+# --- whole-pipeline folders: a diffusers-saved MultiAdapter pipeline, an LCM pipeline -------------------------
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_multi_adapter_pipeline_folder_is_what_diffusers_saves(kind, tmp_path):
+    import diffusers
+
+    from fewstep.testing import tiny_multi_adapter_pipeline
+
+    folder = tiny_multi_adapter_pipeline(kind, path=tmp_path / "multi")
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    assert index["adapter"] == ["diffusers", "MultiAdapter"]
+    assert {"adapter", "adapter_1"} <= set(os.listdir(folder)) and "adapter_2" not in os.listdir(folder)
+    for sub, seed in (("adapter", 0), ("adapter_1", 1)):  # each one the tiny adapter of that seed
+        got, want = _tensors(os.path.join(folder, sub)), _tensors(tiny_t2i_adapter(kind, seed=seed))
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got), sub
+    loaded = diffusers.MultiAdapter.from_pretrained(os.path.join(folder, "adapter"))
+    assert loaded.num_adapter == 2
+
+
+def test_multi_adapter_pipeline_refuses_other_than_two_seeds(tmp_path):
+    from fewstep.testing import tiny_multi_adapter_pipeline
+
+    with pytest.raises(ValueError, match="^A tiny MultiAdapter pipeline takes exactly two adapter seeds, got 3"):
+        tiny_multi_adapter_pipeline("sd15", seeds=(0, 1, 2), path=tmp_path / "multi")
+    with pytest.raises(ValueError, match="^Unknown tiny T2I-Adapter kind 'sd21'"):
+        tiny_multi_adapter_pipeline("sd21", path=tmp_path / "multi")
+    assert os.listdir(tmp_path) == []
+
+
+def test_lcm_pipeline_folder_has_an_lcm_unet_and_scheduler(tmp_path):
+    import diffusers
+
+    from fewstep.testing import tiny_lcm_pipeline
+    from fewstep.testing.tiny_adapters import LCM_UNET_TIME_COND_PROJ_DIM
+
+    folder = tiny_lcm_pipeline(path=tmp_path / "lcm")
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    assert index["_class_name"] == "LatentConsistencyModelPipeline" and index["scheduler"][1] == "LCMScheduler"
+    config = diffusers.UNet2DConditionModel.load_config(folder, subfolder="unet")
+    assert config["time_cond_proj_dim"] == LCM_UNET_TIME_COND_PROJ_DIM
+    unet = _tensors(os.path.join(folder, "unet"))
+    assert unet["diffusion_pytorch_model.safetensors:time_embedding.cond_proj.weight"].any()  # the guidance input
+    assert _tensors(os.path.join(folder, "vae")).keys() == _tensors(os.path.join(tiny_pipeline("sd15"), "vae")).keys()
+    again = _tensors(os.path.join(tiny_lcm_pipeline(path=tmp_path / "again"), "unet"))
+    assert all(np.array_equal(unet[k], again[k]) for k in unet)

@@ -203,3 +203,38 @@ def test_refuses_foreign_folder(tmp_path):
         tiny_motion_adapter(path=tmp_path)
     with pytest.raises(FileExistsError, match="motion LoRA"):
         tiny_motion_lora(path=tmp_path)
+
+
+# --- the SDXL MotionAdapter --------------------------------------------------------------------------------
+def test_sdxl_adapter_fits_the_tiny_sdxl_pipeline_is_deterministic_and_moves_the_frames(tmp_path):
+    import diffusers
+    import torch
+
+    from fewstep.testing import tiny_sdxl_motion_adapter
+    from fewstep.testing.tiny_motion import SDXL_MOTION_ADAPTER_CONFIG
+
+    folder = tiny_sdxl_motion_adapter(path=tmp_path / "a")
+    saved = _tensors(folder)
+    assert saved == {} or all(v.any() for v in saved.values()), "an all-zero tensor was left"
+    again = _tensors(tiny_sdxl_motion_adapter(path=tmp_path / "b"))
+    assert saved.keys() == again.keys() and all(np.array_equal(saved[k], again[k]) for k in saved)
+    assert not any(k.startswith("mid_block.") for k in saved)  # no mid-block motion module, as the released SDXL one
+    assert json.load(open(os.path.join(folder, MARKER)))["kind"] == "motion-adapter-sdxl"
+    adapter = diffusers.MotionAdapter.from_pretrained(folder)
+    assert adapter.config.use_motion_mid_block is SDXL_MOTION_ADAPTER_CONFIG["use_motion_mid_block"] is False
+    pipe = diffusers.AnimateDiffSDXLPipeline.from_pretrained(tiny_pipeline("sdxl"), motion_adapter=adapter)
+    pipe.scheduler = diffusers.TCDScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    frames = np.asarray(pipe("a cat walks", num_frames=2, height=64, width=64, num_inference_steps=2,
+                             guidance_scale=0.0, generator=torch.Generator().manual_seed(0), output_type="np").frames)
+    assert frames.shape == (1, 2, 64, 64, 3)
+    assert np.abs(frames[0, 0] - frames[0, 1]).max() > VISIBLE  # the frames are not all the same picture
+
+
+def test_sdxl_adapter_refuses_foreign_folder(tmp_path):
+    from fewstep.testing import tiny_sdxl_motion_adapter
+
+    (tmp_path / "mine.txt").write_text("not a model")
+    with pytest.raises(FileExistsError, match="SDXL MotionAdapter"):
+        tiny_sdxl_motion_adapter(path=tmp_path)
+    assert os.listdir(tmp_path) == ["mine.txt"]

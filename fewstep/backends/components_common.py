@@ -214,8 +214,15 @@ def record_weight_files(wrapper, folder: str, variant: Optional[str]):
     return wrapper
 
 
-def motion_unet(diffusers: str, wrap_component: Callable, unet, motion_adapter):
+def motion_unet(diffusers: str, wrap_component: Callable, copy_weights: Callable, unet, motion_adapter):
     """The UNetMotionModel that `diffusers` (the module of the backend's diffusers port) builds from an
-    SD UNet and a motion adapter (fewstep components), wrapped as a UNet by `wrap_component`."""
+    SD or SDXL UNet and a motion adapter (fewstep components), wrapped as a UNet by `wrap_component`.
+
+    `from_unet2d` (diffusers 0.35 to 0.42, and mindone's port) copies every UNet weight but SDXL's
+    `add_embedding` (the pooled text and size embedding), which it leaves at a random init; it is copied
+    here with `copy_weights(target, source)`, so an SDXL motion UNet is the UNet it was built from."""
     cls = importlib.import_module(diffusers).UNetMotionModel
-    return wrap_component("unet", cls.from_unet2d(unet.module, motion_adapter.module))
+    model = cls.from_unet2d(unet.module, motion_adapter.module)
+    if getattr(unet.module, "add_embedding", None) is not None and getattr(model, "add_embedding", None) is not None:
+        copy_weights(model.add_embedding, unet.module.add_embedding)
+    return wrap_component("unet", model)

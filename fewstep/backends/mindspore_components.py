@@ -1,5 +1,5 @@
 """Loading diffusers-format components on MindSpore through mindone, behind the adapters of
-`fewstep.pipelines.components`. mindone loads the same folders diffusers writes, converting
+`fewstep.backends.components_common`. mindone loads the same folders diffusers writes, converting
 parameter names itself; its models return tuples by default, and its VAE's `encode` returns the raw
 posterior moments rather than a distribution object, which `MindSporeVAE.encode` splits as diffusers'
 DiagonalGaussianDistribution does."""
@@ -215,6 +215,13 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
     return record_weight_files(wrap_component(name, module), folder, variant)
 
 
+def _copy_weights(target, source) -> None:
+    """Every parameter of `source` into the same-named one of `target` (cells of one architecture)."""
+    for (name, mine), (other, theirs) in zip(target.parameters_and_names(), source.parameters_and_names()):
+        assert name.split(".")[-1] == other.split(".")[-1], (name, other)
+        mine.set_data(theirs.data.copy())
+
+
 def motion_unet(unet, motion_adapter):
     """The UNetMotionModel that mindone.diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
-    return components_common.motion_unet(_LIBRARIES["diffusers"], wrap_component, unet, motion_adapter)
+    return components_common.motion_unet(_LIBRARIES["diffusers"], wrap_component, _copy_weights, unet, motion_adapter)

@@ -1,5 +1,5 @@
 """Loading diffusers-format components on torch through diffusers and transformers, behind the
-adapters of `fewstep.pipelines.components`."""
+adapters of `fewstep.backends.components_common`."""
 
 from __future__ import annotations
 
@@ -211,6 +211,16 @@ def load_component(name: str, library: str, class_name: str, folder: str, dtype:
     return record_weight_files(wrap_component(name, module), folder, variant)
 
 
+def _copy_weights(target, source) -> None:
+    """Every parameter of `source` into the same-named one of `target` (modules of one architecture)."""
+    import torch
+
+    with torch.no_grad():
+        for (name, mine), (other, theirs) in zip(target.named_parameters(), source.named_parameters()):
+            assert name == other, (name, other)
+            mine.copy_(theirs)
+
+
 def motion_unet(unet, motion_adapter):
     """The UNetMotionModel that diffusers builds from an SD UNet and a motion adapter, wrapped as a UNet."""
-    return components_common.motion_unet(_LIBRARIES["diffusers"], wrap_component, unet, motion_adapter)
+    return components_common.motion_unet(_LIBRARIES["diffusers"], wrap_component, _copy_weights, unet, motion_adapter)

@@ -1,8 +1,10 @@
 """Adapter flags: ControlNets, a T2I-Adapter, an IP-Adapter and AnimateDiff's motion adapter.
 
 The flags become a JSON-ready record (settings.py saves and replays it); from the record come the
-components passed to the pipeline (which also picks its class, through auto.py), the IP-Adapter load,
-and the call's conditioning arguments.
+components passed to the pipeline (which also pick its class, with the task, through the factory's table:
+a ControlNet with --image / --mask is the ControlNet img2img / inpainting pipeline, with --frames
+AnimateDiffControlNetPipeline), the IP-Adapter load, and the call's conditioning arguments, named as that
+class names them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from fewstep.cli import logs
-from fewstep.cli.common import local_path
+from fewstep.cli.paths import local_path
 
 IP_SUFFIXES = (".safetensors", ".bin")
 
@@ -21,7 +23,9 @@ def add_adapter_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controlnet", action="append", metavar="PATH_OR_ID",
                    help="a ControlNet folder or hub id; repeat for several (the i-th --control-image and "
                         "--control-scale go with the i-th --controlnet)")
-    p.add_argument("--control-image", action="append", metavar="IMG", help="the conditioning image of a --controlnet")
+    p.add_argument("--control-image", action="append", metavar="IMG",
+                   help="the conditioning image of a --controlnet (with --image / --mask it conditions the img2img / "
+                        "inpainting of that picture; with --frames N the same picture conditions every frame)")
     p.add_argument("--control-scale", action="append", type=float, metavar="S",
                    help="controlnet_conditioning_scale of a --controlnet (default 1.0)")
     p.add_argument("--t2i-adapter", metavar="PATH_OR_ID", help="a T2I-Adapter folder or hub id")
@@ -89,18 +93,27 @@ def records_from_args(args) -> Dict[str, object]:
 
 
 def check_combination(s) -> None:
-    """One pipeline extension at a time, as fewstep's pipeline classes combine them (auto.py); checked on the
-    merged settings (flags over a --settings file), before anything loads."""
+    """The adapters, tasks and videos that fewstep's pipeline classes combine (pipelines/table.py): a ControlNet
+    with text-to-image, --image, --mask or --frames; a T2I-Adapter with text-to-image only; --video with
+    neither. Checked on the merged settings (flags over a --settings file), before anything loads."""
+    video = getattr(s, "video", None)  # generate's flag; parity has none
     if s.control_conversion and not (s.controlnets or s.t2i_adapter):
         raise ValueError(f"--{s.control_conversion} converts the --control-image / --adapter-image; give a "
                          f"--controlnet or --t2i-adapter with its image.")
-    chosen = [flag for flag, on in (("--controlnet", s.controlnets), ("--t2i-adapter", s.t2i_adapter),
-                                    ("--frames", s.frames is not None)) if on]
-    if len(chosen) > 1:
-        raise ValueError(f"{' and '.join(chosen)} cannot be combined: fewstep has no pipeline with both; use one.")
-    if (s.controlnets or s.t2i_adapter) and (s.image or s.mask):
-        raise ValueError("ControlNet / T2I-Adapter pipelines are text-to-image in fewstep; --image / --mask (img2img, "
-                         "inpainting) cannot be combined with --controlnet or --t2i-adapter yet.")
+    if s.controlnets and s.t2i_adapter:
+        raise ValueError("--controlnet and --t2i-adapter cannot be combined: fewstep has no pipeline with both; "
+                         "use one.")
+    inputs = [flag for flag, on in (("--image", s.image), ("--mask", s.mask), ("--frames", s.frames is not None),
+                                    ("--video", video)) if on]
+    if s.t2i_adapter and inputs:
+        raise ValueError(f"--t2i-adapter makes pictures from text only (fewstep has no T2I-Adapter pipeline with "
+                         f"{inputs[0]}); drop {inputs[0]}, or use --controlnet, which works with --image, --mask "
+                         f"and --frames.")
+    if video and s.frames is not None:
+        raise ValueError("--video makes as many frames as the video has; drop --frames.")
+    if video and s.controlnets:
+        raise ValueError("--video cannot be combined with --controlnet: fewstep has no video-to-video ControlNet "
+                         "pipeline; use --controlnet with --frames N (text-to-video), or --video alone.")
 
 
 def load_components(s, backend: str, dtype: str, device: Optional[str]) -> dict:
@@ -114,7 +127,7 @@ def load_components(s, backend: str, dtype: str, device: Optional[str]) -> dict:
         components["controlnet"] = nets[0] if len(nets) == 1 else nets
     if s.t2i_adapter:
         components["adapter"] = T2IAdapter.from_pretrained(s.t2i_adapter["source"], **where)
-    if s.frames is not None:
+    if s.frames is not None or getattr(s, "video", None):
         source = s.motion_adapter
         if source is None:
             from fewstep.testing.tiny_motion import tiny_motion_adapter
@@ -141,15 +154,22 @@ def control_images(s) -> List:
     return conversion.prepare(paths, s.control_conversion, s.depth_model) if paths else []
 
 
-def call_kwargs(s, images: Sequence) -> dict:
-    """The call arguments the adapters own, as the Python API spells them: one ControlNet takes an image and a
-    number, several take lists."""
+def call_kwargs(s, images: Sequence, pipe) -> dict:
+    """The call arguments the adapters own, as the Python API spells them for `pipe`'s class: the control
+    pictures under its control argument (`image` for text-to-image, `control_image` beside img2img's and
+    inpainting's `image`, `conditioning_frames` for AnimateDiff, where one picture conditions each of the
+    --frames); one ControlNet takes an image and a number, several take lists."""
+    from fewstep.pipelines.controlnet import control_argument
     from fewstep.utils import load_image
 
     kwargs = {}
     if s.controlnets:
         scales = [c["scale"] for c in s.controlnets]
-        kwargs["image"] = images[0] if len(images) == 1 else list(images)
+        pictures = list(images[:len(s.controlnets)])
+        argument = control_argument(pipe)
+        if argument == "conditioning_frames":  # a list with one control picture per frame, per ControlNet
+            pictures = [[picture] * s.frames for picture in pictures]
+        kwargs[argument] = pictures[0] if len(pictures) == 1 else pictures
         if any(scale is not None for scale in scales):
             scales = [1.0 if scale is None else scale for scale in scales]
             kwargs["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales

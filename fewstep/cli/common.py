@@ -14,7 +14,7 @@ from fewstep.cli import logs
 
 # what --model defaults to, for every command (see model_source)
 DEFAULT_MODEL = ("the trained demo model of coloured shapes, its few-step LoRA fused, e.g. 'a red circle on a blue "
-                 "background'; with --mask, adapters or --frames: tiny random-weight ones")
+                 "background'; with --mask, adapters, --frames or --video: tiny random-weight ones")
 
 
 def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False, model_default: str = DEFAULT_MODEL) -> None:
@@ -35,7 +35,8 @@ def add_common(p: argparse.ArgumentParser, prompt_optional: bool = False, model_
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--image", help="input image for img2img / inpainting")
     p.add_argument("--mask", help="inpainting mask (white = repaint); needs --image")
-    p.add_argument("--strength", type=float, default=None, help="img2img / inpainting strength in (0, 1]")
+    p.add_argument("--strength", type=float, default=None,
+                   help="img2img / inpainting / --video strength in (0, 1] (default: the pipeline's)")
 
 
 def fresh_seed() -> int:
@@ -43,11 +44,14 @@ def fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31))
 
 
-def task_of(image: Optional[str], mask: Optional[str]) -> str:
-    """The AutoPipeline task (auto.py's names) the --image / --mask flags ask for."""
+def task_of(image: Optional[str], mask: Optional[str], video: Optional[str] = None) -> str:
+    """The pipeline task (the factory's names) the --image / --mask / --video flags ask for."""
     if mask and not image:
         raise ValueError("--mask needs --image: the picture to inpaint.")
-    return "inpaint" if mask else "img2img" if image else "text2img"
+    if video and image:
+        raise ValueError("--video starts from a video; --image / --mask (img2img, inpainting) cannot be combined "
+                         "with it: give one or the other.")
+    return "video2video" if video else "inpaint" if mask else "img2img" if image else "text2img"
 
 
 def is_single_file(model: Optional[str]) -> bool:
@@ -107,7 +111,7 @@ def say_demo_default() -> None:
 def demo_serves(s) -> bool:
     """No --model, and a picture the trained demo model (fewstep.demo) can make: text-to-image or img2img.
     Inpainting, adapters and video need an SD 1.5-shaped model, so those keep the tiny random-weight ones."""
-    return not s.model and not s.mask and getattr(s, "frames", None) is None and not (
+    return not s.model and not s.mask and getattr(s, "frames", None) is None and not getattr(s, "video", None) and not (
         getattr(s, "controlnets", None) or getattr(s, "t2i_adapter", None) or getattr(s, "ip_adapter", None))
 
 
@@ -130,31 +134,55 @@ def call_kwargs(s) -> dict:
             kwargs["strength"] = s.strength
     if s.mask:
         kwargs["mask_image"] = open_image(s.mask, "--mask")
+    if getattr(s, "video", None):  # generate only: parity has no --video
+        kwargs["video"] = open_video(s.video, "--video")
+        if s.strength is not None:
+            kwargs["strength"] = s.strength
     return kwargs
 
 
 def open_image(path: str, flag: str):
     """The picture at `path`, read whole now (a truncated file fails here, not mid-run), or a ValueError
     naming `flag`: not a file, not a picture PIL reads, or larger than PIL's decompression-bomb limit."""
-    from PIL import Image
+    return _read(path, flag, _loaded, "a picture",
+                 "a picture file (.png, .jpg, .webp)", "a .png, .jpg or .webp file")
 
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a folder; give a picture file (.png, .jpg, .webp).")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag} {path!r} does not exist; give a picture file (.png, .jpg, .webp).")
-    try:
-        image = Image.open(path)
-        image.load()
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{flag} {path!r} is too large to read safely ({err}); resize it first.") from None
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"{flag} {path!r} is not a picture PIL can read ({' '.join(str(err).split())}); give a "
-                         f".png, .jpg or .webp file.") from None
+
+def open_video(path: str, flag: str = "--video") -> list:
+    """The frames of the animated picture at `path` (a .gif), each read whole and converted to RGB with PIL's
+    ImageSequence, or a one-line error naming `flag`: not a file, not readable, or a single frame (a video
+    needs several; one picture is --image's img2img)."""
+    from PIL import ImageSequence
+
+    def frames_of(video):
+        with video:  # closed once every frame is converted (read whole)
+            return [frame.convert("RGB") for frame in ImageSequence.Iterator(video)]
+
+    frames = _read(path, flag, frames_of, "a video", "an animated .gif", "an animated .gif")
+    if len(frames) < 2:
+        raise ValueError(f"{flag} {path!r} has one frame; give an animated .gif of several frames (or use --image "
+                         f"for one picture).")
+    return frames
+
+
+def _loaded(image):
+    image.load()
     return image
 
 
-def local_path(value: Optional[str]) -> Optional[str]:
-    """An existing local path made absolute (so a saved record replays from any folder); hub ids as given."""
-    if value is not None and os.path.exists(value):
-        return os.path.abspath(value)
-    return value
+def _read(path: str, flag: str, read, noun: str, what: str, give: str):
+    """`read(PIL image)` of the file at `path`; every failure a one-line error naming `flag` and what to give
+    (`what` for a missing file or a folder, `give` for one PIL cannot read as `noun`)."""
+    from PIL import Image
+
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give {what}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path!r} does not exist; give {what}.")
+    try:
+        return read(Image.open(path))
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{flag} {path!r} is too large to read safely ({err}); resize it first.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{flag} {path!r} is not {noun} PIL can read ({' '.join(str(err).split())}); give "
+                         f"{give}.") from None

@@ -1,5 +1,5 @@
-"""`fewstep generate`: images (or an AnimateDiff video) from a prompt, with LoRAs and adapters, one or
-several seeds, and a settings record that makes them again."""
+"""`fewstep generate`: images (or an AnimateDiff video, from the prompt or from a --video) from a prompt, with
+LoRAs and adapters, one or several seeds, and a settings record that makes them again."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 from typing import Iterable
 
 from fewstep.cli import adapters, logs, loras, outputs, settings
-from fewstep.cli.common import add_common, call_kwargs, is_single_file, model_source, open_image, task_of
+from fewstep.cli.common import (add_common, call_kwargs, is_single_file, model_source, open_image, open_video,
+                                task_of)
 
 
 def add_parser(sub) -> None:
@@ -21,15 +22,21 @@ def add_parser(sub) -> None:
                      help="with --model FILE.safetensors (a single-file checkpoint): a diffusers folder or hub id of the "
                           "same family describing its models (default: the family's reference repository's configs)")
     gen.add_argument("-o", "--output", default="out.png",
-                     help="image file; with --frames a .gif or .mp4; with --num-images N, <name>-<seed>.<ext> each")
+                     help="image file; with --frames or --video a .gif or .mp4; with --num-images N, "
+                          "<name>-<seed>.<ext> each")
     gen.add_argument("--num-images", type=int, default=1, metavar="N",
                      help="N images, seeds --seed, --seed+1, ... (each the image that seed alone gives)")
     gen.add_argument("--grid", metavar="FILE", help="also write the images (after the control images) as one grid")
     loras.add_lora_flags(gen)
     adapters.add_adapter_flags(gen)
-    gen.add_argument("--frames", type=int, default=None, help="make an AnimateDiff video of this many frames (SD 1.5)")
-    gen.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder or hub id (default with the tiny demo "
-                                              "model: a tiny random one)")
+    gen.add_argument("--frames", type=int, default=None,
+                     help="make an AnimateDiff video of this many frames (SD 1.5); with --controlnet, its "
+                          "--control-image conditions every frame (AnimateDiffControlNetPipeline)")
+    gen.add_argument("--video", metavar="GIF",
+                     help="video-to-video (AnimateDiffVideoToVideoPipeline): an animated .gif whose frames are noised "
+                          "to --strength (default 0.8) and redrawn; the output has as many frames")
+    gen.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder or hub id, for --frames or --video "
+                                              "(default with the tiny demo model: a tiny random one)")
     gen.add_argument("--fps", type=int, default=8, help="frames per second of the video file (default 8)")
     gen.add_argument("--settings", metavar="FILE",
                      help="replay a run's settings (from --save-settings); flags given beside it override the file")
@@ -38,30 +45,39 @@ def add_parser(sub) -> None:
 
 def check(s, args) -> None:
     """Everything that can be checked before a model loads (on the merged settings)."""
-    task_of(s.image, s.mask)
+    task_of(s.image, s.mask, s.video)
     adapters.check_combination(s)
     if s.config and not is_single_file(s.model):
         raise ValueError("--config describes a single-file checkpoint: give it with --model FILE.safetensors.")
-    if s.frames is None:
+    video = video_flag(s)
+    if video is None:
         if s.motion_adapter:
-            raise ValueError("--motion-adapter needs --frames N: the number of video frames to make.")
+            raise ValueError("--motion-adapter needs --frames N (the number of video frames to make) or --video GIF.")
         if outputs.is_video(args.output):
-            raise ValueError(f"{args.output!r} is a video name: add --frames N, or name the output .png.")
+            raise ValueError(f"{args.output!r} is a video name: add --frames N (or --video GIF), or name the output "
+                             f".png.")
     else:
         if not outputs.is_video(args.output):
-            raise ValueError(f"--frames makes a video: name the output .gif or .mp4 (got {args.output!r}).")
-        if s.image or s.mask:
+            raise ValueError(f"{video} makes a video: name the output .gif or .mp4 (got {args.output!r}).")
+        if s.frames is not None and (s.image or s.mask):
             raise ValueError("--frames makes a video from text; --image / --mask are not supported with it.")
         if s.model and not s.motion_adapter:
-            raise ValueError("--frames with --model needs --motion-adapter PATH_OR_ID (e.g. "
-                             "guoyww/animatediff-motion-adapter-v1-5).")
+            raise ValueError(f"{video} with --model needs --motion-adapter PATH_OR_ID (e.g. "
+                             f"guoyww/animatediff-motion-adapter-v1-5).")
         if args.grid:
-            raise ValueError("--grid puts images side by side; it does not take --frames videos.")
+            raise ValueError(f"--grid puts images side by side; it does not take {video} videos.")
     outputs.check_output(args.output)
     if args.grid:
         outputs.check_output(args.grid)
     for flag, path in input_pictures(s):  # last: the flags' own mistakes are named first
         open_image(path, flag)  # a missing, truncated or huge picture fails now, in one line
+    if s.video:
+        open_video(s.video, "--video")  # likewise a missing, unreadable or one-frame video
+
+
+def video_flag(s):
+    """The flag that makes this run a video ("--frames" or "--video"), or None for pictures."""
+    return "--video" if s.video else "--frames" if s.frames is not None else None
 
 
 def input_pictures(s):
@@ -73,17 +89,22 @@ def input_pictures(s):
 
 
 def build_pipeline(s, folder: str, first_loras=()):
-    """The pipeline the settings describe: its class from auto.py (the folder's family, the task from
-    --image / --mask, the extension from the components passed), the scheduler, the LoRAs (`first_loras`,
-    then --lora's), the IP-Adapter."""
+    """The pipeline the settings describe: its class from the factory's table (the folder's family, the task
+    from --image / --mask / --video, the adapters from the components passed: a ControlNet with --image is
+    StableDiffusionControlNetImg2ImgPipeline), the scheduler, the LoRAs (`first_loras`, then --lora's), the
+    IP-Adapter."""
     import fewstep
 
-    auto = {"text2img": fewstep.AutoPipelineForText2Image, "img2img": fewstep.AutoPipelineForImage2Image,
-            "inpaint": fewstep.AutoPipelineForInpainting}[task_of(s.image, s.mask)]
+    task = task_of(s.image, s.mask, getattr(s, "video", None))  # parity's settings have no video
     components = adapters.load_components(s, s.backend, s.dtype, s.device)
     if folder is None:
         pipe = _from_single_file(s, components)
+    elif task == "video2video":  # no AutoPipeline has this task: the factory picks the class as they do
+        pipe = _video_to_video(folder, components).from_pretrained(folder, backend=s.backend, dtype=s.dtype,
+                                                                   device=s.device, **components)
     else:
+        auto = {"text2img": fewstep.AutoPipelineForText2Image, "img2img": fewstep.AutoPipelineForImage2Image,
+                "inpaint": fewstep.AutoPipelineForInpainting}[task]
         pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
     scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
@@ -92,13 +113,23 @@ def build_pipeline(s, folder: str, first_loras=()):
     return pipe
 
 
+def _video_to_video(folder: str, components: dict) -> type:
+    """AnimateDiffVideoToVideoPipeline for an SD folder (the factory's class for its family, the video2video task
+    and the motion adapter), or the factory's one-line refusal naming what fewstep runs."""
+    from fewstep.pipelines import factory
+    from fewstep.pipelines.loading import read_model_index
+
+    return factory.pipeline_class(read_model_index(folder).get("_class_name"), "video2video", components,
+                                  where=repr(folder))
+
+
 def _from_single_file(s, components):
     """A single-file checkpoint: its family read from its keys (and named), the class as auto.py's pipeline_class
     picks it for that family with this task and these components, loaded by `from_single_file`."""
-    from fewstep.pipelines.single_file import single_file_class
+    from fewstep.pipelines.factory import single_file_class
 
     # refuses pickles unread, names an unknown layout or a pipeline that cannot load a checkpoint
-    family, cls = single_file_class(s.model, task_of(s.image, s.mask), components)
+    family, cls = single_file_class(s.model, task_of(s.image, s.mask, getattr(s, "video", None)), components)
     print(f"{s.model}: single-file checkpoint, family {family.name}, loaded as {cls.__name__}"
           f"{f' with the configs of {s.config}' if s.config else ''}")
     return cls.from_single_file(s.model, backend=s.backend, dtype=s.dtype, device=s.device, config=s.config,
@@ -116,19 +147,20 @@ def run(args, given: Iterable[str]) -> int:
     start = time.perf_counter()
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
     pipe = build_pipeline(s, folder, first_loras)
-    kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control), output_type="pil")
+    kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control, pipe), output_type="pil")
     if s.frames is not None:
-        kwargs["num_frames"] = s.frames
+        kwargs["num_frames"] = s.frames  # --video: the video's frame count, which the pipeline reads from it
+    video = video_flag(s) is not None
     results = []
     for seed in seeds:  # one call per seed: each image is bitwise the one `--seed seed` alone makes
         step_start = time.perf_counter()
         out = pipe(generator=fewstep.Generator(seed), **kwargs)
-        results.append(out.frames[0] if s.frames is not None else out.images[0])
+        results.append(out.frames[0] if video else out.images[0])
         logs.say(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
               f"total {time.perf_counter() - (start if len(results) == 1 else step_start):.2f} s")
     # written only now: a run that fails on its way leaves no file
     for path, result in zip(outputs.output_paths(args.output, seeds), results):
-        if s.frames is not None:
+        if video:
             outputs.save_video(result, path, s.fps)
         else:
             outputs.save_image(result, path)

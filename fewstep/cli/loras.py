@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
-from fewstep.cli.common import local_path
+from fewstep.cli.paths import local_path
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 

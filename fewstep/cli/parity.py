@@ -53,8 +53,8 @@ def _adapter_settings(args):
     records = adapters.records_from_args(args)
     if not (records["controlnets"] or records["t2i_adapter"] or records["ip_adapter"]):
         return None
-    s = argparse.Namespace(**records, frames=None, motion_adapter=None, image=args.image, mask=args.mask,
-                           scheduler=args.scheduler, loras=[])
+    s = argparse.Namespace(**records, frames=None, video=None, motion_adapter=None, image=args.image,
+                           mask=args.mask, scheduler=args.scheduler, loras=[])
     adapters.check_combination(s)
     return s
 
@@ -140,7 +140,8 @@ def run(args, given: Iterable[str] = ()) -> int:
     side_a, side_b = parity_sides(args, folder, specs, adapter)
     kwargs = call_kwargs(args)
     if adapter is not None:
-        kwargs.update(adapters.call_kwargs(adapter, adapters.control_images(adapter)))
+        # both sides are fewstep's pipeline of one class: its control argument names the control pictures
+        kwargs.update(adapters.call_kwargs(adapter, adapters.control_images(adapter), side_a.pipe))
     report = compare(side_a, side_b, kwargs, seed=args.seed, tolerance=args.tolerance,
                      localise_layers=not args.no_localise)
     if args.json:

@@ -1,10 +1,11 @@
 """The settings record of a `fewstep generate` run: printed by every run, written by `--save-settings FILE`
 (JSON), replayed by `--settings FILE`.
 
-The record is everything that decides the images: model (and a single-file checkpoint's config), LoRAs (names, weights, weight names), adapters
-with their images and scales, scheduler, steps, eta, guidance, size, seed and number of images, backend,
-dtype, device and the task inputs. Where the images are written (-o, --grid, --save-settings) is not part
-of it. Local paths are recorded absolute, so a record replays from any folder.
+The record is everything that decides the images: model (and a single-file checkpoint's config), LoRAs (names,
+weights, weight names), adapters with their images and scales, scheduler, steps, eta, guidance, size, seed and
+number of images, backend, dtype, device and the task inputs (--image, --mask, --video). Where the images are
+written (-o, --grid, --save-settings) is not part of it. Local paths are recorded absolute, so a record replays
+from any folder.
 
 Replaying: flags given beside `--settings` override the file's values. A flag group replaces the file's
 group as a whole: --lora / --lora-weight-name replace all LoRAs; --controlnet / --control-image /
@@ -24,7 +25,8 @@ from typing import Any, Dict, Iterable, Optional
 
 from fewstep.cli import adapters, logs, loras
 from fewstep.core import checks
-from fewstep.cli.common import fresh_seed, local_path
+from fewstep.cli.common import fresh_seed
+from fewstep.cli.paths import local_path
 
 VERSION = 1
 VERSION_KEY = "fewstep_settings"
@@ -35,7 +37,8 @@ SCHEMA: Dict[str, Any] = {
     "prompt": "str", "negative_prompt": "str?", "model": "str?", "config": "str?", "backend": ("torch", "mindspore"),
     "dtype": ("float32", "float16", "bfloat16"), "device": "str?", "scheduler": ("tcd", "lcm"), "steps": "int",
     "eta": "number", "guidance": "number", "width": "int?", "height": "int?", "seed": "int?", "num_images": "int",
-    "image": "str?", "mask": "str?", "strength": "number?", "loras": "loras", "controlnets": "controlnets",
+    "image": "str?", "mask": "str?", "video": "str?", "strength": "number?", "loras": "loras",
+    "controlnets": "controlnets",
     "t2i_adapter": "adapter?", "ip_adapter": "ip_adapter?", "control_conversion": ("canny", "depth", None),
     "depth_model": "str?", "frames": "int?", "motion_adapter": "str?", "fps": "int",
 }
@@ -48,7 +51,7 @@ _SUB_KEYS = {"loras": ("name", "source", "weight", "weight_name"), "controlnets"
              "ip_adapter": ("source", "subfolder", "weight_name", "image", "scale")}
 _SUB_SCHEMA = {"name": "str", "source": "str", "weight": "number", "weight_name": "str?", "image": "str",
                "scale": "number?", "subfolder": "str?"}
-_PATHS = ("model", "config", "image", "mask", "motion_adapter")
+_PATHS = ("model", "config", "image", "mask", "video", "motion_adapter")
 
 
 def from_args(args) -> Dict[str, Any]:

@@ -213,7 +213,8 @@ def _library_single_file(path: str, library: str, dtype: str, device: Optional[s
     keyword to warn about)."""
     from fewstep.backends.single_file import library_pipeline
     from fewstep.pipelines.checkpoint_family import check_config, checkpoint_tensors
-    from fewstep.pipelines.single_file import resolve_config, single_file_class
+    from fewstep.pipelines.factory import single_file_class
+    from fewstep.pipelines.single_file import resolve_config
 
     family, cls = single_file_class(path, _AUTO_TASKS[task])
     folder = resolve_config(config, family)

@@ -1,41 +1,25 @@
-"""Framework-neutral pipelines: written against TensorOps and the component adapters."""
+"""Framework-neutral pipelines: written against TensorOps and the component adapters.
+
+The pipeline classes, named as diffusers names them, are made from one table (`table.py`) by
+`factory.py`; every one is reachable here as in `diffusers`.
+"""
 
 from fewstep.pipelines.auto import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
-from fewstep.pipelines.base import DiffusionPipeline, PipelineOutput
+from fewstep.pipelines.base import PipelineOutput
+from fewstep.pipelines.factory import CLASSES, DiffusionPipeline
 from fewstep.pipelines.models import ControlNetModel, MotionAdapter, T2IAdapter, UNet2DConditionModel
-from fewstep.pipelines.stable_diffusion import (
-    AnimateDiffPipeline,
-    StableDiffusionAdapterPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLAdapterPipeline,
-    StableDiffusionXLControlNetPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
-)
+
+globals().update(CLASSES)  # StableDiffusionPipeline, ..., one name per row of the table
 
 __all__ = [
-    "AnimateDiffPipeline",
-    "MotionAdapter",
     "AutoPipelineForImage2Image",
     "AutoPipelineForInpainting",
     "AutoPipelineForText2Image",
     "ControlNetModel",
     "DiffusionPipeline",
+    "MotionAdapter",
     "PipelineOutput",
-    "StableDiffusionAdapterPipeline",
-    "StableDiffusionControlNetPipeline",
-    "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionInpaintPipeline",
-    "StableDiffusionPipeline",
-    "StableDiffusionXLAdapterPipeline",
-    "StableDiffusionXLControlNetPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-    "StableDiffusionXLInpaintPipeline",
-    "StableDiffusionXLPipeline",
     "T2IAdapter",
     "UNet2DConditionModel",
+    *sorted(CLASSES),
 ]

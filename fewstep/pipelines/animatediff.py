@@ -1,4 +1,4 @@
-"""AnimateDiff: SD 1.5 with motion modules, on the same loop with a video layout.
+"""AnimateDiff: SD 1.5 or SDXL with motion modules, on the same loop with a video layout.
 
 The motion adapter is a component; at construction the pipeline asks the backend's library
 (diffusers / mindone `UNetMotionModel.from_unet2d`) for the motion UNet, as diffusers'
@@ -10,19 +10,26 @@ a video.
 from __future__ import annotations
 
 from fewstep.backends import motion_unet
-from fewstep.pipelines.extensions import Extension
+from fewstep.pipelines.parts import Part
 
 
-class MotionModules(Extension):
+class MotionModules(Part):
     """Checks that the motion adapter fits the UNet; the motion UNet then runs as the pipeline's UNet."""
 
+    name = "motion_adapter"
     components = ("motion_adapter",)
+
+    def attach(self, pipe) -> None:
+        attach_motion_modules(pipe)
 
     def check_components(self, pipe) -> None:
         unet, motion = pipe.unet.config, pipe.motion_adapter.config
-        if unet.get("addition_embed_type") == "text_time":
-            raise ValueError("This motion adapter is for SD 1.5 UNets, but the UNet is SDXL's; use an SD 1.5 base model "
-                             "(AnimateDiff SDXL motion adapters are not supported yet).")
+        xl_unet, xl_pipeline = unet.get("addition_embed_type") == "text_time", "text_encoder_2" in pipe.component_names()
+        if xl_unet != xl_pipeline:
+            raise ValueError(f"{type(pipe).__name__} is for {'SDXL' if xl_pipeline else 'SD 1.5'} but the UNet is "
+                             f"{'SDXL' if xl_unet else 'SD'}'s; use "
+                             f"{'AnimateDiffSDXLPipeline' if xl_unet else 'AnimateDiffPipeline'} with a motion adapter "
+                             f"made for that base model.")
         mine, theirs = list(motion["block_out_channels"]), list(unet["block_out_channels"])
         if mine != theirs:
             raise ValueError(f"The motion adapter does not fit the UNet: its block_out_channels are {mine}, the UNet's "

@@ -1,11 +1,11 @@
-"""The one denoising loop every fewstep pipeline shares.
+"""The one denoising loop every fewstep pipeline shares, and the pipeline object around it.
 
-A pipeline class combines a conditioning (SD: one text encoder; SDXL: two, plus pooled embeddings
-and time ids, see `conditioning.py`) with a task (text-to-image, img2img, inpainting: how the
-latents start and what changes after each step, see `tasks.py`) and the extensions it lists in
-`_extensions` (ControlNet, T2I-Adapter: what else goes into each UNet call, see `extensions.py`).
-Everything here is written against TensorOps and the component adapters, so the same code runs on
-torch and MindSpore; the loop knows no adapter by name.
+A pipeline class is a list of parts (`_parts`, from one row of `table.py`): the guidance rule, the LoRA
+scale, a model family (`conditioning.py`), a task (`tasks.py`), a layout (`layouts.py`) and adapters
+(ControlNet, T2I-Adapter, IP-Adapter, motion modules), all on the protocol of `parts.py`. The loop runs
+their hooks in order and knows none of them by name. Everything here is written against TensorOps and
+the component adapters, so the same code runs on torch and MindSpore. This module does not know the
+classes built on it: `factory.py` makes them and picks one for a folder or a checkpoint.
 
 Host round-trips: token ids and the initial noise go to the device once, the final image comes back
 once; inside the loop only the Python-int timestep crosses, as in diffusers.
@@ -22,14 +22,12 @@ import numpy as np
 
 from fewstep.backends import framework_of, get_backend
 from fewstep.core import checks
-from fewstep.core.guidance import guidance_scale_embedding
 from fewstep.core.noise import randn_like
 from fewstep.core.random import Generator
 from fewstep.pipelines import busy, loading
 from fewstep.pipelines.docstrings import Arg, args_section, section, with_doc
-from fewstep.pipelines.extensions import (Extension, RunContext, StepContext, UNetInputs, owned_arguments,
-                                          split_arguments)
 from fewstep.pipelines.layouts import ImageLayout
+from fewstep.pipelines.parts import CallState, Part, StepState, UNetInputs, overrides, owned_arguments
 from fewstep.pipelines.pipeline_object import PipelineObjectMixin, infer_backend
 
 
@@ -80,34 +78,35 @@ def resolve_generators(generator, batch: int):
     return generator, seeds
 
 
-class DiffusionPipeline(PipelineObjectMixin):
+class Pipeline(PipelineObjectMixin):
     """Shared machinery: loading, the scheduler, progress bar, and `__call__` with one loop.
 
-    Subclasses set `_components` (through a conditioning mixin), mix in a task and list their
-    extensions in `_extensions`. Called on this class itself, `from_pretrained` picks the fewstep
-    pipeline class that the folder's model_index.json names (see `fewstep.pipelines.auto`)."""
+    A concrete class (made by `factory.py` from a row of `table.py`) sets `_key` (family, task, layout,
+    adapters), `_parts` (in the order their hooks run) and `_layout` (the part that shapes and decodes the
+    latents); `_extensions` are its parts other than the layout. A class without a key (`DiffusionPipeline`)
+    picks the concrete class in `from_pretrained`, `from_single_file` and `from_pipe`."""
 
-    _components: Sequence[str] = ()
-    _extensions: Sequence[Extension] = ()
+    _key: Optional[tuple] = None
+    _parts: Sequence[Part] = ()
+    _extensions: Sequence[Part] = ()
     _layout = ImageLayout()
+    _claimed: frozenset = frozenset()
     _default_strength = 1.0
     _default_guidance = 7.5
-    #: entries of CALL_ARGUMENTS a task words for itself (what `image` or `strength` mean to it)
-    _argument_docs: Dict[str, Arg] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Each class gets its own copy of the one `__call__`, documented with the arguments its task,
-        # extensions and layout give it (see docstrings.py); only the docstring differs.
-        if getattr(cls.__call__, "__code__", None) is DiffusionPipeline.__call__.__code__:
-            cls.__call__ = with_doc(DiffusionPipeline.__call__, cls._call_docstring(), f"{cls.__qualname__}.__call__")
+        # Each class gets its own copy of the one `__call__`, documented with the arguments its parts give it
+        # (see docstrings.py); only the docstring differs.
+        if getattr(cls.__call__, "__code__", None) is Pipeline.__call__.__code__:
+            cls.__call__ = with_doc(Pipeline.__call__, cls._call_docstring(), f"{cls.__qualname__}.__call__")
 
     @classmethod
     def component_names(cls) -> List[str]:
-        """Every component this pipeline needs: the conditioning's, then each extension's."""
-        names = list(cls._components)
-        for ext in cls._extensions:
-            names += [n for n in ext.components if n not in names]
+        """Every component this pipeline needs, in the order its parts name them."""
+        names: List[str] = []
+        for part in cls._parts:
+            names += [n for n in part.components if n not in names]
         return names
 
     def __init__(self, backend=None, scheduler=None, **components):
@@ -130,8 +129,10 @@ class DiffusionPipeline(PipelineObjectMixin):
         for name, value in components.items():
             loading.check_component_backend(name, value, self.ops.name)
             setattr(self, name, value)
-        for ext in self._extensions:
-            ext.check_components(self)
+        for part in self._parts:
+            part.check_components(self)
+        for part in self._parts:
+            part.attach(self)
         self._progress_config: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ loading
@@ -185,10 +186,8 @@ class DiffusionPipeline(PipelineObjectMixin):
         folder = loading.resolve_folder(pretrained_model_name_or_path, variant=variant,
                                         skip=[n for n, c in components.items() if c is not None])
         index = loading.read_model_index(folder)
-        if cls is DiffusionPipeline:
-            from fewstep.pipelines.auto import class_for_folder
-
-            cls = class_for_folder(index, folder)
+        if cls._key is None:
+            cls = cls._class_for_folder(index, folder)
         names = cls.component_names()
         unknown = sorted(set(components) - set(names) - {"scheduler"})
         if unknown:
@@ -230,13 +229,21 @@ class DiffusionPipeline(PipelineObjectMixin):
         Returns:
             The pipeline of the checkpoint's family, with `pipe.checkpoint_family` naming it.
         """
-        if cls is not DiffusionPipeline:  # a class without FromSingleFileMixin (T2I-Adapter, AnimateDiff)
+        if cls._key is not None:  # a class without FromSingleFileMixin (T2I-Adapter, AnimateDiff)
             raise ValueError(f"{cls.__name__} does not load single-file checkpoints: load it with "
                              f"DiffusionPipeline.from_single_file(path, config=...), then make this pipeline on its "
                              f"models with {cls.__name__}.from_pipe(pipe, ...).")
-        from fewstep.pipelines.single_file import load_checkpoint  # lazily: it imports the classes built on this one
+        return cls._load_checkpoint(pretrained_model_link_or_path, backend=backend, **kwargs)
 
-        return load_checkpoint(pretrained_model_link_or_path, None, backend=backend, **kwargs)
+    @classmethod
+    def _class_for_folder(cls, index: dict, folder: str) -> type:
+        """The concrete class for a folder's model_index.json (DiffusionPipeline's, in factory.py)."""
+        raise TypeError(f"{cls.__name__} is not a pipeline class; load folders with fewstep.DiffusionPipeline.")
+
+    @classmethod
+    def _load_checkpoint(cls, path, backend: str, **kwargs):
+        """A single-file checkpoint in the class its family names (DiffusionPipeline's, in factory.py)."""
+        raise TypeError(f"{cls.__name__} is not a pipeline class; load checkpoints with fewstep.DiffusionPipeline.")
 
     @classmethod
     def from_pipe(cls, pipeline: "DiffusionPipeline", **components):
@@ -254,7 +261,7 @@ class DiffusionPipeline(PipelineObjectMixin):
         Returns:
             A pipeline of this class on the same backend, sharing `pipeline`'s weights.
         """
-        if cls is DiffusionPipeline:
+        if cls._key is None:
             cls = type(pipeline)
         names = cls.component_names()
         unknown = sorted(set(components) - set(names) - {"scheduler"})
@@ -278,14 +285,16 @@ class DiffusionPipeline(PipelineObjectMixin):
     @classmethod
     def _call_arguments(cls) -> List[tuple]:
         """(name, Arg, default) for every argument `__call__` takes on this class, in call order: the
-        loop's (as the class's task words them), then those of its extensions and its layout. An owned
-        argument its part does not document is left out (tests/test_docstrings.py catches it)."""
-        docs = {**CALL_ARGUMENTS, **cls._argument_docs}
-        defaults = {name: p.default for name, p in inspect.signature(DiffusionPipeline.__call__).parameters.items()
+        loop's (as the class's parts word them), then those its parts own. An owned argument its part
+        does not document is left out (tests/test_docstrings.py catches it)."""
+        docs = dict(CALL_ARGUMENTS)
+        for part in cls._parts:
+            docs.update(part.rewords)
+        defaults = {name: p.default for name, p in inspect.signature(Pipeline.__call__).parameters.items()
                     if name != "self" and p.kind is not p.VAR_KEYWORD}
         # None in the signature stands for the class's own default
         defaults.update(guidance_scale=cls._default_guidance, strength=cls._default_strength)
-        for part in (*cls._extensions, cls._layout):
+        for part in cls._parts:
             for name, default in part.arguments.items():
                 defaults[name] = default
                 docs.pop(name, None)
@@ -354,9 +363,6 @@ class DiffusionPipeline(PipelineObjectMixin):
                              sliced=bool(getattr(module, "use_slicing", False)),
                              tile=int(getattr(module, "tile_sample_min_size", 512)) if tiled else None)
 
-    def _do_cfg(self, guidance_scale: float) -> bool:
-        return guidance_scale > 1 and self.unet.config.get("time_cond_proj_dim") is None
-
     def _step_kwargs(self, eta: float, generator) -> Dict[str, Any]:
         params = inspect.signature(self.scheduler.step).parameters
         kwargs = {}
@@ -366,30 +372,8 @@ class DiffusionPipeline(PipelineObjectMixin):
             kwargs["generator"] = generator
         return kwargs
 
-    def _timesteps(self, num_inference_steps, timesteps, strength: float) -> np.ndarray:
-        """The schedule, cut by `strength` for img2img and inpainting as diffusers' pipelines cut it."""
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            self.scheduler.set_timesteps(num_inference_steps)
-        schedule = np.asarray(self.scheduler.timesteps)
-        if strength == 1.0:
-            return schedule
-        n = len(schedule)
-        t_start = max(n - min(int(n * strength), n), 0)
-        if t_start >= n:
-            raise ValueError(
-                f"strength={strength} with {n} steps leaves no step to run; raise strength or num_inference_steps."
-            )
-        self.scheduler.set_begin_index(t_start)
-        return schedule[t_start:]
-
     def _as_tensor(self, x, name: str, dtype: Optional[str] = None, like=None):
         return as_backend_tensor(self.ops, x, name, dtype, like=like)
-
-    def _apply_lora_scale(self, cross_attention_kwargs):
-        """cross_attention_kwargs for the UNet; the LoRA mixin takes "scale" out and re-fuses at it."""
-        return cross_attention_kwargs
 
     def _randn(self, shape, dtype, generator, like=None):
         return randn_like(self.ops, shape, dtype, generator, like=like)
@@ -403,102 +387,92 @@ class DiffusionPipeline(PipelineObjectMixin):
                  callback_on_step_end: Optional[Callable] = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
                  original_size=None, target_size=None, crops_coords_top_left=(0, 0),
-                 cross_attention_kwargs=None, **extension_arguments):
+                 cross_attention_kwargs=None, **part_arguments):
         # The docstring is assembled per class (`_call_docstring`): these arguments are documented in
-        # CALL_ARGUMENTS below, `extension_arguments` by the class's extensions and layout.
+        # CALL_ARGUMENTS below, `part_arguments` by the class's parts (parts.py).
+        args = {name: value for name, value in locals().items() if name not in ("self", "part_arguments")}
         # One call at a time (busy.py): a second thread gets a RuntimeError instead of sharing the scheduler and
         # the fused weights with this call.
         with busy.hold(self, "a call", reentrant=False):
-            ops = self.ops
-            extensions, layout = tuple(self._extensions), self._layout
-            owned = owned_arguments(extensions + (layout,))
-            unknown = sorted(set(extension_arguments) - set(owned))
+            parts, layout = self._parts, self._layout
+            owned = owned_arguments(parts)
+            unknown = sorted(set(part_arguments) - set(owned))
             if unknown:
+                owned_here = sorted(set(owned) - set(args))
                 raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}"
-                                + (f"; its adapter arguments are {sorted(owned)}." if owned else "."))
-            if "image" in owned:  # a text-to-image ControlNet pipeline: image= is the control image
-                extension_arguments["image"], image = image, None
-            *ext_args, layout_args = split_arguments(extensions + (layout,), extension_arguments)
+                                + (f"; its adapter arguments are {owned_here}." if owned_here else "."))
+            args.update({name: part_arguments.get(name, default) for name, default in owned.items() if name not in args})
             if output_type not in ("pil", "np", "latent"):
                 raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np' or 'latent'.")
             # every number is checked before any work (core/checks.py): a NaN would otherwise give a black image
             guidance_scale, strength, eta = self._check_numbers(guidance_scale, strength, eta, cross_attention_kwargs)
-            self._check_task_inputs(image, mask_image)
             prompt_batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else \
                 (prompt_embeds.shape[0] if prompt_embeds is not None else None)
             checks.image_count(num_images_per_prompt, prompt_batch)
-            layout.check_arguments(self, layout_args)
-            for ext, args in zip(extensions, ext_args):
-                ext.check_arguments(self, args, prompt_batch)
-            if height is None or width is None:
-                sizes = [s for s in (ext.default_size(self, a) for ext, a in zip(extensions, ext_args)) if s]
-                if sizes:  # only a size not given takes the default: 0 is refused below, not replaced
-                    height = sizes[0][0] if height is None else height
-                    width = sizes[0][1] if width is None else width
-            height, width = self._output_size(height, width, image)
-            self._check_size(height, width, (prompt_batch or 1) * num_images_per_prompt, output_type, layout_args)
+            call = CallState(ops=self.ops, args=args, claimed=self._claimed, prompt_batch=prompt_batch,
+                             num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
+                             strength=strength, eta=eta)
+            for part in parts:
+                part.check_arguments(self, args, call)
+            # the first part with a default size gives it (the task's input image, then an adapter's condition
+            # image); only a size not given takes the default: 0 is refused below, not replaced
+            default = next((size for size in (p.default_size(self, args) for p in parts) if size), None) \
+                if height is None or width is None else None
+            default = default or self._default_size()
+            call.height = default[0] if height is None else height
+            call.width = default[1] if width is None else width
+            self._check_size(call.height, call.width, (prompt_batch or 1) * num_images_per_prompt, output_type, args)
             timings: Dict[str, float] = {}
 
-            with ops.no_grad():
-                cross_attention_kwargs = self._apply_lora_scale(cross_attention_kwargs)
-                do_cfg = self._do_cfg(guidance_scale)
-                cond = self._encode(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                    pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, do_cfg,
-                                    height, width, original_size, target_size, crops_coords_top_left)
-                batch = cond.batch
-                generator, seeds = resolve_generators(generator, batch)
-                schedule = self._timesteps(num_inference_steps, timesteps, strength)
-                # the text embeddings already sit on the models' device: new tensors are placed beside them
-                state = self._prepare_latents(batch, height, width, cond.dtype, generator, latents, image, mask_image,
-                                              schedule, strength, like=cond.hidden, layout_args=layout_args)
-                latents = state.latents
-                run = RunContext(ops=ops, cond=cond, batch=batch, num_images_per_prompt=num_images_per_prompt,
-                                 do_cfg=do_cfg, height=height, width=width, timesteps=[int(t) for t in schedule])
-                ext_states = [ext.prepare(self, run, args) for ext, args in zip(extensions, ext_args)]
-                hidden = layout.condition(ops, cond, layout_args).hidden  # per frame for a video layout
-
-                timestep_cond = None
-                proj_dim = self.unet.config.get("time_cond_proj_dim")
-                if proj_dim is not None:
-                    w = np.full((batch,), guidance_scale - 1.0)
-                    timestep_cond = ops.from_numpy(guidance_scale_embedding(w, proj_dim), like=latents,
-                                                   dtype=cond.dtype)
-
-                step_kwargs = self._step_kwargs(eta, generator)
-                start = time.perf_counter()
-                with self.progress_bar(total=len(schedule)) as bar:
-                    for i, t in enumerate(schedule):
-                        t = int(t)
-                        model_in = ops.concat([latents, latents], axis=0) if do_cfg else latents
-                        model_in = self._unet_input(model_in, state)
-                        inputs = UNetInputs()
-                        inputs.merge({"added_cond": cond.added, "cross_attention_kwargs": cross_attention_kwargs})
-                        if extensions:
-                            step = StepContext(index=i, timestep=t, model_input=model_in, latents=latents)
-                            for ext, ext_state in zip(extensions, ext_states):
-                                inputs.merge(ext.unet_inputs(self, run, ext_state, step))
-                        noise_pred = self.unet(model_in, t, hidden, timestep_cond=timestep_cond, **inputs.values)
-                        if do_cfg:
-                            uncond, text = ops.split(noise_pred, 2, axis=0)
-                            noise_pred = uncond + guidance_scale * (text - uncond)
-                        latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
-                        latents = self._after_step(latents, i, schedule, state)
-                        if callback_on_step_end is not None:
-                            values = {"latents": latents, "prompt_embeds": cond.hidden}
-                            tensors = {k: values[k] for k in callback_on_step_end_tensor_inputs}
-                            result = callback_on_step_end(self, i, t, tensors)
-                            latents = (result or {}).get("latents", latents)
-                        bar.update()
-                timings["denoise_s"] = time.perf_counter() - start
-                timings["per_step_s"] = timings["denoise_s"] / max(len(schedule), 1)
-
+            with self.ops.no_grad():
+                call.batch = (prompt_batch or 1) * num_images_per_prompt
+                call.generator, call.seeds = resolve_generators(generator, call.batch)
+                states = [part.prepare(self, call, args) for part in parts]
+                latents = self._denoise(call, list(zip(parts, states)), callback_on_step_end,
+                                        callback_on_step_end_tensor_inputs, timings)
                 if output_type == "latent":
                     images = latents
                 else:
-                    images = layout.postprocess(layout.decode(self, latents, layout_args), output_type)
+                    images = layout.postprocess(layout.decode(self, call, latents), output_type)
             if not return_dict:
                 return (images,)
-            return PipelineOutput(**{layout.output_field: images}, seeds=seeds, timings=timings)
+            return PipelineOutput(**{layout.output_field: images}, seeds=call.seeds, timings=timings)
+
+    def _denoise(self, call: CallState, parts, callback, callback_inputs, timings: Dict[str, float]):
+        """The loop: per step, the parts' UNet inputs, one UNet call (two halves under CFG), the scheduler's
+        step and the parts' after-step work. Only the hooks a part implements are called."""
+        ops, latents, schedule = call.ops, call.latents, call.timesteps
+        contributors = [(p, s) for p, s in parts if overrides(p, "unet_inputs")]
+        shapers = [(p, s) for p, s in parts if overrides(p, "model_input")]
+        finishers = [(p, s) for p, s in parts if overrides(p, "after_step")]
+        step_kwargs = self._step_kwargs(call.eta, call.generator)
+        guidance_scale = call.guidance_scale
+        start = time.perf_counter()
+        with self.progress_bar(total=len(schedule)) as bar:
+            for i, t in enumerate(schedule):
+                step = StepState(index=i, timestep=t, latents=latents,
+                                 model_input=ops.concat([latents, latents], axis=0) if call.do_cfg else latents)
+                inputs = UNetInputs()
+                for part, state in contributors:
+                    inputs.merge(part.unet_inputs(self, call, state, step))
+                model_in = step.model_input
+                for part, state in shapers:
+                    model_in = step.model_input = part.model_input(self, call, state, step)
+                noise_pred = self.unet(model_in, t, call.unet_hidden, **inputs.values)
+                if call.do_cfg:
+                    uncond, text = ops.split(noise_pred, 2, axis=0)
+                    noise_pred = uncond + guidance_scale * (text - uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
+                for part, state in finishers:
+                    latents = part.after_step(self, call, state, step, latents)
+                if callback is not None:
+                    values = {"latents": latents, "prompt_embeds": call.cond.hidden}
+                    result = callback(self, i, t, {k: values[k] for k in callback_inputs})
+                    latents = (result or {}).get("latents", latents)
+                bar.update()
+        timings["denoise_s"] = time.perf_counter() - start
+        timings["per_step_s"] = timings["denoise_s"] / max(len(schedule), 1)
+        return latents
 
 
 # ---------------------------------------------------------------------- the call's documentation
@@ -574,4 +548,4 @@ CALL_ARGUMENTS: Dict[str, Arg] = {
                                   "out and sets the scale of fused LoRAs for this call (they are re-fused at it)."),
 }
 
-DiffusionPipeline.__call__.__doc__ = DiffusionPipeline._call_docstring()
+Pipeline.__call__.__doc__ = Pipeline._call_docstring()

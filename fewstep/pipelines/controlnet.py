@@ -21,12 +21,19 @@ import numpy as np
 from fewstep.core import checks
 from fewstep.pipelines import image_processing, prompts
 from fewstep.pipelines.docstrings import Arg
-from fewstep.pipelines.extensions import Extension
+from fewstep.pipelines.parts import Part
 
 # UNet config entries a ControlNet copies from the UNet it was trained with; any difference means
 # the residuals cannot be added (wrong widths, wrong number of blocks, wrong text conditioning).
 _MUST_MATCH = ("block_out_channels", "layers_per_block", "cross_attention_dim", "addition_embed_type",
                "down_block_types")
+
+
+def control_argument(pipeline) -> Optional[str]:
+    """The call argument that holds the control image(s) of a pipeline (object or class): `image`,
+    `control_image` or `conditioning_frames`, as diffusers names it for that class; None without a ControlNet."""
+    cls = pipeline if isinstance(pipeline, type) else type(pipeline)
+    return next((p.image_argument for p in cls._parts if isinstance(p, ControlNet)), None)
 
 
 def nets_of(pipe) -> List[Any]:
@@ -63,15 +70,20 @@ class _State:
     zeros: dict           # residual shape -> zeros for the unconditional half in guess mode
 
 
-class ControlNet(Extension):
+class ControlNet(Part):
     """ControlNet residuals for every UNet call. `image_argument` is the call argument holding the
-    control image: `image` in the text-to-image pipelines, as in diffusers."""
+    control image: `image` in the text-to-image pipelines, `control_image` where `image` is the picture to
+    start from, as in diffusers; `conditioning_scale` the default of `controlnet_conditioning_scale`, which
+    diffusers sets per pipeline (0.8 for SD img2img, 0.5 for SD inpainting)."""
 
+    name = "controlnet"
     components = ("controlnet",)
 
-    def __init__(self, image_argument: str = "image"):
+    def __init__(self, image_argument: str = "image", conditioning_scale: float = 1.0, per_frame: bool = False):
         self.image_argument = image_argument
-        self.arguments = {image_argument: None, "controlnet_conditioning_scale": 1.0, "control_guidance_start": 0.0,
+        self.per_frame = per_frame
+        self.arguments = {image_argument: None, "controlnet_conditioning_scale": conditioning_scale,
+                          "control_guidance_start": 0.0,
                           "control_guidance_end": 1.0, "guess_mode": False}
         self.argument_docs = {
             image_argument: Arg(
@@ -95,6 +107,13 @@ class ControlNet(Extension):
                 "the prompt. Always on for a ControlNet whose config sets `global_pool_conditions`."),
         }
 
+        if per_frame:
+            self.argument_docs[image_argument] = Arg(
+                "`List[PIL.Image.Image]` or a list of such lists",
+                "The ControlNet input condition frame by frame: one picture per video frame (PIL images, resized to "
+                "the output size, or HWC arrays in [0, 1] of that size), the same for every video; with several "
+                "ControlNets, a list with one such list per ControlNet. Required.")
+
     # ------------------------------------------------------------------ checks
     def check_components(self, pipe) -> None:
         unet = pipe.unet.config
@@ -110,12 +129,20 @@ class ControlNet(Extension):
                         f"ControlNet {k} does not fit the UNet: its {key} is {mine!r}, the UNet's {theirs!r}. Use a "
                         f"ControlNet trained for this base model (SD 1.5 / 2.1 ControlNets for SD, SDXL ones for SDXL).")
 
-    def check_arguments(self, pipe, args: Mapping[str, Any], prompt_batch: Optional[int]) -> None:
+    def check_arguments(self, pipe, args: Mapping[str, Any], call) -> None:
+        prompt_batch = call.prompt_batch
         n = len(nets_of(pipe))
         images = self._images(args, n)
         for k, image in enumerate(images):
             count = image_processing.image_count(image)
-            if prompt_batch is not None and count not in (1, prompt_batch):
+            if self.per_frame:
+                if count != args["num_frames"]:
+                    raise ValueError(f"Conditioning video {k} has {count} frames for num_frames={args['num_frames']}; "
+                                     f"pass one conditioning frame per frame.")
+                if call.do_cfg and args["guess_mode"]:
+                    raise ValueError("guess_mode with classifier-free guidance is not supported for video ControlNets "
+                                     "(diffusers' AnimateDiffControlNetPipeline fails on it too); use guidance_scale <= 1.")
+            elif prompt_batch is not None and count not in (1, prompt_batch):
                 raise ValueError(f"Control image {k} holds {count} images for {prompt_batch} prompts; pass one image, "
                                  f"or one per prompt.")
         _per_net(args["controlnet_conditioning_scale"], n, "controlnet_conditioning_scale")
@@ -157,7 +184,7 @@ class ControlNet(Extension):
 
     def default_size(self, pipe, args):
         image = args[self.image_argument]
-        if image is None:
+        if image is None or self.per_frame:  # a video's size is the UNet's, as in diffusers
             return None
         first = self._images(args, len(nets_of(pipe)))[0]
         return image_processing.default_size(first, pipe.vae_scale_factor)
@@ -176,12 +203,14 @@ class ControlNet(Extension):
             pixels = image_processing.preprocess_condition(image, run.height, run.width,
                                                            channels=net.config.get("conditioning_channels", 3),
                                                            what="the control image")
-            # one image for every output, or one per prompt repeated per image (diffusers' repeat_interleave)
-            pixels = np.repeat(pixels, run.batch if len(pixels) == 1 else run.num_images_per_prompt, axis=0)
+            if self.per_frame:  # one frame per latent frame, video after video (the motion UNet's frame order)
+                pixels = np.concatenate([pixels] * run.batch, axis=0)
+            else:  # one image for every output, or one per prompt repeated per image (diffusers' repeat_interleave)
+                pixels = np.repeat(pixels, run.batch if len(pixels) == 1 else run.num_images_per_prompt, axis=0)
             if run.do_cfg and not halves:
                 pixels = np.concatenate([pixels, pixels], axis=0)
             runs.append(_NetRun(net, ops.from_numpy(pixels, like=cond.hidden, dtype=net.dtype), scale, start, end))
-        hidden, added = cond.hidden, cond.added
+        hidden, added = (run.unet_hidden if self.per_frame else cond.hidden), cond.added
         if halves:
             hidden = ops.split(hidden, 2, axis=0)[1]
             added = {k: ops.split(v, 2, axis=0)[1] for k, v in added.items()} if added else None
@@ -190,6 +219,9 @@ class ControlNet(Extension):
     def unet_inputs(self, pipe, run, state: _State, step):
         n_steps = len(run.timesteps)
         sample = step.latents if state.guess_mode else step.model_input
+        if self.per_frame:  # (batch, channels, frames, h, w) -> one image per frame, as diffusers feeds its ControlNet
+            batch, channels, frames, h, w = run.ops.shape(sample)
+            sample = run.ops.reshape(run.ops.permute_dims(sample, (0, 2, 1, 3, 4)), (batch * frames, channels, h, w))
         down = mid = None
         for r in state.nets:
             off = step.index / n_steps < r.start or (step.index + 1) / n_steps > r.end

@@ -31,7 +31,7 @@ from fewstep.core.lora.reading import read_safetensors
 from fewstep.core import checks
 from fewstep.pipelines import busy, image_processing
 from fewstep.pipelines.docstrings import Arg
-from fewstep.pipelines.extensions import Extension
+from fewstep.pipelines.parts import Part
 
 _ENCODER_CLASS = "CLIPVisionModelWithProjection"
 
@@ -307,9 +307,12 @@ def _feature_extractor(folder: str, encoder):
     return CLIPImageProcessor(size=size, crop_size=size)
 
 
-class IPAdapter(Extension):
-    """Image embeddings for every UNet call when an IP-Adapter is loaded (a no-op otherwise)."""
+class IPAdapter(Part):
+    """Image embeddings for every UNet call when an IP-Adapter is loaded (a no-op otherwise); brings
+    `load_ip_adapter` and the rest of IPAdapterMixin to the pipeline class."""
 
+    name = "ip_adapter"
+    mixins = (IPAdapterMixin,)
     arguments = {"ip_adapter_image": None, "ip_adapter_image_embeds": None}
     argument_docs = {
         "ip_adapter_image": Arg(
@@ -324,7 +327,7 @@ class IPAdapter(Extension):
             "`ip_adapter_image`."),
     }
 
-    def check_arguments(self, pipe, args, prompt_batch) -> None:
+    def check_arguments(self, pipe, args, call) -> None:
         image, embeds = args["ip_adapter_image"], args["ip_adapter_image_embeds"]
         loaded = pipe._ip_state() is not None
         if not loaded:

@@ -1,5 +1,6 @@
 """Latent layouts: what shape the latents have, how the prompt conditioning follows it, how latents
-become pictures, and what the output holds. The loop asks the pipeline's `_layout` and knows neither.
+become pictures, and what the output holds. Each is a part of the loop (see parts.py); the
+loop asks the pipeline's `_layout` for the latents' shape and the pictures, and knows neither.
 
 - `ImageLayout`: latents (batch, channels, h, w); output `.images`.
 - `VideoLayout` (AnimateDiff): latents (batch, channels, frames, h, w), as diffusers' motion UNet takes
@@ -11,40 +12,37 @@ become pictures, and what the output holds. The loop asks the pipeline's `_layou
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Mapping
-
 import numpy as np
 
 from fewstep.pipelines import image_processing
 from fewstep.pipelines.docstrings import Arg
+from fewstep.pipelines.parts import Part
 
 
-class ImageLayout:
-    arguments: Mapping[str, Any] = {}  # call arguments the layout owns, with their defaults
-    argument_docs: Mapping[str, Arg] = {}
+class ImageLayout(Part):
+    name = "image"
     output_field = "images"
     output_doc = ('`.images` holds a list of PIL images (`output_type="pil"`), an NHWC float array in [0, 1] '
                   '("np") or the final latents ("latent")')
 
-    def check_arguments(self, pipe, args: Mapping[str, Any]) -> None:
-        """Raise ValueError on bad layout arguments, before any work."""
-
     def latent_shape(self, batch: int, channels: int, height: int, width: int, args) -> tuple:
         return (batch, channels, height, width)
 
-    def condition(self, ops, cond, args):
-        """The conditioning as the UNet takes it for these latents."""
-        return cond
+    def prepare(self, pipe, call, args):
+        call.unet_hidden = self.hidden(call.ops, call.cond.hidden, args)
+
+    def hidden(self, ops, hidden, args):
+        """The prompt's hidden states as the UNet takes them for these latents."""
+        return hidden
 
     def decode_images(self, batch: int, args) -> int:
         """How many images one VAE decode call takes (what its memory grows with): the whole batch."""
         return batch
 
-    def decode(self, pipe, latents, args) -> np.ndarray:
+    def decode(self, pipe, call, latents) -> np.ndarray:
         """Pixels in about [-1, 1] on the host: NCHW for images."""
         vae = pipe.vae
-        return pipe.ops.to_numpy(vae.decode(latents / float(vae.config["scaling_factor"]), **pipe._decode_kwargs))
+        return call.ops.to_numpy(vae.decode(latents / float(vae.config["scaling_factor"]), **call.decode_kwargs))
 
     def postprocess(self, pixels: np.ndarray, output_type: str):
         return image_processing.postprocess(pixels, output_type)
@@ -62,7 +60,7 @@ class VideoLayout(ImageLayout):
     output_doc = ('`.frames` holds per video a list of PIL frames (`output_type="pil"`), a float array (videos, '
                   'frames, height, width, 3) in [0, 1] ("np") or the final 5-D latents ("latent")')
 
-    def check_arguments(self, pipe, args) -> None:
+    def check_arguments(self, pipe, args, call) -> None:
         frames, chunk = args["num_frames"], args["decode_chunk_size"]
         if not isinstance(frames, int) or frames < 1:
             raise ValueError(f"num_frames must be a positive integer; got {frames!r}.")
@@ -76,22 +74,21 @@ class VideoLayout(ImageLayout):
     def latent_shape(self, batch, channels, height, width, args):
         return (batch, channels, args["num_frames"], height, width)
 
-    def condition(self, ops, cond, args):
+    def hidden(self, ops, hidden, args):
         frames = args["num_frames"]
-        rows = ops.split(cond.hidden, ops.shape(cond.hidden)[0], axis=0)
-        hidden = ops.concat([r for r in rows for _ in range(frames)], axis=0)
-        return replace(cond, hidden=hidden)
+        rows = ops.split(hidden, ops.shape(hidden)[0], axis=0)
+        return ops.concat([r for r in rows for _ in range(frames)], axis=0)
 
     def decode_images(self, batch: int, args) -> int:
         return min(batch * int(args["num_frames"]), int(args["decode_chunk_size"]))
 
-    def decode(self, pipe, latents, args) -> np.ndarray:
-        ops, vae = pipe.ops, pipe.vae
+    def decode(self, pipe, call, latents) -> np.ndarray:
+        ops, vae, args = call.ops, pipe.vae, call.args
         batch, channels, frames, h, w = ops.shape(latents)
         flat = ops.reshape(ops.permute_dims(latents / float(vae.config["scaling_factor"]), (0, 2, 1, 3, 4)),
                            (batch * frames, channels, h, w))
         chunk = args["decode_chunk_size"]
-        parts = [ops.to_numpy(vae.decode(part, **pipe._decode_kwargs))
+        parts = [ops.to_numpy(vae.decode(part, **call.decode_kwargs))
                  for part in ops.split(flat, [min(chunk, batch * frames - i) for i in range(0, batch * frames, chunk)])]
         pixels = np.concatenate(parts, axis=0).astype(np.float32)
         return pixels.reshape((batch, frames) + pixels.shape[1:])  # (videos, frames, C, H, W)

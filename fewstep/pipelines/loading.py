@@ -177,9 +177,21 @@ def _component_spec(index: dict, folder: str, name: str, pipeline: str):
             f"The pipeline folder {folder!r} is missing its {name!r} component (model_index.json entry "
             f"{spec!r}, folder {name}/). This pipeline needs it: use a complete pipeline folder, or pass {name}=."
         )
-    if isinstance(spec[1], str) and spec[1].startswith("Multi"):
+    if isinstance(spec[1], str) and spec[1].startswith("Multi") and spec[1] not in _MULTI:
         raise ValueError(f"{folder!r} saves a {spec[1]}; load each model on its own and pass a list as {name}=.")
     return spec
+
+
+# diffusers' containers of several models, saved as <name>/, <name>_1/, <name>_2/... (read back while they exist)
+_MULTI = {"MultiAdapter": "T2IAdapter", "MultiControlNetModel": "ControlNetModel"}
+
+
+def multi_folders(folder: str, name: str) -> List[str]:
+    """The folders of a saved MultiAdapter / MultiControlNetModel, as diffusers' `from_pretrained` finds them."""
+    found = [os.path.join(folder, name)]
+    while os.path.isdir(os.path.join(folder, f"{name}_{len(found)}")):
+        found.append(os.path.join(folder, f"{name}_{len(found)}"))
+    return found
 
 
 def component_framework(value) -> str:
@@ -249,6 +261,9 @@ def load_components(folder: str, index: dict, names: Iterable[str], backend: str
             loaded[name] = load_tokenizer(folder, name)
         elif name == "scheduler":
             loaded[name] = load_scheduler(folder)
+        elif class_name in _MULTI:
+            loaded[name] = [load_component(backend, name, library, _MULTI[class_name], path, dtype=dtype, device=device,
+                                           variant=variant) for path in multi_folders(folder, name)]
         else:
             loaded[name] = load_component(backend, name, library, class_name, os.path.join(folder, name),
                                           dtype=dtype, device=device, variant=variant)

@@ -63,6 +63,7 @@ from fewstep.core import checks
 from fewstep.core.lora.fusion import HALF, MAX_CHANGE, factor_dtype, work_buffer
 from fewstep.core.lora.plan import plan_refresh, wanted_terms
 from fewstep.pipelines import busy, lora_bases
+from fewstep.pipelines.parts import Part
 
 __all__ = ["LoraError", "LoraMixin"]
 
@@ -544,3 +545,18 @@ def _from_hub(repo_id: str, weight_name: Optional[str], hub_kwargs: dict) -> str
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         raise LoraError(f"{repo_id!r} is neither a local file or folder nor a hub repository whose LoRA could be "
                         f"fetched ({type(err).__name__}: {reason}).") from err
+
+
+class LoraScale(Part):
+    """The LoRA scale of one call, as a part of the loop (first, so the text encoders run at it too):
+    `cross_attention_kwargs`' "scale" re-fuses the loaded LoRAs at that scale for this call (see
+    `LoraMixin._apply_lora_scale`); the rest of `cross_attention_kwargs` goes to every UNet call."""
+
+    name = "lora"
+    mixins = (LoraMixin,)
+
+    def prepare(self, pipe, call, args):
+        return pipe._apply_lora_scale(args["cross_attention_kwargs"])
+
+    def unet_inputs(self, pipe, call, state, step):
+        return None if state is None else {"cross_attention_kwargs": state}

@@ -108,36 +108,6 @@ class FromSingleFileMixin:
         return pipe
 
 
-def single_file_class(path, task: Optional[str] = None, components: Optional[dict] = None):
-    """(the checkpoint's family, the fewstep class to load it with): the class as `fewstep.pipelines.auto.
-    pipeline_class` picks it for the family's pipeline, `task` (None: the family's own, e.g. inpainting for an
-    inpainting checkpoint) and the components to be passed (`controlnet=`). Header only: pickles are refused
-    unread; a class that cannot load a checkpoint (T2I-Adapter, AnimateDiff) is refused with what to do."""
-    from fewstep.pipelines.auto import pipeline_class  # lazily: auto imports the classes this module mixes into
-
-    path = os.fspath(path)
-    tensors, metadata = read_header(path)
-    family = family_of(tensors, metadata, where=repr(path))
-    cls = pipeline_class(family.key, task, components, where=repr(path))
-    if not issubclass(cls, FromSingleFileMixin):
-        raise ValueError(f"{cls.__name__} does not load single-file checkpoints: load {path} with fewstep."
-                         f"{family.pipeline}.from_single_file(path, ...) and make this pipeline on its models with "
-                         f"{cls.__name__}.from_pipe(pipe, ...), or convert it to a diffusers folder once (diffusers."
-                         f"{family.pipeline}.from_single_file(path).save_pretrained(folder)) and pass the folder.")
-    return family, cls
-
-
-def load_checkpoint(path, task: Optional[str] = None, **kwargs):
-    """`from_single_file` of the class `single_file_class` picks (DiffusionPipeline's and the AutoPipelines'):
-    the one implementation is FromSingleFileMixin's, called on that class. An adapter component given as None
-    (`controlnet=None`) only drops the adapter from the choice, as in `from_pretrained`."""
-    _, cls = single_file_class(path, task, kwargs)
-    kwargs = {k: v for k, v in kwargs.items() if not (k in _ADAPTERS and v is None)}
-    return cls.from_single_file(path, **kwargs)
-
-
-# components that select a pipeline variant (auto.py's extension components)
-_ADAPTERS = ("controlnet", "adapter", "motion_adapter")
 # the components a single-file SD / SDXL checkpoint holds (or whose config and tokenizer files the config has)
 _IN_CHECKPOINT = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
@@ -147,7 +117,7 @@ def _check_class(cls, family: CheckpointFamily) -> None:
     that does not inpaint, is refused with the class to use."""
     xl_class = "text_encoder_2" in cls.component_names()
     xl_family = family.key.startswith("sdxl")
-    inpaint_class = "Inpaint" in cls.__name__
+    inpaint_class = cls._key[1] == "inpaint"
     if xl_class != xl_family or (family.key.endswith("inpaint") and not inpaint_class):
         raise ValueError(f"The checkpoint is {family.name}; {cls.__name__} cannot run it. Load it with "
                          f"fewstep.{family.pipeline}.from_single_file(...)"

@@ -1,4 +1,9 @@
-"""How the latents start and what follows each step: text-to-image, img2img and inpainting.
+"""Tasks as parts of the loop: which timesteps run and how the latents start, and what follows each step.
+
+Text-to-image starts from noise; img2img from the encoded image noised to the first timestep (the schedule
+cut by `strength` as diffusers' SD pipelines cut it, or, for the LCM pipelines, `strength` passed to the
+scheduler's `set_timesteps`); inpainting also feeds a 9-channel UNet the mask and the masked image, or
+blends the kept region back after every step for a 4-channel one.
 
 Randomness is consumed in diffusers' order, so `fewstep.Generator(s)` here gives what
 `torch.manual_seed(s)` gives there: (VAE posterior sample of the image,) initial noise, (VAE sample of
@@ -14,6 +19,7 @@ import numpy as np
 
 from fewstep.pipelines import image_processing
 from fewstep.pipelines.docstrings import Arg
+from fewstep.pipelines.parts import Part
 
 _IMAGE = "`PIL.Image.Image`, `np.ndarray` or a list of them"
 _STRENGTH = ("How much the input image is changed: only the last int(num_inference_steps x strength) timesteps "
@@ -21,82 +27,111 @@ _STRENGTH = ("How much the input image is changed: only the last int(num_inferen
 
 
 @dataclass
-class LatentState:
-    latents: Any
-    noise: Any = None           # the initial noise (inpainting re-noises the image with it)
-    image_latents: Any = None   # the encoded input image (4-channel inpainting blends it back)
-    mask: Any = None            # latent-size mask (1 = repaint)
-    masked_image_latents: Any = None
+class _Inpainting:
+    noise: Any                  # the initial noise (the 4-channel blend re-noises the image with it)
+    image_latents: Any          # the encoded input image (4-channel inpainting blends it back)
+    mask: Any                   # latent-size mask (1 = repaint)
+    masked_image_latents: Any
 
 
-class _ImageTaskMixin:
-    def _output_size(self, height, width, image):
-        # diffusers' default: the input image's own size, rounded down to the VAE factor
-        default_h, default_w = image_processing.default_size(image, self.vae_scale_factor)
-        # only None takes the default: 0 is refused by the size check, not silently replaced
-        return default_h if height is None else height, default_w if width is None else width
-
-    def _encode_image(self, pixels, generator, batch: int, dtype: str, like):
-        """Scaled VAE latents of an NCHW [-1, 1] image, sampled from the posterior with the user's
-        generator (diffusers' `retrieve_latents` default), repeated to the batch."""
-        ops = self.ops
-        pixels = ops.from_numpy(pixels, like=like, dtype=self.vae.dtype)
-        mean, std = self.vae.encode(pixels)
-        n = ops.shape(mean)[0]
-        if n != batch and batch % n:
-            raise ValueError(f"{n} images cannot be spread over {batch} outputs; pass 1 image or one per output.")
-        if isinstance(generator, list) and n != batch:
-            # diffusers repeats the image first, then samples once per generator
-            mean, std = (ops.concat([x] * (batch // n), axis=0) for x in (mean, std))
-            n = batch
-        sample = mean + std * self._randn(ops.shape(mean), ops.dtype_name(mean), generator, like=mean)
-        latents = ops.cast(sample * float(self.vae.config["scaling_factor"]), dtype)
-        return ops.concat([latents] * (batch // n), axis=0) if n != batch else latents
+def set_schedule(pipe, args, **options) -> np.ndarray:
+    """The scheduler's timesteps for this call's `num_inference_steps` or custom `timesteps`."""
+    if args["timesteps"] is not None:
+        pipe.scheduler.set_timesteps(timesteps=list(args["timesteps"]), **options)
+    else:
+        pipe.scheduler.set_timesteps(args["num_inference_steps"], **options)
+    return np.asarray(pipe.scheduler.timesteps)
 
 
-class Text2ImageTask:
-    _task = "text-to-image"
-    # what the loop's image arguments mean here (see base.CALL_ARGUMENTS); an adapter may own `image`
-    _argument_docs = {
+def cut_schedule(pipe, schedule: np.ndarray, strength: float) -> np.ndarray:
+    """The last int(n x strength) timesteps, as diffusers' img2img and inpainting pipelines cut them."""
+    if strength == 1.0:
+        return schedule
+    n = len(schedule)
+    t_start = max(n - min(int(n * strength), n), 0)
+    if t_start >= n:
+        raise ValueError(f"strength={strength} with {n} steps leaves no step to run; raise strength or "
+                         f"num_inference_steps.")
+    pipe.scheduler.set_begin_index(t_start)
+    return schedule[t_start:]
+
+
+def encode_image(pipe, call, pixels, like):
+    """Scaled VAE latents of an NCHW [-1, 1] image, sampled from the posterior with the user's generator
+    (diffusers' `retrieve_latents` default), repeated to the batch."""
+    ops, batch, generator = call.ops, call.batch, call.generator
+    pixels = ops.from_numpy(pixels, like=like, dtype=pipe.vae.dtype)
+    mean, std = pipe.vae.encode(pixels)
+    n = ops.shape(mean)[0]
+    if n != batch and batch % n:
+        raise ValueError(f"{n} images cannot be spread over {batch} outputs; pass 1 image or one per output.")
+    if isinstance(generator, list) and n != batch:
+        # diffusers repeats the image first, then samples once per generator
+        mean, std = (ops.concat([x] * (batch // n), axis=0) for x in (mean, std))
+        n = batch
+    sample = mean + std * pipe._randn(ops.shape(mean), ops.dtype_name(mean), generator, like=mean)
+    latents = ops.cast(sample * float(pipe.vae.config["scaling_factor"]), call.cond.dtype)
+    return ops.concat([latents] * (batch // n), axis=0) if n != batch else latents
+
+
+def latent_size(pipe, call):
+    return call.height // pipe.vae_scale_factor, call.width // pipe.vae_scale_factor
+
+
+class Text2Image(Part):
+    """Starts from noise (or the user's `latents`) over the whole schedule."""
+
+    name = "text2img"
+    default_strength = 1.0
+    rewords = {
         "image": Arg("`None`", "Not taken: a text-to-image pipeline starts from noise. Use the Img2Img or Inpaint "
                      "pipeline to start from an image."),
         "mask_image": Arg("`None`", "Not taken; see the Inpaint pipelines."),
         "strength": Arg("`float`", "Leave it at 1.0: text-to-image runs the whole schedule from noise."),
     }
 
-    def _check_task_inputs(self, image, mask_image):
-        if image is not None or mask_image is not None:
-            raise ValueError(f"{type(self).__name__} makes images from text only; use the Img2Img or Inpaint "
+    def check_arguments(self, pipe, args, call):
+        if any(args[n] is not None and n not in call.claimed for n in ("image", "mask_image")):
+            raise ValueError(f"{type(pipe).__name__} makes images from text only; use the Img2Img or Inpaint "
                              f"pipeline to start from an image.")
 
-    def _output_size(self, height, width, image):
-        default_h, default_w = self._default_size()
-        return default_h if height is None else height, default_w if width is None else width
+    def schedule(self, pipe, call, args) -> np.ndarray:
+        return cut_schedule(pipe, set_schedule(pipe, args), call.strength)
 
-    def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, like, layout_args=None):
-        ops = self.ops
-        shape = self._layout.latent_shape(batch, self.unet.config["in_channels"], height // self.vae_scale_factor,
-                                          width // self.vae_scale_factor, layout_args)
+    def prepare(self, pipe, call, args):
+        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        ops, cond = call.ops, call.cond
+        shape = pipe._layout.latent_shape(call.batch, pipe.unet.config["in_channels"], *latent_size(pipe, call), args)
+        latents = args["latents"]
         if latents is not None:
-            latents = self._as_tensor(latents, "latents", dtype, like=like)
+            latents = pipe._as_tensor(latents, "latents", cond.dtype, like=cond.hidden)
             if tuple(ops.shape(latents)) != shape:
                 raise ValueError(f"latents have shape {ops.shape(latents)} but {shape} is needed for this size and batch.")
         else:
-            latents = self._randn(shape, dtype, generator, like=like)
-        return LatentState(latents=latents * float(self.scheduler.init_noise_sigma))
-
-    def _unet_input(self, model_in, state):
-        return model_in
-
-    def _after_step(self, latents, i, schedule, state):
-        return latents
+            latents = pipe._randn(shape, cond.dtype, call.generator, like=cond.hidden)
+        call.latents = latents * float(pipe.scheduler.init_noise_sigma)
 
 
-class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
-    _task = "img2img"
-    _default_strength = 0.8
-    _argument_docs = {
+class LCMText2Image(Text2Image):
+    """diffusers' LatentConsistencyModelPipeline: `original_inference_steps` goes to the scheduler."""
+
+    name = "lcm-text2img"
+    arguments = {"original_inference_steps": None}
+    argument_docs = {"original_inference_steps": Arg(
+        "`int`", "The size of the distillation grid the timesteps are picked from (the scheduler's config value, "
+        "usually 50, when None), passed to the scheduler's `set_timesteps`.")}
+
+    def schedule(self, pipe, call, args):
+        return set_schedule(pipe, args, original_inference_steps=args["original_inference_steps"])
+
+
+class Img2Img(Text2Image):
+    """Starts from the encoded input image, noised to the first timestep of the cut schedule."""
+
+    name = "img2img"
+    uses = ("image",)
+    default_strength = 0.8
+    rewords = {
         "image": Arg(_IMAGE, "The image to start from: a PIL image (resized to the output size) or an HWC array "
                      "in [0, 1] of that size; one for all outputs, or a list whose length divides the number of "
                      "outputs. Required."),
@@ -106,25 +141,50 @@ class Img2ImgTask(_ImageTaskMixin, Text2ImageTask):
         "latents": Arg("`None`", "Not used: img2img starts from the encoded image, noised with `generator`."),
     }
 
-    def _check_task_inputs(self, image, mask_image):
-        if image is None:
-            raise ValueError(f"{type(self).__name__} needs image=: the picture to start from.")
-        if mask_image is not None:
+    def check_arguments(self, pipe, args, call):
+        if args["image"] is None:
+            raise ValueError(f"{type(pipe).__name__} needs image=: the picture to start from.")
+        if args["mask_image"] is not None:
             raise ValueError("mask_image belongs to the Inpaint pipelines; Img2Img changes the whole image.")
 
-    def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, like, layout_args=None):
-        ops = self.ops
-        pixels = image_processing.preprocess_image(image, height, width)
-        init = self._encode_image(pixels, generator, batch, dtype, like=like)
-        noise = self._randn(ops.shape(init), dtype, generator, like=init)
-        start = np.full((batch,), schedule[0], dtype=np.int64)
-        return LatentState(latents=self.scheduler.add_noise(init, noise, start))
+    def default_size(self, pipe, args):
+        # diffusers' default: the input image's own size, rounded down to the VAE factor
+        return image_processing.default_size(args["image"], pipe.vae_scale_factor)
+
+    def prepare(self, pipe, call, args):
+        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        pixels = image_processing.preprocess_image(args["image"], call.height, call.width)
+        init = encode_image(pipe, call, pixels, like=call.cond.hidden)
+        noise = pipe._randn(call.ops.shape(init), call.cond.dtype, call.generator, like=init)
+        start = np.full((call.batch,), call.timesteps[0], dtype=np.int64)
+        call.latents = pipe.scheduler.add_noise(init, noise, start)
 
 
-class InpaintTask(_ImageTaskMixin, Text2ImageTask):
-    _task = "inpainting"
-    _argument_docs = {
+class LCMImg2Img(Img2Img):
+    """diffusers' LatentConsistencyModelImg2ImgPipeline: `strength` goes into the scheduler's `set_timesteps`
+    (2 steps at strength 0.8 run [799, 399] on the default grid), not SD img2img's cut."""
+
+    name = "lcm-img2img"
+    arguments = LCMText2Image.arguments
+    argument_docs = LCMText2Image.argument_docs
+    rewords = {**Img2Img.rewords, "strength": Arg(
+        "`float`", "How much the input image is changed: passed to the scheduler's `set_timesteps`, which picks "
+        "`num_inference_steps` timesteps from the first int(original_inference_steps x strength) points of its "
+        "grid; the encoded image is noised to the first of them. `None` uses the class's default.")}
+
+    def schedule(self, pipe, call, args):
+        return set_schedule(pipe, args, original_inference_steps=args["original_inference_steps"],
+                            strength=call.strength)
+
+
+class Inpaint(Img2Img):
+    """Repaints the masked region: a 9-channel UNet sees the mask and the masked image, a 4-channel one has
+    the kept region blended back after every step."""
+
+    name = "inpaint"
+    uses = ("image", "mask_image")
+    default_strength = 1.0
+    rewords = {
         "image": Arg(_IMAGE, "The image to repaint: a PIL image (resized to the output size) or an HWC array in "
                      "[0, 1] of that size; one for all outputs, or a list whose length divides the number of "
                      "outputs. Required."),
@@ -134,56 +194,118 @@ class InpaintTask(_ImageTaskMixin, Text2ImageTask):
                                                            "them; at 1.0 from pure noise")),
     }
 
-    def _check_task_inputs(self, image, mask_image):
-        if image is None or mask_image is None:
-            raise ValueError(f"{type(self).__name__} needs image= and mask_image= (white = repaint).")
-        image_processing.check_mask_matches(image, mask_image)
+    def check_arguments(self, pipe, args, call):
+        if args["image"] is None or args["mask_image"] is None:
+            raise ValueError(f"{type(pipe).__name__} needs image= and mask_image= (white = repaint).")
+        image_processing.check_mask_matches(args["image"], args["mask_image"])
 
-    def _prepare_latents(self, batch, height, width, dtype, generator, latents, image, mask_image, schedule,
-                         strength, like, layout_args=None):
-        ops = self.ops
-        channels = self.unet.config["in_channels"]
+    def prepare(self, pipe, call, args):
+        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        ops, dtype, batch = call.ops, call.cond.dtype, call.batch
+        channels = pipe.unet.config["in_channels"]
         if channels not in (4, 9):
             raise ValueError(f"An inpainting UNet has 4 or 9 input channels; this one has {channels}.")
-        pixels = image_processing.preprocess_image(image, height, width)
-        mask = image_processing.preprocess_mask(mask_image, height, width)
-        full_strength = strength == 1.0
+        pixels = image_processing.preprocess_image(args["image"], call.height, call.width)
+        mask = image_processing.preprocess_mask(args["mask_image"], call.height, call.width)
+        full_strength = call.strength == 1.0
         image_latents = None
         if channels == 4 or not full_strength:
-            image_latents = self._encode_image(pixels, generator, batch, dtype, like=like)
-        shape = (batch, self.vae.config["latent_channels"], height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is not None:
-            noise = self._as_tensor(latents, "latents", dtype, like=like)
-            latents = noise * float(self.scheduler.init_noise_sigma)
+            image_latents = encode_image(pipe, call, pixels, like=call.cond.hidden)
+        shape = (batch, pipe.vae.config["latent_channels"], *latent_size(pipe, call))
+        if args["latents"] is not None:
+            noise = pipe._as_tensor(args["latents"], "latents", dtype, like=call.cond.hidden)
+            latents = noise * float(pipe.scheduler.init_noise_sigma)
         else:
-            noise = self._randn(shape, dtype, generator, like=like)
+            noise = pipe._randn(shape, dtype, call.generator, like=call.cond.hidden)
             if full_strength:
-                latents = noise * float(self.scheduler.init_noise_sigma)
+                latents = noise * float(pipe.scheduler.init_noise_sigma)
             else:
-                start = np.full((batch,), schedule[0], dtype=np.int64)
-                latents = self.scheduler.add_noise(image_latents, noise, start)
+                start = np.full((batch,), call.timesteps[0], dtype=np.int64)
+                latents = pipe.scheduler.add_noise(image_latents, noise, start)
         masked = pixels * (mask < 0.5)
-        masked_latents = self._encode_image(masked, generator, batch, dtype, like=noise)
-        latent_mask = ops.resize(ops.from_numpy(mask, like=noise, dtype=dtype),
-                                 (height // self.vae_scale_factor, width // self.vae_scale_factor), mode="nearest")
+        masked_latents = encode_image(pipe, call, masked, like=noise)
+        latent_mask = ops.resize(ops.from_numpy(mask, like=noise, dtype=dtype), latent_size(pipe, call), mode="nearest")
         if ops.shape(latent_mask)[0] != batch:
             latent_mask = ops.concat([latent_mask] * (batch // ops.shape(latent_mask)[0]), axis=0)
-        return LatentState(latents=latents, noise=noise, image_latents=image_latents, mask=latent_mask,
+        call.latents = latents
+        return _Inpainting(noise=noise, image_latents=image_latents, mask=latent_mask,
                            masked_image_latents=masked_latents)
 
-    def _unet_input(self, model_in, state):
-        if self.unet.config["in_channels"] != 9:
+    def model_input(self, pipe, call, state, step):
+        model_in = step.model_input
+        if pipe.unet.config["in_channels"] != 9:
             return model_in
-        ops = self.ops
+        ops = call.ops
         reps = ops.shape(model_in)[0] // ops.shape(state.mask)[0]
         mask = ops.concat([state.mask] * reps, axis=0) if reps > 1 else state.mask
         masked = ops.concat([state.masked_image_latents] * reps, axis=0) if reps > 1 else state.masked_image_latents
         return ops.concat([model_in, mask, masked], axis=1)
 
-    def _after_step(self, latents, i, schedule, state):
-        if self.unet.config["in_channels"] != 4:
+    def after_step(self, pipe, call, state, step, latents):
+        if pipe.unet.config["in_channels"] != 4:
             return latents
         proper = state.image_latents
-        if i < len(schedule) - 1:
-            proper = self.scheduler.add_noise(proper, state.noise, np.asarray([schedule[i + 1]], dtype=np.int64))
+        if step.index < len(call.timesteps) - 1:
+            proper = pipe.scheduler.add_noise(proper, state.noise,
+                                              np.asarray([call.timesteps[step.index + 1]], dtype=np.int64))
         return (1.0 - state.mask) * proper + state.mask * latents
+
+
+def _videos(video) -> list:
+    """A list of videos (each a list of frames) from `video=`: one video (a list of frames) or a list of them."""
+    if isinstance(video, (list, tuple)) and video and all(isinstance(v, (list, tuple)) for v in video):
+        return [list(v) for v in video]
+    return [list(video)] if isinstance(video, (list, tuple)) else [video]
+
+
+class VideoToVideo(Text2Image):
+    """diffusers' AnimateDiffVideoToVideoPipeline: the frames of `video` are encoded (in chunks of
+    `decode_chunk_size`, one posterior sample per chunk), noised to the first timestep of the cut schedule
+    with noise drawn in (videos, frames, channels, h, w) order, and denoised as a video of that many frames."""
+
+    name = "video2video"
+    default_strength = 0.8
+    arguments = {"video": None}
+    argument_docs = {"video": Arg(
+        "`List[PIL.Image.Image]` or a list of such lists", "The video to start from: its frames (PIL images, "
+        "resized to the output size, or HWC arrays in [0, 1] of that size); one video for all outputs or one per "
+        "output. Its length sets `num_frames`. Required.")}
+    rewords = {
+        "strength": Arg("`float`", _STRENGTH.format(start="starting from the encoded frames noised to the first of "
+                                                           "them (1.0 keeps little of the video)")),
+        "latents": Arg("`None`", "Not used: video-to-video starts from the encoded frames, noised with `generator`."),
+        **{k: v for k, v in Text2Image.rewords.items() if k != "strength"},
+    }
+
+    def check_arguments(self, pipe, args, call):
+        super().check_arguments(pipe, args, call)
+        if args["video"] is None:
+            raise ValueError(f"{type(pipe).__name__} needs video=: the frames to start from (a list of PIL images).")
+        videos = _videos(args["video"])
+        lengths = {len(v) for v in videos}
+        if not all(lengths) or len(lengths) != 1 or not all(image_processing.is_image_input(f) for v in videos for f in v):
+            raise ValueError("video= must be a non-empty list of frames (PIL images or HWC arrays in [0, 1]), or a list "
+                             "of such lists of one length.")
+        args["num_frames"] = lengths.pop()  # the layout makes as many frames as the video has
+
+    def prepare(self, pipe, call, args):
+        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        ops, vae, dtype = call.ops, pipe.vae, call.cond.dtype
+        videos = _videos(args["video"])
+        if call.batch % len(videos):
+            raise ValueError(f"{len(videos)} videos cannot be spread over {call.batch} outputs; pass 1 or one per output.")
+        chunk = int(args["decode_chunk_size"])
+        encoded = []
+        for frames in videos:
+            pixels = ops.from_numpy(image_processing.preprocess_image(frames, call.height, call.width),
+                                    like=call.cond.hidden, dtype=vae.dtype)
+            parts = []
+            for part in ops.split(pixels, [min(chunk, len(frames) - i) for i in range(0, len(frames), chunk)]):
+                mean, std = vae.encode(part)
+                parts.append(mean + std * pipe._randn(ops.shape(mean), ops.dtype_name(mean), call.generator, like=mean))
+            latents = ops.concat(parts, axis=0) * float(vae.config["scaling_factor"])
+            encoded.append(ops.reshape(ops.cast(latents, dtype), (1,) + tuple(ops.shape(latents))))
+        init = ops.concat(encoded * (call.batch // len(videos)), axis=0)  # (videos, frames, channels, h, w)
+        noise = pipe._randn(ops.shape(init), dtype, call.generator, like=init)
+        start = np.full((call.batch,), call.timesteps[0], dtype=np.int64)
+        call.latents = ops.permute_dims(pipe.scheduler.add_noise(init, noise, start), (0, 2, 1, 3, 4))

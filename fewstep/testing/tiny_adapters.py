@@ -9,6 +9,10 @@ levels, VAE scale factor 2: a 64x64 image <-> 4x32x32 latents). Folders are cach
 folder and moved in place; the same (kind, seed) always gives the same tensors, and the caller's torch
 RNG is left alone (`torch.random.fork_rng`).
 
+Two whole-pipeline folders are built here too, from the pieces above and `tiny_pipeline("sd15")`:
+`tiny_multi_adapter_pipeline` (a pipeline diffusers saved with a MultiAdapter: `adapter/`, `adapter_1/`)
+and `tiny_lcm_pipeline` (an LCM-distilled SD 1.5 folder: UNet with time_cond_proj_dim, LCMScheduler).
+
 Why some weights are randomised after construction: these models start with layers set to zero on
 purpose, so that training starts from "no effect" -- ControlNet's `controlnet_down_blocks.*`,
 `controlnet_mid_block` and `controlnet_cond_embedding.conv_out` are zero convolutions, so a fresh
@@ -43,6 +47,9 @@ T2I_ADAPTER_KINDS = ("sd15", "sdxl")
 # Zero convolutions of ControlNetModel, redrawn with this standard deviation.
 CONTROLNET_ZERO_PREFIXES = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out.")
 RANDOMISED_STD = 0.1
+
+# The LCM UNet's guidance-embedding width (diffusers' LCM fast tests use 32; LCM_Dreamshaper_v7 256).
+LCM_UNET_TIME_COND_PROJ_DIM = 32
 
 # T2I-Adapter configs for the tiny UNets. The features must have the shapes the UNet adds them at
 # (`down_intrablock_additional_residuals`): after each cross-attention down block's last
@@ -141,6 +148,71 @@ def tiny_t2i_adapter(kind: str = "sd15", seed: int = 0, path: PathLike = None) -
 
     return cached_folder(_target(path, name, seed), {"kind": name, "seed": seed, "format": FORMAT_VERSION},
                          write, what="tiny T2I-Adapter")
+
+
+def tiny_multi_adapter_pipeline(kind: str = "sd15", seeds=(0, 1), path: PathLike = None) -> str:
+    """Write (or reuse) the tiny `kind` pipeline saved by diffusers with a MultiAdapter; return its folder.
+
+    The folder is `StableDiffusion(XL)AdapterPipeline(..., adapter=MultiAdapter([tiny_t2i_adapter(kind, s)
+    for s in seeds])).save_pretrained(folder)`: model_index.json lists `"adapter": ["diffusers",
+    "MultiAdapter"]`, the first adapter is in `adapter/`, the second in `adapter_1/` (diffusers'
+    `MultiAdapter.save_pretrained`; a third would land in `adapter_1_2/`, which its own `from_pretrained`
+    does not find, so two seeds at most are accepted). path: default `<cache>/multi-adapter-<kind>-<s0>-<s1>`.
+    """
+    if kind not in T2I_ADAPTER_CONFIGS:
+        raise ValueError(f"Unknown tiny T2I-Adapter kind {kind!r}; choose one of {', '.join(T2I_ADAPTER_KINDS)}.")
+    seeds = tuple(int(s) for s in seeds)
+    if len(seeds) != 2:
+        raise ValueError(f"A tiny MultiAdapter pipeline takes exactly two adapter seeds, got {len(seeds)}.")
+    name = f"multi-adapter-{kind}"
+
+    def write(staging: Path) -> None:
+        import diffusers
+
+        adapter = diffusers.MultiAdapter([diffusers.T2IAdapter.from_pretrained(tiny_t2i_adapter(kind, seed=s))
+                                          for s in seeds])
+        cls = diffusers.StableDiffusionXLAdapterPipeline if kind == "sdxl" else diffusers.StableDiffusionAdapterPipeline
+        extra = {} if kind == "sdxl" else dict(safety_checker=None, requires_safety_checker=False)
+        pipe = cls.from_pretrained(tiny_pipeline(kind), adapter=adapter, **extra)
+        pipe.save_pretrained(str(staging), safe_serialization=True)
+
+    target = Path(path) if path is not None else default_cache_dir() / f"{name}-{seeds[0]}-{seeds[1]}"
+    wanted = {"kind": name, "seeds": list(seeds), "format": FORMAT_VERSION, "pipeline_format": PIPELINE_FORMAT_VERSION}
+    return cached_folder(target, wanted, write, what="tiny MultiAdapter pipeline")
+
+
+def tiny_lcm_pipeline(seed: int = 0, path: PathLike = None) -> str:
+    """Write (or reuse) a tiny LCM-distilled SD 1.5 pipeline folder and return it.
+
+    As the released LCM checkpoints (e.g. SimianLuo/LCM_Dreamshaper_v7): saved by diffusers'
+    `LatentConsistencyModelPipeline`, scheduler `LCMScheduler`, and a UNet with `time_cond_proj_dim`
+    (here LCM_UNET_TIME_COND_PROJ_DIM, diffusers' own LCM fast tests' value), which the LCM pipelines need
+    for their guidance embedding. Every other component is `tiny_pipeline("sd15", seed=seed)`'s; the UNet
+    is its config plus time_cond_proj_dim, drawn after `torch.manual_seed(seed)` (no zero-initialised
+    weights: its `cond_proj` keeps torch's default Linear init). path: default `<cache>/lcm-sd15-<seed>`.
+    """
+    seed = int(seed)
+    name = "lcm-sd15"
+
+    def write(staging: Path) -> None:
+        import diffusers
+        import torch
+
+        base = tiny_pipeline("sd15", seed=seed)
+        config = dict(diffusers.UNet2DConditionModel.load_config(base, subfolder="unet"))
+        config["time_cond_proj_dim"] = LCM_UNET_TIME_COND_PROJ_DIM
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = diffusers.UNet2DConditionModel.from_config(config).eval()
+        sd = diffusers.StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+        pipe = diffusers.LatentConsistencyModelPipeline(
+            vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=unet,
+            scheduler=diffusers.LCMScheduler.from_config(sd.scheduler.config), safety_checker=None,
+            feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+        pipe.save_pretrained(str(staging), safe_serialization=True)
+
+    wanted = {"kind": name, "seed": seed, "format": FORMAT_VERSION, "pipeline_format": PIPELINE_FORMAT_VERSION}
+    return cached_folder(_target(path, name, seed), wanted, write, what="tiny LCM pipeline")
 
 
 def tiny_dpt(seed: int = 0, path: PathLike = None) -> str:

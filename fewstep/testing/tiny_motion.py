@@ -8,6 +8,8 @@ unchanged; a 64x64 video <-> latents (batch, 4, frames, 32, 32). `tiny_motion_lo
 folder in the layout of the released `guoyww/animatediff-motion-lora-*` repositories (what diffusers'
 `scripts/convert_animatediff_motion_lora_to_diffusers.py` writes): one `diffusion_pytorch_model.safetensors`
 that `pipe.load_lora_weights(folder, weight_name=MOTION_LORA_WEIGHT_NAME, adapter_name=...)` loads.
+`tiny_sdxl_motion_adapter()` writes the SDXL counterpart (no mid-block motion module, as the released SDXL
+adapter) for `AnimateDiffSDXLPipeline.from_pretrained(tiny_pipeline("sdxl"), motion_adapter=adapter)`.
 
 Folders are cached like the other tiny models (same cache directory, same marker file recording kind, seed,
 this module's FORMAT_VERSION and tiny_models' version; built in a staging folder and moved in place). The
@@ -55,6 +57,14 @@ MOTION_ADAPTER_CONFIG = dict(
 )
 RANDOMISED_STD = 0.1
 
+# Fits the tiny SDXL UNet (DownBlock2D 16 ch, then CrossAttnDownBlock2D 32 ch with transformer depth 2):
+# as the released SDXL adapter (guoyww/animatediff-motion-adapter-sdxl-beta) and diffusers' own
+# AnimateDiffSDXL fast test, no motion module in the mid block; up to 32 frames.
+SDXL_MOTION_ADAPTER_CONFIG = dict(
+    block_out_channels=tuple(UNET_BLOCK_OUT_CHANNELS), motion_layers_per_block=2, motion_num_attention_heads=2,
+    motion_norm_num_groups=UNET_NORM_GROUPS, motion_max_seq_length=32, use_motion_mid_block=False,
+)
+
 MOTION_LORA_WEIGHT_NAME = "diffusion_pytorch_model.safetensors"
 MOTION_LORA_RANK = 4
 MOTION_LORA_STD = 0.2
@@ -77,6 +87,23 @@ def tiny_motion_adapter(seed: int = 0, path: PathLike = None) -> str:
         build_motion_adapter(seed).save_pretrained(str(staging), safe_serialization=True)
 
     return cached_folder(_target(path, name, seed), _marker(name, seed), write, what="tiny MotionAdapter")
+
+
+def tiny_sdxl_motion_adapter(seed: int = 0, path: PathLike = None) -> str:
+    """Write (or reuse) a tiny SDXL MotionAdapter for the tiny SDXL pipeline and return its folder.
+
+    `MotionAdapter(**SDXL_MOTION_ADAPTER_CONFIG)` after `torch.manual_seed(seed)`, all-zero parameters
+    redrawn as in `tiny_motion_adapter`. `diffusers.AnimateDiffSDXLPipeline.from_pretrained(tiny_pipeline("sdxl"),
+    motion_adapter=...)` takes it; a 64x64 video <-> latents (batch, 4, frames, 32, 32).
+    path: default `<cache>/motion-adapter-sdxl-<seed>`.
+    """
+    seed = int(seed)
+    name = "motion-adapter-sdxl"
+
+    def write(staging: Path) -> None:
+        build_sdxl_motion_adapter(seed).save_pretrained(str(staging), safe_serialization=True)
+
+    return cached_folder(_target(path, name, seed), _marker(name, seed), write, what="tiny SDXL MotionAdapter")
 
 
 def tiny_motion_lora(seed: int = 0, path: PathLike = None) -> str:
@@ -108,6 +135,21 @@ def build_motion_adapter(seed: int = 0):
         adapter = diffusers.MotionAdapter(**MOTION_ADAPTER_CONFIG).eval()
         with torch.no_grad():
             for param in adapter.parameters():  # named_parameters order: fixed for a config
+                if not param.any():
+                    param.normal_(0.0, RANDOMISED_STD)
+    return adapter
+
+
+def build_sdxl_motion_adapter(seed: int = 0):
+    """The `diffusers.MotionAdapter` that `tiny_sdxl_motion_adapter(seed)` saves, built in memory."""
+    import diffusers
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = diffusers.MotionAdapter(**SDXL_MOTION_ADAPTER_CONFIG).eval()
+        with torch.no_grad():
+            for param in adapter.parameters():  # the norm biases start at zero (see the module docstring)
                 if not param.any():
                     param.normal_(0.0, RANDOMISED_STD)
     return adapter
