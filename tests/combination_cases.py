@@ -220,12 +220,16 @@ def reference(name: str, scheduler: str, lib_name: str = "diffusers"):
         extra = dict(safety_checker=None, requires_safety_checker=False) if has_checker else {}
         pipe = getattr(lib, name).from_pretrained(combo.folder(), **parts, **extra)
         pipe.set_progress_bar_config(disable=True)
-        if hasattr(pipe.unet, "add_embedding") and lib_name == "diffusers":
-            # diffusers' UNetMotionModel.from_unet2d does not copy SDXL's add_embedding (0.35.2 and 0.42: it is
-            # left at its random init, so the reference would differ from itself run to run); fewstep copies it
-            # from the UNet, and the reference here gets the same fix
+        if combo.video and getattr(pipe.unet, "add_embedding", None) is not None:
+            # diffusers' UNetMotionModel.from_unet2d (0.35.2 and 0.42, and mindone's port) does not copy SDXL's
+            # add_embedding: it is left at its random init, so the reference would differ from itself run to
+            # run; fewstep copies it from the UNet, and the reference here gets the same fix
             unet = lib.UNet2DConditionModel.from_pretrained(combo.folder(), subfolder="unet")
-            pipe.unet.add_embedding.load_state_dict(unet.add_embedding.state_dict())
+            if lib_name == "diffusers":
+                pipe.unet.add_embedding.load_state_dict(unet.add_embedding.state_dict())
+            else:
+                for mine, theirs in zip(pipe.unet.add_embedding.get_parameters(), unet.add_embedding.get_parameters()):
+                    mine.set_data(theirs.data.copy())
         _loaded[key] = pipe
     pipe = _loaded[key]
     set_scheduler(pipe, scheduler, lib)

@@ -44,6 +44,34 @@ def test_import_fewstep_imports_no_framework():
     assert line == "LOADED:", f"`import fewstep` imported frameworks: {line[len('LOADED:'):]}"
 
 
+def test_every_pipeline_class_and_utils_are_reachable_from_fewstep_as_from_diffusers():
+    """`fewstep.<Name>` for every class of the table (as `diffusers.<Name>`), and `fewstep.utils.export_to_gif`
+    after a bare `import fewstep` (as `diffusers.utils.export_to_gif`), without importing a framework."""
+    result = _run(f"""
+        import sys
+        import fewstep
+        from fewstep.pipelines.table import TABLE
+
+        for row in TABLE:
+            cls = getattr(fewstep, row.name)
+            assert cls.__name__ == row.name and cls.__module__ == "fewstep.pipelines", cls
+        for name in ("DiffusionPipeline", "AutoPipelineForText2Image", "AutoPipelineForImage2Image",
+                     "AutoPipelineForInpainting", "ControlNetModel", "T2IAdapter", "MotionAdapter", "UNet2DConditionModel"):
+            getattr(fewstep, name)
+        assert callable(fewstep.utils.export_to_gif) and callable(fewstep.utils.load_image)
+        assert set(row.name for row in TABLE) <= set(dir(fewstep))
+        try:
+            fewstep.StableDiffusionXLPipelin
+        except AttributeError as err:
+            print("MISSING:" + str(err))
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FRAMEWORKS!r})
+        print("LOADED:" + ",".join(loaded))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "MISSING:module 'fewstep' has no attribute 'StableDiffusionXLPipelin'" in result.stdout
+    assert result.stdout.splitlines()[-1] == "LOADED:"
+
+
 def test_import_fewstep_installs_no_import_hook_and_patches_no_class():
     # No sys.meta_path finder (which would run code when diffusers or mindone is imported later), and
     # the schedulers' bases are the core's own, before and after any use of the backends.

@@ -15,7 +15,6 @@ from fewstep.core.schedulers.tcd import TCDScheduler
 
 logger = logging.getLogger("fewstep")
 
-_MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 _TOKENIZERS = ("tokenizer", "tokenizer_2")
 
 
