@@ -118,8 +118,6 @@ def demo_serves(s) -> bool:
 def call_kwargs(s) -> dict:
     """The pipeline call the common settings describe (no generator, output type or adapter inputs).
     `s` is anything with the flags' attribute names (parsed arguments, or a settings record)."""
-    from PIL import Image  # lazily: `import fewstep.cli` stays light
-
     kwargs = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, num_inference_steps=s.steps,
                   guidance_scale=s.guidance)
     if s.height is not None:

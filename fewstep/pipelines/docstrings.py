@@ -2,10 +2,10 @@
 
 All pipelines share one `__call__` (base.py), but what a class takes depends on its parts: the
 loop's own arguments, what its task makes of `image` / `mask_image` / `strength`, and the arguments
-its extensions and layout own (`controlnet_conditioning_scale`, `num_frames`...). Each part documents
-the arguments it owns where it declares them, as `Arg`s: the loop's in `base.CALL_ARGUMENTS`, a task's
-in its `_argument_docs`, an extension's or a layout's in its `argument_docs`. The base class joins them
-per class (`DiffusionPipeline._call_arguments`) and gives each class a `__call__` of its own that
+its other parts own (`controlnet_conditioning_scale`, `num_frames`...). Each part documents the
+arguments it owns where it declares them, as `Arg`s: the loop's in `call_arguments.CALL_ARGUMENTS`, a
+part's rewording of those in its `rewords`, its own in its `argument_docs`. `call_arguments.py` joins
+them per class, and the base class gives each class a `__call__` of its own that
 differs only in its docstring, so `help(StableDiffusionXLControlNetPipeline.__call__)` lists every
 argument that class takes with the default it really has. tests/test_docstrings.py fails when an
 argument has no entry.

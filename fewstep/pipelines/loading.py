@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from fewstep.backends import framework_of, load_component, wrap_component
 from fewstep.core.ops import FLOAT_DTYPES, check_dtype

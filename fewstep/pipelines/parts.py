@@ -132,7 +132,7 @@ class Part:
     arguments: Mapping[str, Any] = {}
     #: the documentation of each owned argument (its type and what it does; the default is added)
     argument_docs: Mapping[str, Arg] = {}
-    #: how this part words the loop's own arguments (base.CALL_ARGUMENTS)
+    #: how this part words the loop's own arguments (call_arguments.CALL_ARGUMENTS)
     rewords: Mapping[str, Arg] = {}
     #: the loop's optional inputs (image, mask_image) this part reads
     uses: Tuple[str, ...] = ()

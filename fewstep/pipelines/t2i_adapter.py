@@ -15,7 +15,7 @@ them in the latents' order, so every image gets its own prompt's features.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping
 
 from fewstep.core import checks
 from fewstep.pipelines import image_processing, prompts
