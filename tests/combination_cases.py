@@ -228,8 +228,10 @@ def reference(name: str, scheduler: str, lib_name: str = "diffusers"):
             if lib_name == "diffusers":
                 pipe.unet.add_embedding.load_state_dict(unet.add_embedding.state_dict())
             else:
+                import mindspore
+
                 for mine, theirs in zip(pipe.unet.add_embedding.get_parameters(), unet.add_embedding.get_parameters()):
-                    mine.set_data(theirs.data.copy())
+                    mine.set_data(mindspore.Tensor(theirs.asnumpy()))
         _loaded[key] = pipe
     pipe = _loaded[key]
     set_scheduler(pipe, scheduler, lib)

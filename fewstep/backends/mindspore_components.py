@@ -219,7 +219,8 @@ def _copy_weights(target, source) -> None:
     """Every parameter of `source` into the same-named one of `target` (cells of one architecture)."""
     for (name, mine), (other, theirs) in zip(target.parameters_and_names(), source.parameters_and_names()):
         assert name.split(".")[-1] == other.split(".")[-1], (name, other)
-        mine.set_data(theirs.data.copy())
+        # a new tensor of the values: MindSpore 2.7's set_data ignores a copy of another cell's Parameter here
+        mine.set_data(ms.Tensor(theirs.asnumpy()))
 
 
 def motion_unet(unet, motion_adapter):
