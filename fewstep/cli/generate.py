@@ -123,7 +123,7 @@ def _video_to_video(folder: str, components: dict) -> type:
 
 
 def _from_single_file(s, components):
-    """A single-file checkpoint: its family read from its keys (and named), the class as auto.py's pipeline_class
+    """A single-file checkpoint: its family read from its keys (and named), the class as factory.pipeline_class
     picks it for that family with this task and these components, loaded by `from_single_file`."""
     from fewstep.pipelines.factory import single_file_class
 

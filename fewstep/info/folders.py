@@ -10,7 +10,7 @@ from typing import Optional
 
 from fewstep.info import families
 from fewstep.info.weights import folder_weights, main_weights
-from fewstep.pipelines import auto, loading
+from fewstep.pipelines import factory, loading
 
 def read_json(path: str) -> dict:
     try:
@@ -64,7 +64,7 @@ def describe_pipeline(folder: str, index: dict) -> dict:
     """A pipeline folder: diffusers' class and fewstep's, the model family, components, variants, scheduler."""
     class_name = index.get("_class_name")
     try:
-        fewstep_class, note = auto.class_for_folder(index, folder).__name__, None
+        fewstep_class, note = factory.class_for_folder(index, folder).__name__, None
     except ValueError as err:  # a pipeline fewstep does not run: still describe the folder
         fewstep_class, note = None, str(err)
     components = {}
