@@ -69,9 +69,15 @@ def encode_image(pipe, call, pixels, like):
         # diffusers repeats the image first, then samples once per generator
         mean, std = (ops.concat([x] * (batch // n), axis=0) for x in (mean, std))
         n = batch
-    sample = mean + std * pipe._randn(ops.shape(mean), ops.dtype_name(mean), generator, like=mean)
-    latents = ops.cast(sample * float(pipe.vae.config["scaling_factor"]), call.cond.dtype)
+    latents = ops.cast(posterior_sample(pipe, mean, std, generator) * float(pipe.vae.config["scaling_factor"]),
+                       call.cond.dtype)
     return ops.concat([latents] * (batch // n), axis=0) if n != batch else latents
+
+
+def posterior_sample(pipe, mean, std, generator):
+    """One sample of the VAE's posterior, drawn from the user's generator as diffusers' `retrieve_latents` draws it."""
+    ops = pipe.ops
+    return mean + std * pipe._randn(ops.shape(mean), ops.dtype_name(mean), generator, like=mean)
 
 
 def latent_size(pipe, call):
@@ -278,7 +284,9 @@ class VideoToVideo(Text2Image):
     }
 
     def check_arguments(self, pipe, args, call):
-        super().check_arguments(pipe, args, call)
+        if args["image"] is not None or args["mask_image"] is not None:
+            raise ValueError(f"{type(pipe).__name__} starts from video= (a list of frames); it takes no image= or "
+                             f"mask_image=.")
         if args["video"] is None:
             raise ValueError(f"{type(pipe).__name__} needs video=: the frames to start from (a list of PIL images).")
         videos = _videos(args["video"])
@@ -301,8 +309,7 @@ class VideoToVideo(Text2Image):
                                     like=call.cond.hidden, dtype=vae.dtype)
             parts = []
             for part in ops.split(pixels, [min(chunk, len(frames) - i) for i in range(0, len(frames), chunk)]):
-                mean, std = vae.encode(part)
-                parts.append(mean + std * pipe._randn(ops.shape(mean), ops.dtype_name(mean), call.generator, like=mean))
+                parts.append(posterior_sample(pipe, *vae.encode(part), call.generator))
             latents = ops.concat(parts, axis=0) * float(vae.config["scaling_factor"])
             encoded.append(ops.reshape(ops.cast(latents, dtype), (1,) + tuple(ops.shape(latents))))
         init = ops.concat(encoded * (call.batch // len(videos)), axis=0)  # (videos, frames, channels, h, w)
