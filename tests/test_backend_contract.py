@@ -507,6 +507,24 @@ def test_all_finite(ops):
     assert ops.all_finite(ops.from_numpy(np.zeros((0, 3), np.float32))) is True
 
 
+# A reduction: each framework sums in its own order, so the bound is in ulps of the result against a float64
+# oracle: 4 ulps for float32 / float64, 2 for float16 / bfloat16 (whose inputs are rounded too).
+STD_RTOL = {"float32": 4 * 2.0 ** -23, "float64": 4 * 2.0 ** -52, "float16": 2 * 2.0 ** -10, "bfloat16": 2 * 2.0 ** -7}
+
+
+@covers("std")
+def test_std_per_item_with_bessels_correction(ops):
+    a = data(3, 4, 5, 6, seed=17, scale=2.0) + 0.5
+    expected = np.std(a.astype(np.float64), axis=(1, 2, 3), ddof=1, keepdims=True)
+    for dtype in float_dtypes(ops):
+        t = ops.std(ops.from_numpy(a, dtype=dtype), [1, 2, 3])
+        assert ops.dtype_name(t) == dtype and ops.shape(t) == (3, 1, 1, 1)
+        np.testing.assert_allclose(ops.to_numpy(t).astype(np.float64), expected, rtol=STD_RTOL[dtype], err_msg=dtype)
+    # one axis, n - 1 = 1: [1, 3] has mean 2, squared deviations 2, std sqrt(2)
+    two = ops.std(ops.from_numpy(np.float32([[1.0, 3.0], [2.0, 2.0]])), (1,))
+    np.testing.assert_allclose(ops.to_numpy(two), [[np.sqrt(2.0)], [0.0]], rtol=1e-7)
+
+
 # Bilinear resize is not bitwise: torch and MindSpore compute the source coordinate and weights in
 # float32, NumPy in float64, and each blends in its own order; a weight off by an ulp of the
 # coordinate moves the result by a few ulps of the data. Measured worst (ulps of max|x|): float32

@@ -50,10 +50,25 @@ def test_zero_snr_with_epsilon_prediction_is_refused(cls):
     cls(rescale_betas_zero_snr=True, prediction_type="sample")
 
 
-def test_trained_betas_of_the_wrong_length():
-    with pytest.raises(ValueError, match="num_train_timesteps=3"):
-        fewstep.TCDScheduler(trained_betas=[0.1, 0.2, 0.3])
-    fewstep.TCDScheduler(trained_betas=[0.1, 0.2, 0.3], num_train_timesteps=3)
+@pytest.mark.parametrize("cls", SCHEDULERS)
+def test_trained_betas_shorter_than_the_schedule(cls):
+    # Accepted as diffusers accepts them (its own test_trained_betas builds 1000 training timesteps from 2
+    # betas); a schedule that reaches past them is refused at set_timesteps, where diffusers' step would
+    # index past its table, and the scheduler is left as it was.
+    scheduler = cls(trained_betas=[0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(scheduler.betas, np.float32([0.1, 0.2, 0.3]))
+    assert len(scheduler.alphas_cumprod) == 3 and len(scheduler) == 1000
+    before = _state(scheduler)
+    with pytest.raises(ValueError) as err:
+        scheduler.set_timesteps(4)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("This schedule reaches timestep 999 but trained_betas has only 3 values")
+    assert "num_train_timesteps=3" in message
+    assert _state(scheduler) == before
+    with pytest.raises(ValueError, match=r"must lie in 0\.\.2"):
+        scheduler.add_noise(_x(), _x(), np.array([5]))
+    cls(trained_betas=[0.1, 0.2, 0.3], num_train_timesteps=3).set_timesteps(2, original_inference_steps=3)
 
 
 # ---------------------------------------------------------------------------------------------

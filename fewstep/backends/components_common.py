@@ -70,6 +70,28 @@ class TransformersModel(Model):
         return "text_model." if flat else ""
 
 
+class TextEncoderModel(TransformersModel):
+    """A CLIP text encoder: how many layers it has, and its final layer norm (diffusers' SD `clip_skip`)."""
+
+    @property
+    def num_layers(self) -> int:
+        """The encoder's transformer layers; its hidden states are these plus the embeddings."""
+        return int(self.config["num_hidden_layers"])
+
+    def final_layer_norm(self, hidden):
+        """The encoder's last layer norm applied to a hidden state, as diffusers' SD `encode_prompt` applies
+        `text_encoder.text_model.final_layer_norm` to the clip-skipped one. transformers 5's CLIPTextModel has
+        no `text_model` level: the norm is at its top."""
+        return getattr(self.module, "text_model", self.module).final_layer_norm(hidden)
+
+    def _skip_index(self, skip: int) -> int:
+        """The index into the hidden states of the one `skip` layers before the last (1: the penultimate)."""
+        if not 0 <= skip <= self.num_layers:
+            raise ValueError(f"This text encoder has {self.num_layers} layers, so it has no hidden state {skip} "
+                             f"layers before its last; pass a smaller clip_skip.")
+        return -(skip + 1)
+
+
 class VAEModel(Model):
     """A VAE: `scale_factor` is how many times smaller than the image its latents are, per side."""
 

@@ -139,6 +139,17 @@ class Backend(TorchLikeOps):
     def all_finite(self, x) -> bool:
         return bool(mint.isfinite(_up(x)).all())  # float32 for bfloat16 on CPU is exact: same verdict
 
+    def std(self, x, axes):
+        # Written out in mint ops, which have CPU kernels (mint.std and mint.var have none there); the mean
+        # is subtracted first, as torch's two-pass kernel does. (mindone's rescale_noise_cfg calls
+        # Tensor.std(dim=, keepdim=), which MindSpore reads as ddof=0: diffusers' and torch's is n - 1.)
+        axes = as_ints(axes)
+        up = _up(x)
+        count = int(np.prod([up.shape[a] for a in axes]))
+        centred = up - mint.mean(up, dim=axes, keepdim=True)
+        out = mint.sqrt(mint.sum(centred * centred, dim=axes, keepdim=True) / float(count - 1))
+        return out.astype(x.dtype) if out.dtype != x.dtype else out
+
     def resize(self, x, size, mode: str = "nearest"):
         size = as_ints(size)
         if mode not in ("nearest", "bilinear"):

@@ -13,8 +13,8 @@ import numpy as np
 from mindspore import mint
 
 from fewstep.backends import components_common
-from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TransformersModel,
-                                                 VAEModel, load_pretrained, record_weight_files,
+from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
+                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
                                                  wrapper_class)
 from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
@@ -180,17 +180,19 @@ class MindSporeVAE(_MindSpore, VAEModel):
                 p.set_dtype(ms.float16)
 
 
-class MindSporeTextEncoder(_MindSpore, TransformersModel, LoraWeights):
+class MindSporeTextEncoder(_MindSpore, TextEncoderModel, LoraWeights):
     def __init__(self, module):
         super().__init__(module)
         self._projected = type(module).__name__.endswith("WithProjection")
 
-    def __call__(self, input_ids: np.ndarray):
+    def __call__(self, input_ids: np.ndarray, skip: int = 1):
+        """As TorchTextEncoder: (last, the hidden state `skip` layers before the last, pooled projection or None)."""
+        index = self._skip_index(skip)
         ids = ms.tensor(np.ascontiguousarray(input_ids, dtype=np.int64))
         out = self.module(ids, output_hidden_states=True, return_dict=False)
         if self._projected:  # (text_embeds, last_hidden_state, hidden_states)
-            return out[1], out[2][-2], out[0]
-        return out[0], out[2][-2], None  # (last_hidden_state, pooler_output, hidden_states)
+            return out[1], out[2][index], out[0]
+        return out[0], out[2][index], None  # (last_hidden_state, pooler_output, hidden_states)
 
 
 _ADAPTERS = {"unet": MindSporeUNet, "vae": MindSporeVAE, "text_encoder": MindSporeTextEncoder,

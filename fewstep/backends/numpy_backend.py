@@ -97,6 +97,9 @@ class Backend:
     def all_finite(self, x) -> bool:
         return bool(np.isfinite(x).all())
 
+    def std(self, x, axes):
+        return np.std(x, axis=tuple(int(a) for a in axes), ddof=1, keepdims=True).astype(x.dtype)
+
     def resize(self, x, size, mode: str = "nearest"):
         height, width = (int(s) for s in size)
         in_h, in_w = x.shape[-2:]

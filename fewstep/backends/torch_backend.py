@@ -88,6 +88,9 @@ class Backend(TorchLikeOps):
     def all_finite(self, x) -> bool:
         return bool(torch.isfinite(x).all())
 
+    def std(self, x, axes):
+        return torch.std(x, dim=as_ints(axes), keepdim=True)
+
     def resize(self, x, size, mode: str = "nearest"):
         size = as_ints(size)
         if mode == "nearest":

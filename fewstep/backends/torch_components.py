@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from fewstep.backends import components_common
-from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TransformersModel,
-                                                 VAEModel, load_pretrained, record_weight_files,
+from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
+                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
                                                  wrapper_class)
 from fewstep.backends.torch_backend import TORCH_DTYPES
 
@@ -179,12 +179,15 @@ def _library_upcast(vae) -> None:
         upcast(types.SimpleNamespace(vae=vae))
 
 
-class TorchTextEncoder(_Torch, TransformersModel, LoraWeights):
-    def __call__(self, input_ids: np.ndarray):
+class TorchTextEncoder(_Torch, TextEncoderModel, LoraWeights):
+    def __call__(self, input_ids: np.ndarray, skip: int = 1):
+        """(last hidden state, the hidden state `skip` layers before the last -- the penultimate by default --,
+        the pooled projection or None). The hidden states are computed either way: no extra work for any skip."""
+        index = self._skip_index(skip)
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)
         out = self.module(ids, output_hidden_states=True)
         pooled = out.text_embeds if hasattr(out, "text_embeds") else None
-        return out.last_hidden_state, out.hidden_states[-2], pooled
+        return out.last_hidden_state, out.hidden_states[index], pooled
 
 
 _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncoder, "text_encoder_2": TorchTextEncoder,

@@ -4,6 +4,8 @@ guidance, so one forward pass per step suffices.
 
 The caller passes w = guidance_scale - 1: diffusers' guidance_scale follows Imagen's convention
 (1 = no guidance) while LCM was distilled with w in the LCM-paper convention (reference §9.1).
+
+`rescale_noise_cfg` is diffusers' `guidance_rescale` of the classifier-free-guided prediction.
 """
 
 from __future__ import annotations
@@ -51,3 +53,16 @@ def guidance_scale_embedding(
     if dtype == "bfloat16":
         raise ValueError("NumPy has no bfloat16; compute with dtype='float32' and cast on the framework.")
     return emb.astype(np.dtype(dtype))
+
+
+def rescale_noise_cfg(ops, noise_cfg, noise_pred_text, guidance_rescale: float):
+    """diffusers' `rescale_noise_cfg` (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", sec. 3.4), against TensorOps: the guided prediction scaled to the per-image standard deviation of
+    the text prediction (over all axes but the batch, n - 1 divisor, as torch's `std`), then mixed with the
+    unscaled one by `guidance_rescale`. The arithmetic is diffusers', in its order; everything stays on the
+    device (`guidance_rescale` is a Python float)."""
+    axes = tuple(range(1, len(ops.shape(noise_cfg))))
+    std_text = ops.std(noise_pred_text, axes)
+    std_cfg = ops.std(noise_cfg, axes)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg

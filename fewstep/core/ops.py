@@ -105,6 +105,11 @@ class TensorOps(Protocol):
         """True when no element of `x` is NaN or infinite. Computed where `x` lives: one Python bool
         comes back to the host, not the tensor (LoRA's safe_fusing checks every fused weight)."""
 
+    def std(self, x: Tensor, axes: Sequence[int]) -> Tensor:
+        """The standard deviation of a float tensor over `axes`, those axes kept (size 1), with Bessel's
+        correction (divisor n - 1), as torch's `x.std(dim=axes, keepdim=True)`; in `x`'s dtype.
+        Classifier-free guidance's `guidance_rescale` takes it per image (diffusers' `rescale_noise_cfg`)."""
+
     def resize(self, x: Tensor, size: Tuple[int, int], mode: str = "nearest") -> Tensor:
         """Resize an NCHW tensor to `size` = (height, width); mode "nearest" or "bilinear"
         (align_corners=False, no antialias, as torch's `interpolate`)."""

@@ -15,9 +15,6 @@ from fewstep.pipelines import checkpoint_family
 # top-level names of the original (LDM / SGM) checkpoint layouts
 CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
 IP_ADAPTER_PREFIXES = ("image_proj.", "ip_adapter.")
-# the parts of a checkpoint, by key prefix (the UNet, the VAE, SD's text encoder, SDXL's two)
-_PARTS = (("model.diffusion_model.", "unet"), ("first_stage_model.", "vae"), ("cond_stage_model.", "text_encoder"),
-          ("conditioner.embedders.0.", "text_encoder"), ("conditioner.embedders.1.", "text_encoder_2"))
 
 
 def file_kind(names) -> Optional[str]:
@@ -39,8 +36,10 @@ def describe_checkpoint(path: str) -> dict:
     family = checkpoint_family.detect_family(path)
     tensors = checkpoint_family.checkpoint_tensors(path)
     parts = Counter()
+    # where each component sits depends on the family (the SDXL refiner's first embedder is OpenCLIP-G)
+    prefixes = checkpoint_family.component_prefixes(family)
     for name in tensors:
-        part = next((p for prefix, p in _PARTS if name.startswith(prefix)), None)
+        part = next((p for p, pre in prefixes.items() if name.startswith(pre)), None)
         if part:
             parts[part] += 1
     weights = summarise(tensors.values())

@@ -112,6 +112,11 @@ class Pipeline(Construction, PipelineObjectMixin):
             names += [n for n in part.components if n not in names]
         return names
 
+    @classmethod
+    def optional_component_names(cls) -> List[str]:
+        """The components this pipeline may be built without (None), as diffusers' `_optional_components`."""
+        return [n for part in cls._parts for n in part.optional_components]
+
     def __init__(self, backend=None, scheduler=None, **components):
         # Cls(**pipe.components), as in diffusers: the backend is then read from the models
         if backend is None:
@@ -126,11 +131,14 @@ class Pipeline(Construction, PipelineObjectMixin):
         if unknown:
             raise ValueError(f"{type(self).__name__} has no component(s) {unknown}; its components are "
                              f"{names + ['scheduler']}.")
+        optional = self.optional_component_names()
         for name in names:
-            if components.get(name) is None:
+            if components.get(name) is None and name not in optional:
                 raise ValueError(f"{type(self).__name__} needs a {name!r} component.")
-        for name, value in components.items():
-            loading.check_component_backend(name, value, self.ops.name)
+        for name in names:
+            value = components.get(name)
+            if value is not None:
+                loading.check_component_backend(name, value, self.ops.name)
             setattr(self, name, value)
         for part in self._parts:
             part.check_components(self)
@@ -214,7 +222,7 @@ class Pipeline(Construction, PipelineObjectMixin):
                  callback_on_step_end: Optional[Callable] = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
                  original_size=None, target_size=None, crops_coords_top_left=(0, 0),
-                 cross_attention_kwargs=None, **part_arguments):
+                 cross_attention_kwargs=None, clip_skip: Optional[int] = None, **part_arguments):
         # The docstring is assembled per class (call_arguments.py): these arguments are documented in
         # CALL_ARGUMENTS there, `part_arguments` by the class's parts (parts.py).
         args = {name: value for name, value in locals().items() if name not in ("self", "part_arguments")}
@@ -229,8 +237,10 @@ class Pipeline(Construction, PipelineObjectMixin):
                 raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}"
                                 + (f"; its adapter arguments are {owned_here}." if owned_here else "."))
             args.update({name: part_arguments.get(name, default) for name, default in owned.items() if name not in args})
-            if output_type not in ("pil", "np", "latent"):
-                raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np' or 'latent'.")
+            if output_type not in ("pil", "np", "pt", "latent"):
+                raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np', 'pt' or 'latent'.")
+            if clip_skip is not None:  # the family checks it against its text encoders' layers before encoding
+                checks.whole(clip_skip, "clip_skip", 0, 2 ** 31, "Use e.g. 1 (the penultimate layer), or None.")
             # every number is checked before any work (core/checks.py): a NaN would otherwise give a black image
             guidance_scale, strength, eta = self._check_numbers(guidance_scale, strength, eta, cross_attention_kwargs)
             prompt_batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else \
@@ -260,20 +270,25 @@ class Pipeline(Construction, PipelineObjectMixin):
                 if output_type == "latent":
                     images = latents
                 else:
-                    images = layout.postprocess(layout.decode(self, call, latents), output_type)
+                    # "pt" stays a framework tensor on the device; the other outputs are made on the host
+                    pixels = layout.decode(self, call, latents, host=output_type != "pt")
+                    images = layout.postprocess(self.ops, pixels, output_type)
+                    for part, state in zip(parts, states):
+                        if overrides(part, "finish"):
+                            images = part.finish(self, call, state, images)
             if not return_dict:
                 return (images,)
             return PipelineOutput(**{layout.output_field: images}, seeds=call.seeds, timings=timings)
 
     def _denoise(self, call: CallState, parts, callback, callback_inputs, timings: Dict[str, float]):
-        """The loop: per step, the parts' UNet inputs, one UNet call (two halves under CFG), the scheduler's
-        step and the parts' after-step work. Only the hooks a part implements are called."""
+        """The loop: per step, the parts' UNet inputs, one UNet call (two halves under CFG, which the guidance
+        part combines), the scheduler's step and the parts' after-step work. Only the hooks a part implements are called."""
         ops, latents, schedule = call.ops, call.latents, call.timesteps
         contributors = [(p, s) for p, s in parts if overrides(p, "unet_inputs")]
         shapers = [(p, s) for p, s in parts if overrides(p, "model_input")]
+        combiners = [(p, s) for p, s in parts if overrides(p, "combine")]
         finishers = [(p, s) for p, s in parts if overrides(p, "after_step")]
         step_kwargs = self._step_kwargs(call.eta, call.generator)
-        guidance_scale = call.guidance_scale
         start = time.perf_counter()
         with self.progress_bar(total=len(schedule)) as bar:
             for i, t in enumerate(schedule):
@@ -286,9 +301,8 @@ class Pipeline(Construction, PipelineObjectMixin):
                 for part, state in shapers:
                     model_in = step.model_input = part.model_input(self, call, state, step)
                 noise_pred = self.unet(model_in, t, call.unet_hidden, **inputs.values)
-                if call.do_cfg:
-                    uncond, text = ops.split(noise_pred, 2, axis=0)
-                    noise_pred = uncond + guidance_scale * (text - uncond)
+                for part, state in combiners:
+                    noise_pred = part.combine(self, call, state, step, noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
                 for part, state in finishers:
                     latents = part.after_step(self, call, state, step, latents)

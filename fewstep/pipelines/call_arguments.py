@@ -64,7 +64,9 @@ CALL_ARGUMENTS: Dict[str, Arg] = {
                                          "embeddings that go with `negative_prompt_embeds` (required with them)."),
     "num_images_per_prompt": Arg("`int`", "The number of outputs to make per prompt."),
     "output_type": Arg("`str`", 'What the output holds: "pil" (PIL images), "np" (float arrays in [0, 1], '
-                       'NHWC) or "latent" (the final latents, not decoded).'),
+                       'NHWC), "pt" (a tensor of the pipeline\'s framework in [0, 1], NCHW, on its device: a torch '
+                       'tensor on torch, a MindSpore tensor on MindSpore) or "latent" (the final latents, not '
+                       'decoded).'),
     "return_dict": Arg("`bool`", "Whether to return a `PipelineOutput` instead of a plain tuple."),
     "callback_on_step_end": Arg("`Callable`", "Called after every step as `callback_on_step_end(pipe, i, t, "
                                 "tensors)`, `tensors` a dict of the names in `callback_on_step_end_tensor_inputs`; "
@@ -77,6 +79,10 @@ CALL_ARGUMENTS: Dict[str, Arg] = {
                        "size; `None` means (height, width). SD pipelines ignore it."),
     "crops_coords_top_left": Arg("`Tuple[int, int]`", "SDXL only: the crop micro-conditioning; (0, 0) gives "
                                  "well-centred images. SD pipelines ignore it."),
+    "clip_skip": Arg("`int`", "The number of the CLIP text encoder's last layers to skip when encoding the prompt: "
+                     "1 uses the penultimate layer's output (SD: through the encoder's final layer norm; SDXL, which "
+                     "starts from the penultimate layer, then uses the one before it), as diffusers. Negative "
+                     "prompts are encoded without it, as diffusers encodes them. `None` skips none."),
     "cross_attention_kwargs": Arg("`dict`", 'Passed to the UNet\'s attention processors. Its "scale" is taken '
                                   "out and sets the scale of fused LoRAs for this call (they are re-fused at it)."),
 }

@@ -47,6 +47,8 @@ FAMILIES = {f.key: f for f in (
     CheckpointFamily("sdxl", "SDXL base", "StableDiffusionXLPipeline", "xl_base"),
     CheckpointFamily("sd15-inpaint", "SD 1.5 inpainting", "StableDiffusionInpaintPipeline", "inpainting"),
     CheckpointFamily("sdxl-inpaint", "SDXL inpainting", "StableDiffusionXLInpaintPipeline", "xl_inpaint"),
+    # the refiner: OpenCLIP bigG alone (as the second text encoder), an aesthetic-score UNet; its class is img2img
+    CheckpointFamily("sdxl-refiner", "SDXL refiner", "StableDiffusionXLImg2ImgPipeline", "xl_refiner"),
     # no tiny builder makes this one; fewstep runs it like SD 1.5 inpainting, with an SD 2 config folder
     CheckpointFamily("sd2-inpaint", "SD 2 inpainting", "StableDiffusionInpaintPipeline", "inpainting_v2"),
 )}
@@ -59,6 +61,7 @@ SD2_UNKNOWN_PREDICTION = CheckpointFamily(
 KNOWN_LAYOUTS = ("SD 1.x (LDM keys model.diffusion_model.*, cond_stage_model.transformer.*)",
                  "SD 2.x (LDM keys, OpenCLIP cond_stage_model.model.*)",
                  "SDXL base (SGM keys conditioner.embedders.0.transformer.* and conditioner.embedders.1.model.*)",
+                 "SDXL refiner (SGM keys, OpenCLIP only: conditioner.embedders.0.model.*)",
                  "and the inpainting variants of each (9 UNet input channels)")
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -98,11 +101,15 @@ def read_header(path) -> Tuple[Tensors, Dict[str, str]]:
     with open(path, "rb") as f:
         head = f.read(4)
     # a torch.save zip or a bare pickle renamed to .safetensors: say so rather than "bad header"
-    if head == b"PK\x03\x04" or head[:1] == b"\x80":
+    if head == b"PK\x03\x04":
         raise ValueError(_pickle_message(path))
     try:  # the core's reader (also LoRA files'): the header checked against the file's size, no tensor data read
         header = read_safetensors_header(path)
     except LoraError as err:
+        # a pickle starts with its protocol opcode 0x80; so does a safetensors file whose header length ends in
+        # 0x80, so only a file that is not safetensors is called a pickle
+        if head[:1] == b"\x80":
+            raise ValueError(_pickle_message(path)) from err
         raise ValueError(f"{path!r} cannot be read as a safetensors checkpoint: {err}") from err
     return {name: (t.dtype, t.shape) for name, t in header.tensors.items()}, dict(header.metadata)
 
@@ -131,7 +138,7 @@ def detect_family(path) -> CheckpointFamily:
 
     Returns:
         `CheckpointFamily`: see `FAMILIES`. Raises a ValueError that names what it saw for a layout it does not
-        know (a diffusers-format component file, a LoRA, a ControlNet, the SDXL refiner, another model type).
+        know (a diffusers-format component file, a LoRA, a ControlNet, another model type).
     """
     tensors, metadata = read_header(path)
     return family_of(tensors, metadata, where=repr(os.fspath(path)))
@@ -151,9 +158,12 @@ def family_of(tensors: Tensors, metadata: Optional[Dict[str, str]] = None,
     if "edm_mean" in tensors:
         raise ValueError(f"{where} is a Playground v2.5 checkpoint; fewstep runs SD 1.x, SD 2.x and SDXL ({_known()}).")
     xl = has("conditioner.embedders.1.model.")  # SDXL base: OpenCLIP bigG second (diffusers: its resblocks.9)
-    if not xl and has("conditioner.embedders.0.model."):
-        raise ValueError(f"{where} is an SDXL refiner checkpoint (OpenCLIP only, conditioner.embedders.0.model.*); "
-                         f"fewstep runs {_known()}.")
+    if not xl and has(_REFINER_TEXT):
+        # the refiner: OpenCLIP bigG first and alone (diffusers: "xl_refiner", its resblocks.9 without CLIP ViT-L)
+        if in_channels != 4:
+            raise ValueError(f"{where} is an SDXL refiner layout with a {in_channels}-input-channel UNet; fewstep "
+                             f"runs {_known()}.")
+        return FAMILIES["sdxl-refiner"]
     # SD 2: an OpenCLIP text encoder (diffusers: the 1024-wide cross-attention it implies)
     v2 = not xl and (has("cond_stage_model.model.") or (not has("cond_stage_model.") and _width(tensors) == _SD2_WIDTH))
     if in_channels == 9:
@@ -176,12 +186,22 @@ def family_of(tensors: Tensors, metadata: Optional[Dict[str, str]] = None,
 COMPONENT_PREFIXES = {"unet": ("model.diffusion_model.",), "vae": ("first_stage_model.", "vae."),
                       "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
                       "text_encoder_2": ("conditioner.embedders.1.",)}
+# the refiner's only text encoder is the base's second, saved first
+_REFINER_TEXT = "conditioner.embedders.0.model."
+REFINER_PREFIXES = {"unet": COMPONENT_PREFIXES["unet"], "vae": COMPONENT_PREFIXES["vae"],
+                    "text_encoder_2": (_REFINER_TEXT,)}
 
 
-def components_in(tensors: Tensors) -> Tuple[str, ...]:
+def component_prefixes(family: Optional[CheckpointFamily] = None) -> Dict[str, Tuple[str, ...]]:
+    """Where each component's weights sit in a checkpoint of `family` (the refiner has no first text encoder)."""
+    return REFINER_PREFIXES if family is not None and family.key == "sdxl-refiner" else COMPONENT_PREFIXES
+
+
+def components_in(tensors: Tensors, family: Optional[CheckpointFamily] = None) -> Tuple[str, ...]:
     """The pipeline components whose weights the checkpoint holds (some files leave out the VAE or the text
     encoders, to be taken from elsewhere)."""
-    return tuple(name for name, prefixes in COMPONENT_PREFIXES.items() if any(k.startswith(prefixes) for k in tensors))
+    return tuple(name for name, prefixes in component_prefixes(family).items()
+                 if any(k.startswith(prefixes) for k in tensors))
 
 
 def _width(tensors: Tensors) -> Optional[int]:
@@ -226,10 +246,13 @@ HUB_CONFIGS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "s
                "sd21-v": "stabilityai/stable-diffusion-2-1", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
                "sd15-inpaint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
                "sdxl-inpaint": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+               "sdxl-refiner": "stabilityai/stable-diffusion-xl-refiner-1.0",
                "sd2-inpaint": "stabilityai/stable-diffusion-2-inpainting"}
 
 
 def _generation(key: str) -> str:
+    if key == "sdxl-refiner":
+        return "SDXL refiner"
     return "SDXL" if key.startswith("sdxl") else "SD 2.x" if key.startswith("sd2") else "SD 1.x"
 
 
@@ -251,7 +274,8 @@ def check_config(family: CheckpointFamily, tensors: Tensors, folder: str) -> Che
     index = _read_json(folder, "model_index.json")
     unet = _read_json(folder, "unet", "config.json")
     if index.get("text_encoder_2", [None])[0] is not None:
-        generation = "SDXL"
+        # the refiner's folder saves no first text encoder ([null, null])
+        generation = "SDXL" if (index.get("text_encoder") or [None])[0] is not None else "SDXL refiner"
     else:
         text = _read_json(folder, "text_encoder", "config.json")
         # SD 2.x's OpenCLIP ViT-H uses plain gelu, SD 1.x's CLIP ViT-L quick_gelu

@@ -77,17 +77,21 @@ class Construction:
         ops = get_backend(backend)
         # every passed component is checked before anything is loaded from the folder
         given = {n: loading.adopt_component(ops.name, n, c) for n, c in components.items() if c is not None}
-        missing = [n for n in names if n not in given]
+        # an optional component passed as None, or that the folder saves as [null, null] (the SDXL refiner's first
+        # text encoder), stays None, as diffusers leaves it
+        optional = cls.optional_component_names()
+        missing = [n for n in names if n not in given and not (
+            n in optional and (n in components or loading.component_absent(index, n)))]
         loaded = loading.load_components(folder, index, missing, ops.name, dtype=dtype, device=device,
                                          variant=variant, pipeline=cls.__name__)
         if scheduler is None:
             scheduler = loading.load_scheduler(folder)
         pipe = cls(ops.name, scheduler, **loaded, **given)
         pipe.name_or_path = pretrained_model_name_or_path
-        # pipeline-level settings model_index.json carries beside the components (SDXL's choice of
-        # zero negative embeddings when no negative prompt is given)
-        if "force_zeros_for_empty_prompt" in index and hasattr(pipe, "force_zeros_for_empty_prompt"):
-            pipe.force_zeros_for_empty_prompt = bool(index["force_zeros_for_empty_prompt"])
+        # pipeline-level settings model_index.json carries beside the components (SDXL's choice of zero negative
+        # embeddings when no negative prompt is given, the refiner's aesthetic-score conditioning): those the
+        # class's parts read (`Part.attributes`)
+        pipe.register_to_config(**{name: index[name] for name in cls.settings() if name in index})
         return pipe
 
     @classmethod
@@ -151,12 +155,15 @@ class Construction:
         scheduler = components.pop("scheduler", None) or pipeline.scheduler
         shared = {n: getattr(pipeline, n) for n in names if getattr(pipeline, n, None) is not None}
         shared.update({n: loading.adopt_component(pipeline.ops.name, n, c) for n, c in components.items()})
-        missing = [n for n in names if shared.get(n) is None]
+        missing = [n for n in names if shared.get(n) is None and n not in cls.optional_component_names()]
         if missing:
             raise ValueError(f"{cls.__name__} needs {missing}, which {type(pipeline).__name__} does not have; pass "
                              f"them: {cls.__name__}.from_pipe(pipe, {missing[0]}=...).")
         pipe = cls(pipeline.ops.name, scheduler, **shared)
-        for attr in ("name_or_path", "force_zeros_for_empty_prompt", "_lora", "_ip", "image_encoder", "feature_extractor",
+        # the settings both classes have (force_zeros_for_empty_prompt, requires_aesthetics_score), as diffusers
+        # passes the original pipeline's config on
+        settings = [n for n in cls.settings() if n in type(pipeline).settings()] if hasattr(pipeline, "settings") else []
+        for attr in ("name_or_path", *settings, "_lora", "_ip", "image_encoder", "feature_extractor",
                      "_progress_config"):
             if attr in pipeline.__dict__:
                 setattr(pipe, attr, pipeline.__dict__[attr])

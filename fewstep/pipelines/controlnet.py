@@ -87,10 +87,11 @@ class ControlNet(Part):
                           "control_guidance_end": 1.0, "guess_mode": False}
         self.argument_docs = {
             image_argument: Arg(
-                "`PIL.Image.Image`, `np.ndarray` or a list of them",
-                "The ControlNet input condition (an edge map, a depth map...): a PIL image (resized to the output "
-                "size) or an HWC array in [0, 1] of the output size; one for all outputs or a list with one per "
-                "prompt. With several ControlNets, a list with one such condition per ControlNet. Required; "
+                "`PIL.Image.Image`, `np.ndarray`, a tensor, or a list of them",
+                "The ControlNet input condition (an edge map, a depth map...), as diffusers' control-image processor "
+                "takes it: a PIL image (resized to the output size, made RGB, scaled to [0, 1]), a NumPy array (HWC / "
+                "NHWC) or a tensor of the pipeline's framework (CHW / NCHW), used with its values as given and resized "
+                "(nearest) when its size differs; one for all outputs or a batch with one per prompt. With several ControlNets, a list with one such condition per ControlNet. Required; "
                 "`height` and `width` default to its size."),
             "controlnet_conditioning_scale": Arg(
                 "`float` or `List[float]`", "The ControlNet's residuals are multiplied by it before they are added "
@@ -110,8 +111,8 @@ class ControlNet(Part):
         if per_frame:
             self.argument_docs[image_argument] = Arg(
                 "`List[PIL.Image.Image]` or a list of such lists",
-                "The ControlNet input condition frame by frame: one picture per video frame (PIL images, resized to "
-                "the output size, or HWC arrays in [0, 1] of that size), the same for every video; with several "
+                "The ControlNet input condition frame by frame: one picture per video frame (PIL images, arrays or "
+                "tensors, read as `image` is in the image pipelines), the same for every video; with several "
                 "ControlNets, a list with one such list per ControlNet. Required.")
 
     # ------------------------------------------------------------------ checks
@@ -156,7 +157,7 @@ class ControlNet(Part):
         image = args[self.image_argument]
         what = f"{self.image_argument}= (the control image)"
         if image is None:
-            raise ValueError(f"This ControlNet pipeline needs {what}: a PIL image, an HWC array in [0, 1], or a list.")
+            raise ValueError(f"This ControlNet pipeline needs {what}: a PIL image, an HWC array, a tensor, or a list.")
         if n == 1:
             images = [image]
         else:
@@ -167,8 +168,8 @@ class ControlNet(Part):
             images = list(image)
         for k, img in enumerate(images):
             if not image_processing.is_image_input(img):
-                raise ValueError(f"Control image {k} is a {type(img).__name__}; pass a PIL image, an HWC NumPy array "
-                                 f"in [0, 1], or a list of them.")
+                raise ValueError(f"Control image {k} is a {type(img).__name__}; pass a PIL image, a NumPy array (HWC "
+                                 f"or NHWC), a tensor of the pipeline's framework (CHW or NCHW), or a list of them.")
         return images
 
     @staticmethod
@@ -186,8 +187,11 @@ class ControlNet(Part):
         image = args[self.image_argument]
         if image is None or self.per_frame:  # a video's size is the UNet's, as in diffusers
             return None
+        if self.image_argument != "image" and args["image"] is not None:
+            # diffusers' ControlNet img2img / inpainting: the size of the picture to start from
+            return image_processing.default_size(args["image"], pipe.vae_scale_factor, pipe.ops)
         first = self._images(args, len(nets_of(pipe)))[0]
-        return image_processing.default_size(first, pipe.vae_scale_factor)
+        return image_processing.default_size(first, pipe.vae_scale_factor, pipe.ops)
 
     # ------------------------------------------------------------------ the call
     def prepare(self, pipe, run, args):
@@ -202,7 +206,7 @@ class ControlNet(Part):
         for net, image, scale, start, end in zip(nets, self._images(args, n), scales, starts, ends):
             pixels = image_processing.preprocess_condition(image, run.height, run.width,
                                                            channels=net.config.get("conditioning_channels", 3),
-                                                           what="the control image")
+                                                           what="the control image", ops=ops)
             if self.per_frame:  # one frame per latent frame, video after video (the motion UNet's frame order)
                 pixels = np.concatenate([pixels] * run.batch, axis=0)
             else:  # one image for every output, or one per prompt repeated per image (diffusers' repeat_interleave)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Tuple
 
+from fewstep.pipelines import time_ids
 from fewstep.pipelines.base import Pipeline
 from fewstep.pipelines.checkpoint_family import FAMILIES, family_of, read_header
 from fewstep.pipelines.conditioning import StableDiffusion, StableDiffusionXL
@@ -44,6 +45,10 @@ class DiffusionPipeline(Pipeline):
 
 # ---------------------------------------------------------------------- the parts of a row
 _FAMILIES = {"sd": StableDiffusion(), "sdxl": StableDiffusionXL(), "lcm": StableDiffusion()}
+# SDXL's time ids per diffusers class (time_ids.py): text-to-image takes negative sizes; img2img and inpainting
+# also the aesthetic score; diffusers' ControlNet inpainting the score without negative sizes
+_SDXL_BY_RULE = {rule: StableDiffusionXL(rule) for rule in (time_ids.SIZES, time_ids.AESTHETIC,
+                                                            time_ids.AESTHETIC_SAME_SIZES)}
 _GUIDANCE = {"cfg": Guidance(), "cfg-only": Guidance(embedding=False), "lcm": LCMGuidance()}
 _TASKS = {"text2img": Text2Image(), "img2img": Img2Img(), "inpaint": Inpaint(), "video2video": VideoToVideo()}
 _LCM_TASKS = {"text2img": LCMText2Image(), "img2img": LCMImg2Img()}
@@ -57,8 +62,17 @@ def row_key(row: Row) -> Key:
     return (row.family, row.task, row.layout, tuple(sorted(a.name for a in row.adapters)))
 
 
+def _family(row: Row):
+    if row.family != "sdxl":
+        return _FAMILIES[row.family]
+    if row.task == "text2img":
+        return _SDXL_BY_RULE[time_ids.SIZES]
+    controlnet = any(a.name == "controlnet" for a in row.adapters)
+    return _SDXL_BY_RULE[time_ids.AESTHETIC_SAME_SIZES if controlnet and row.task == "inpaint" else time_ids.AESTHETIC]
+
+
 def _make(row: Row) -> type:
-    family, layout = _FAMILIES[row.family], _LAYOUTS[row.layout]
+    family, layout = _family(row), _LAYOUTS[row.layout]
     task = (_LCM_TASKS if row.family == "lcm" else _TASKS)[row.task]
     guidance = _GUIDANCE["lcm" if row.family == "lcm" else row.guidance]
     parts = (_LORA, family, task, layout, guidance, *row.adapters, _IP_ADAPTER)

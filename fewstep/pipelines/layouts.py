@@ -8,6 +8,11 @@ loop asks the pipeline's `_layout` for the latents' shape and the pictures, and 
   CFG concat); decoded frame by frame in chunks of `decode_chunk_size` (the chunking changes nothing but
   memory: each frame is decoded on its own); output `.frames`, a list of PIL frames per video or an
   (videos, frames, h, w, 3) array.
+
+`output_type="pt"` keeps the decoded pixels on the device and returns a tensor of the pipeline's framework,
+(x / 2 + 0.5) clipped to [0, 1] as diffusers' `VaeImageProcessor.postprocess(output_type="pt")` makes it:
+NCHW for images (in the VAE's output dtype), (videos, frames, channels, h, w) in float32 for video (diffusers'
+`VideoProcessor.postprocess_video`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ class ImageLayout(Part):
     name = "image"
     output_field = "images"
     output_doc = ('`.images` holds a list of PIL images (`output_type="pil"`), an NHWC float array in [0, 1] '
-                  '("np") or the final latents ("latent")')
+                  '("np"), an NCHW tensor of the pipeline\'s framework in [0, 1] ("pt") or the final latents '
+                  '("latent")')
 
     def latent_shape(self, batch: int, channels: int, height: int, width: int, args) -> tuple:
         return (batch, channels, height, width)
@@ -39,13 +45,23 @@ class ImageLayout(Part):
         """How many images one VAE decode call takes (what its memory grows with): the whole batch."""
         return batch
 
-    def decode(self, pipe, call, latents) -> np.ndarray:
-        """Pixels in about [-1, 1] on the host: NCHW for images."""
+    def decode(self, pipe, call, latents, host: bool = True):
+        """Pixels in about [-1, 1], NCHW for images: a NumPy array, or with `host=False` the framework tensor
+        where the VAE left it."""
         vae = pipe.vae
-        return call.ops.to_numpy(vae.decode(latents / float(vae.config["scaling_factor"]), **call.decode_kwargs))
+        pixels = vae.decode(latents / float(vae.config["scaling_factor"]), **call.decode_kwargs)
+        return call.ops.to_numpy(pixels) if host else pixels
 
-    def postprocess(self, pixels: np.ndarray, output_type: str):
+    def postprocess(self, ops, pixels, output_type: str):
+        """The output from `decode`'s pixels: for "pt" the tensor (host=False) in [0, 1], computed where it is."""
+        if output_type == "pt":
+            return to_unit_range(ops, pixels)
         return image_processing.postprocess(pixels, output_type)
+
+
+def to_unit_range(ops, pixels):
+    """diffusers' `_denormalize` of a framework tensor: (x / 2 + 0.5) clipped to [0, 1], in its dtype."""
+    return ops.clip(pixels / 2 + 0.5, 0.0, 1.0)
 
 
 class VideoLayout(ImageLayout):
@@ -58,7 +74,8 @@ class VideoLayout(ImageLayout):
     }
     output_field = "frames"
     output_doc = ('`.frames` holds per video a list of PIL frames (`output_type="pil"`), a float array (videos, '
-                  'frames, height, width, 3) in [0, 1] ("np") or the final 5-D latents ("latent")')
+                  'frames, height, width, 3) in [0, 1] ("np"), a float32 tensor of the pipeline\'s framework '
+                  '(videos, frames, 3, height, width) in [0, 1] ("pt") or the final 5-D latents ("latent")')
 
     def check_arguments(self, pipe, args, call) -> None:
         frames, chunk = args["num_frames"], args["decode_chunk_size"]
@@ -82,18 +99,25 @@ class VideoLayout(ImageLayout):
     def decode_images(self, batch: int, args) -> int:
         return min(batch * int(args["num_frames"]), int(args["decode_chunk_size"]))
 
-    def decode(self, pipe, call, latents) -> np.ndarray:
+    def decode(self, pipe, call, latents, host: bool = True):
+        """(videos, frames, C, H, W) float32 pixels in about [-1, 1]: on the host, each chunk brought over as it
+        is decoded (the device holds one chunk's pixels at a time), or with `host=False` a framework tensor."""
         ops, vae, args = call.ops, pipe.vae, call.args
         batch, channels, frames, h, w = ops.shape(latents)
         flat = ops.reshape(ops.permute_dims(latents / float(vae.config["scaling_factor"]), (0, 2, 1, 3, 4)),
                            (batch * frames, channels, h, w))
         chunk = args["decode_chunk_size"]
-        parts = [ops.to_numpy(vae.decode(part, **call.decode_kwargs))
-                 for part in ops.split(flat, [min(chunk, batch * frames - i) for i in range(0, batch * frames, chunk)])]
-        pixels = np.concatenate(parts, axis=0).astype(np.float32)
+        pieces = ops.split(flat, [min(chunk, batch * frames - i) for i in range(0, batch * frames, chunk)])
+        if not host:  # diffusers' AnimateDiff casts the decoded video to float32
+            pixels = ops.cast(ops.concat([vae.decode(p, **call.decode_kwargs) for p in pieces], axis=0), "float32")
+            return ops.reshape(pixels, (batch, frames) + ops.shape(pixels)[1:])
+        pixels = np.concatenate([ops.to_numpy(vae.decode(p, **call.decode_kwargs)) for p in pieces],
+                                axis=0).astype(np.float32)
         return pixels.reshape((batch, frames) + pixels.shape[1:])  # (videos, frames, C, H, W)
 
-    def postprocess(self, pixels: np.ndarray, output_type: str):
+    def postprocess(self, ops, pixels, output_type: str):
+        if output_type == "pt":
+            return to_unit_range(ops, pixels)
         videos = [image_processing.postprocess(v, output_type) for v in pixels]
         return np.stack(videos) if output_type == "np" else videos
 

@@ -163,6 +163,13 @@ _LOADERS = {"controlnet": "fewstep.ControlNetModel.from_pretrained(...)", "adapt
             "motion_adapter": "fewstep.MotionAdapter.from_pretrained(...)"}
 
 
+def component_absent(index: dict, name: str) -> bool:
+    """Whether model_index.json saves no `name` ([null, null], as diffusers writes an optional component that is
+    None, or no entry at all)."""
+    spec = index.get(name)
+    return spec is None or (isinstance(spec, list) and len(spec) == 2 and spec[0] is None)
+
+
 def _component_spec(index: dict, folder: str, name: str, pipeline: str):
     spec = index.get(name)
     if spec is not None and not (isinstance(spec, list) and len(spec) == 2):

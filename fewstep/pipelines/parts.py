@@ -30,8 +30,12 @@ one `CallState` per call, never through attributes of the pipeline:
   contributions of several parts are summed or merged);
 - `model_input(pipe, call, state, step)`: the UNet's sample after the adapters have seen it
   (inpainting's extra mask channels);
+- `combine(pipe, call, state, step, noise_pred)`: the UNet's prediction as the scheduler takes it
+  (the guidance rule combines the two halves of classifier-free guidance here, and rescales them);
 - `after_step(pipe, call, state, step, latents)`: the latents after the scheduler's step
-  (inpainting's blend).
+  (inpainting's blend);
+- `finish(pipe, call, state, images)`: the output images once decoded (inpainting's `padding_mask_crop`
+  pastes the repainted box back into the original picture).
 
 The loop (`base.py`) only runs these hooks in order; it holds no task, family or adapter code.
 """
@@ -128,6 +132,9 @@ class Part:
 
     #: pipeline components this part needs (attribute names on the pipeline)
     components: Tuple[str, ...] = ()
+    #: those of `components` the pipeline may be built without (set to None), as diffusers'
+    #: `_optional_components` (the SDXL refiner has no first text encoder)
+    optional_components: Tuple[str, ...] = ()
     #: call arguments this part owns beyond the loop's signature, with their defaults
     arguments: Mapping[str, Any] = {}
     #: the documentation of each owned argument (its type and what it does; the default is added)
@@ -166,9 +173,18 @@ class Part:
         """The UNet's sample for this step, from `step.model_input`."""
         return step.model_input
 
+    def combine(self, pipe, call: CallState, state: Any, step: StepState, noise_pred):
+        """The UNet's prediction for the scheduler's step, from the UNet's output (CFG-doubled under
+        classifier-free guidance: the guidance rule turns it into one prediction per image)."""
+        return noise_pred
+
     def after_step(self, pipe, call: CallState, state: Any, step: StepState, latents):
         """The latents after the scheduler's step."""
         return latents
+
+    def finish(self, pipe, call: CallState, state: Any, images):
+        """The output images (as `output_type` made them, not latents) once decoded."""
+        return images
 
 
 def overrides(part: Part, hook: str) -> bool:

@@ -176,6 +176,35 @@ class PipelineObjectMixin:
         which places models by its context."""
         return self.unet.device
 
+    # ------------------------------------------------------------------ settings
+    @classmethod
+    def settings(cls) -> Dict[str, Any]:
+        """The pipeline-level settings its parts read, with their defaults (SDXL's `force_zeros_for_empty_prompt`,
+        and `requires_aesthetics_score` on SDXL img2img / inpainting): what model_index.json may carry beside the
+        components, as in diffusers' pipeline config."""
+        found: Dict[str, Any] = {}
+        for part in getattr(cls, "_parts", ()):
+            found.update(part.attributes)
+        return found
+
+    def register_to_config(self, **kwargs) -> None:
+        """Change pipeline settings, as diffusers' `pipe.register_to_config(requires_aesthetics_score=True)` does:
+        the next call uses them. Only this pipeline's settings (see `settings()`) are taken, as booleans.
+
+        Raises:
+            `ValueError`: a name that is not one of this pipeline's settings, or a value that is not a boolean.
+        """
+        known = self.settings()
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no setting(s) {unknown}; its settings are "
+                             f"{sorted(known) or 'none'}.")
+        for name, value in kwargs.items():
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise ValueError(f"{name} must be True or False; got {value!r}.")
+        for name, value in kwargs.items():
+            setattr(self, name, bool(value))
+
     @property
     def components(self) -> Dict[str, Any]:
         """The pipeline's components by name, the scheduler included, as diffusers' `pipe.components`:

@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from fewstep.core import checks
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,36 +75,44 @@ def negative_prompts(negative_prompt, batch: int) -> List[str]:
     return negatives
 
 
-def encode_sd(ops, tokenizer, text_encoder, texts, dtype: str, length: Optional[int] = None):
-    """SD's conditioning for a list of texts: the last hidden state of the CLIP encoder. Negatives
-    are padded to the prompts' `length`, as diffusers pads them."""
-    return ops.cast(text_encoder(encoder_ids(tokenizer, text_encoder, texts, length))[0], dtype)
+def check_clip_skip(clip_skip, text_encoders, offset: int) -> Optional[int]:
+    """`clip_skip` as an int (None stays None), or a one-line ValueError: a whole number >= 0 that every
+    encoder can skip. diffusers indexes hidden_states[-(clip_skip + 1 + offset)] (SD: offset 0, SDXL: 1, as it
+    always starts from the penultimate layer), of the encoder's layers plus the embeddings."""
+    if clip_skip is None:
+        return None
+    layers = min(encoder.num_layers for encoder in text_encoders if encoder is not None)
+    return checks.whole(clip_skip, "clip_skip", 0, layers - offset,
+                        f"It is the number of the text encoder's last layers to skip (1: use the penultimate "
+                        f"layer's output); this one has {layers} layers.")
 
 
-def encode_sdxl(ops, tokenizers, text_encoders, texts, dtype: str, length: Optional[int] = None):
-    """SDXL's (embeds, pooled) for a list of texts: both encoders' penultimate hidden states
-    concatenated on the feature axis, and the pooled projection of the second encoder."""
+def encode_sd(ops, tokenizer, text_encoder, texts, dtype: str, length: Optional[int] = None,
+              clip_skip: Optional[int] = None):
+    """SD's conditioning for a list of texts: the last hidden state of the CLIP encoder, or with `clip_skip`
+    the hidden state that many layers before it through the encoder's final layer norm (diffusers'
+    `encode_prompt`; it never clip-skips negatives). Negatives are padded to the prompts' `length`, as
+    diffusers pads them."""
+    clip_skip = check_clip_skip(clip_skip, [text_encoder], 0)
+    ids = encoder_ids(tokenizer, text_encoder, texts, length)
+    if clip_skip is None:
+        return ops.cast(text_encoder(ids)[0], dtype)
+    return ops.cast(text_encoder.final_layer_norm(text_encoder(ids, skip=clip_skip)[1]), dtype)
+
+
+def encode_sdxl(ops, tokenizers, text_encoders, texts, dtype: str, length: Optional[int] = None,
+                clip_skip: Optional[int] = None):
+    """SDXL's (embeds, pooled) for a list of texts: both encoders' penultimate hidden states (with `clip_skip`,
+    the hidden states `clip_skip + 1` layers before the last, without a layer norm, as diffusers) concatenated
+    on the feature axis, and the pooled projection of the second encoder."""
+    skip = 1 + (check_clip_skip(clip_skip, text_encoders, 1) or 0)
     hidden, pooled = [], None
     for tokenizer, encoder in zip(tokenizers, text_encoders):
-        _, penultimate, projected = encoder(encoder_ids(tokenizer, encoder, texts, length))
-        hidden.append(penultimate)
+        _, chosen, projected = encoder(encoder_ids(tokenizer, encoder, texts, length), skip=skip)
+        hidden.append(chosen)
         pooled = projected if projected is not None else pooled
     return ops.cast(ops.concat(hidden, axis=-1), dtype), ops.cast(pooled, dtype)
 
 
 def zeros_like(ops, x):
     return ops.from_numpy(np.zeros(ops.shape(x), np.float32), like=x)
-
-
-def sdxl_time_ids(original_size, crops_coords_top_left, target_size, unet_config, projection_dim: int) -> np.ndarray:
-    """SDXL's micro-conditioning vector, checked against what the UNet's add_embedding expects."""
-    ids = list(original_size) + list(crops_coords_top_left) + list(target_size)
-    expected = unet_config.get("projection_class_embeddings_input_dim")
-    passed = unet_config["addition_time_embed_dim"] * len(ids) + projection_dim
-    if expected is not None and expected != passed:
-        raise ValueError(
-            f"The UNet expects an added time embedding of {expected} values but {passed} were built "
-            f"(addition_time_embed_dim x {len(ids)} + text encoder projection {projection_dim}): the "
-            f"UNet and text_encoder_2 configs do not belong together."
-        )
-    return np.asarray([ids], dtype=np.float32)

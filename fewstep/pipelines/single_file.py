@@ -16,7 +16,7 @@ from typing import Optional
 from fewstep.backends import get_backend
 from fewstep.backends.single_file import load_single_file
 from fewstep.pipelines import loading
-from fewstep.pipelines.checkpoint_family import (COMPONENT_PREFIXES, HUB_CONFIGS, CheckpointFamily, check_config,
+from fewstep.pipelines.checkpoint_family import (HUB_CONFIGS, CheckpointFamily, check_config, component_prefixes,
                                                  components_in, family_of, read_header)
 
 # what diffusers fetches of a config repository: no weights
@@ -85,11 +85,13 @@ class FromSingleFileMixin:
             raise ValueError(f"{cls.__name__} needs {outside}, which a checkpoint does not hold: load it (e.g. "
                              f"fewstep.ControlNetModel.from_pretrained(path, backend={backend!r})) and pass "
                              f"{outside[0]}=.")
-        held = components_in(tensors)
-        absent = [n for n in names if n in COMPONENT_PREFIXES and n not in held and components.get(n) is None]
+        held, prefixes = components_in(tensors, family), component_prefixes(family)
+        # the refiner holds no first text encoder: its class runs without one (an optional component), as diffusers'
+        optional = [n for n in cls.optional_component_names() if n not in held and family.key == "sdxl-refiner"]
+        absent = [n for n in names if n in prefixes and n not in held and components.get(n) is None]
         if absent:
             raise ValueError(f"{path!r} holds no {absent[0]} (no key starts with "
-                             f"{' or '.join(COMPONENT_PREFIXES[absent[0]])}); load one from a diffusers folder of the "
+                             f"{' or '.join(prefixes[absent[0]])}); load one from a diffusers folder of the "
                              f"same family and pass it as {absent[0]}=.")
         # every check that needs only files comes before a framework is imported
         folder = resolve_config(config, family)
@@ -98,11 +100,12 @@ class FromSingleFileMixin:
         # passed components are checked (a model of the other framework is refused) before anything loads
         given = {n: loading.adopt_component(ops.name, n, c) for n, c in components.items()
                  if c is not None and n != "scheduler"}
-        missing = [n for n in names if n not in given]
+        missing = [n for n in names if n not in given and n not in optional]
         loaded = load_single_file(ops.name, cls.__name__, path, folder, missing, given, dtype=dtype, device=device)
         # the rest is what from_pretrained does with a folder whose components are all given: wrap the models,
         # the folder's scheduler as a fewstep TCD / LCM one (unless scheduler= is given), model_index settings
-        pipe = cls.from_pretrained(folder, backend=ops.name, scheduler=components.get("scheduler"), **given, **loaded)
+        pipe = cls.from_pretrained(folder, backend=ops.name, scheduler=components.get("scheduler"), **given, **loaded,
+                                   **{n: None for n in optional if n not in given})
         pipe.name_or_path = path
         pipe.checkpoint_family = family
         return pipe
@@ -118,6 +121,11 @@ def _check_class(cls, family: CheckpointFamily) -> None:
     xl_class = "text_encoder_2" in cls.component_names()
     xl_family = family.key.startswith("sdxl")
     inpaint_class = cls._key[1] == "inpaint"
+    if family.key == "sdxl-refiner" and xl_class and cls._key[1] == "text2img":
+        # diffusers' text-to-image classes have no aesthetic-score conditioning
+        raise ValueError(f"The checkpoint is the SDXL refiner; {cls.__name__} cannot run it (it takes no aesthetic "
+                         f"score). Load it with fewstep.StableDiffusionXLImg2ImgPipeline.from_single_file(...) (or "
+                         f"StableDiffusionXLInpaintPipeline).")
     if xl_class != xl_family or (family.key.endswith("inpaint") and not inpaint_class):
         raise ValueError(f"The checkpoint is {family.name}; {cls.__name__} cannot run it. Load it with "
                          f"fewstep.{family.pipeline}.from_single_file(...)"

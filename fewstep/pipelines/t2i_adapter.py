@@ -61,10 +61,11 @@ class T2IAdapter(Part):
     components = ("adapter",)
     arguments = {"image": None, "adapter_conditioning_scale": 1.0, "adapter_conditioning_factor": 1.0}
     argument_docs = {
-        "image": Arg("`PIL.Image.Image`, `np.ndarray` or a list of them",
+        "image": Arg("`PIL.Image.Image`, `np.ndarray`, a tensor, or a list of them",
                      "The adapter's conditioning image (a sketch, a depth map...): a PIL image (resized to the "
-                     "output size) or an HWC array in [0, 1] of the output size; one for all outputs or one per "
-                     "prompt. Required; `height` and `width` default to its size, rounded down to the adapter's "
+                     "output size, converted to the adapter's channels, scaled to [0, 1]), a NumPy array (HWC / "
+                     "NHWC) or a tensor of the pipeline's framework (CHW / NCHW) with its values as given (resized, "
+                     "nearest, when its size differs); one for all outputs or one per prompt. Required; `height` and `width` default to its size, rounded down to the adapter's "
                      "downscale factor."),
         "adapter_conditioning_scale": Arg("`float` or `List[float]`", "The adapter's features are multiplied by it "
                                           "before they are added inside the UNet's down blocks; with several "
@@ -128,15 +129,15 @@ class T2IAdapter(Part):
         images = list(image) if n > 1 else [image]
         for item in images:
             if not image_processing.is_image_input(item):
-                raise ValueError(f"The adapter image is a {type(item).__name__}; pass a PIL image, an HWC NumPy array "
-                                 f"in [0, 1], or a list of them.")
+                raise ValueError(f"The adapter image is a {type(item).__name__}; pass a PIL image, a NumPy array (HWC "
+                                 f"or NHWC), a tensor of the pipeline's framework (CHW or NCHW), or a list of them.")
         return images
 
     def default_size(self, pipe, args):
         if args["image"] is None:
             return None
         # diffusers rounds the (first) image's size down to the adapters' downscale factor
-        height, width = image_processing.image_size(self._images(pipe, args)[0])
+        height, width = image_processing.image_size(self._images(pipe, args)[0], pipe.ops)
         factor = adapters_of(pipe)[0].downscale_factor
         return height - height % factor, width - width % factor
 
@@ -147,7 +148,7 @@ class T2IAdapter(Part):
         for adapter, image, weight in zip(adapters, self._images(pipe, args), weights):
             pixels = image_processing.preprocess_condition(image, run.height, run.width,
                                                            channels=adapter.config.get("in_channels", 3),
-                                                           what="the adapter image")
+                                                           what="the adapter image", ops=ops)
             mine = [f * weight for f in adapter(ops.from_numpy(pixels, like=run.cond.hidden, dtype=adapter.dtype))]
             features = mine if features is None else [a + b for a, b in zip(features, mine)]
         repeat = run.batch // len(pixels)

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from fewstep.core import checks
 from fewstep.pipelines import image_processing
 from fewstep.pipelines.docstrings import Arg
 from fewstep.pipelines.parts import Part
 
-_IMAGE = "`PIL.Image.Image`, `np.ndarray` or a list of them"
+_IMAGE = "`PIL.Image.Image`, `np.ndarray`, a tensor, or a list of them"
 _STRENGTH = ("How much the input image is changed: only the last int(num_inference_steps x strength) timesteps "
              "run, {start}; at least one step must remain. `None` uses the class's default.")
 
@@ -31,11 +32,15 @@ class _Inpainting:
     noise: Any                  # the initial noise (the 4-channel blend re-noises the image with it)
     image_latents: Any          # the encoded input image (4-channel inpainting blends it back)
     mask: Any                   # latent-size mask (1 = repaint)
-    masked_image_latents: Any
+    masked_image_latents: Any   # None when the image came as latents (4-channel UNets only)
+    crop: Any = None            # padding_mask_crop's box and originals (_Crop), for the overlay
 
 
 def set_schedule(pipe, args, **options) -> np.ndarray:
-    """The scheduler's timesteps for this call's `num_inference_steps` or custom `timesteps`."""
+    """The scheduler's timesteps for this call's `num_inference_steps` or custom `timesteps`
+    (`original_inference_steps`, when given, goes to the scheduler too)."""
+    if args.get("original_inference_steps") is not None:
+        options["original_inference_steps"] = args["original_inference_steps"]
     if args["timesteps"] is not None:
         pipe.scheduler.set_timesteps(timesteps=list(args["timesteps"]), **options)
     else:
@@ -54,6 +59,47 @@ def cut_schedule(pipe, schedule: np.ndarray, strength: float) -> np.ndarray:
                          f"num_inference_steps.")
     pipe.scheduler.set_begin_index(t_start)
     return schedule[t_start:]
+
+
+def _cutoff(pipe, share: float) -> int:
+    """The training timestep at which a share of the denoising is done (diffusers' discrete_timestep_cutoff)."""
+    total = int(pipe.scheduler.config["num_train_timesteps"])
+    return int(round(total - share * total))
+
+
+def start_schedule(pipe, schedule: np.ndarray, denoising_start: float) -> np.ndarray:
+    """The timesteps below `denoising_start`'s cutoff, as diffusers' SDXL img2img and inpainting start the
+    refiner where the base stopped (strength is then ignored)."""
+    keep = int((schedule < _cutoff(pipe, denoising_start)).sum())
+    if keep == 0:
+        raise ValueError(f"denoising_start={denoising_start} leaves no step of {len(schedule)} to run; lower it or "
+                         f"raise num_inference_steps.")
+    pipe.scheduler.set_begin_index(len(schedule) - keep)
+    return schedule[len(schedule) - keep:]
+
+
+def end_schedule(pipe, schedule: np.ndarray, denoising_end) -> np.ndarray:
+    """The timesteps at or above `denoising_end`'s cutoff: the base of a base+refiner run stops there and hands
+    its (still noisy) latents on with `output_type="latent"`."""
+    if denoising_end is None:
+        return schedule
+    keep = int((schedule >= _cutoff(pipe, denoising_end)).sum())
+    if keep == 0:
+        raise ValueError(f"denoising_end={denoising_end} leaves no step of {len(schedule)} to run; raise it.")
+    return schedule[:keep]
+
+
+def check_denoising_range(args) -> None:
+    """denoising_start in (0, 1), denoising_end in (0, 1], and start below end."""
+    start, end = args.get("denoising_start"), args.get("denoising_end")
+    hint = "It is the share of the denoising done where the base hands over to the refiner, e.g. 0.8."
+    if start is not None and checks.in_range(start, "denoising_start", 0.0, 1.0, low_open=True, hint=hint) == 1.0:
+        raise ValueError(f"denoising_start must be below 1: at 1 no step is left to run.{' ' + hint}")
+    if end is not None:
+        checks.in_range(end, "denoising_end", 0.0, 1.0, low_open=True, hint=hint)
+    if start is not None and end is not None and float(start) >= float(end):
+        raise ValueError(f"denoising_start={start} is not below denoising_end={end}: the run would have no steps; "
+                         f"pass a start below the end.")
 
 
 def encode_image(pipe, call, pixels, like):
@@ -84,11 +130,30 @@ def latent_size(pipe, call):
     return call.height // pipe.vae_scale_factor, call.width // pipe.vae_scale_factor
 
 
+_SCHEDULE_ARGUMENTS = {"original_inference_steps": None, "denoising_end": None}
+_SCHEDULE_DOCS = {
+    "original_inference_steps": Arg(
+        "`int`", "The size of the distillation grid the timesteps are picked from (the scheduler's config value, "
+        "usually 50, when None), passed to the scheduler's `set_timesteps` (LCM and TCD take it)."),
+    "denoising_end": Arg(
+        "`float`", "Stop when this share of the denoising is done (0 < value <= 1): the timesteps below "
+        "num_train_timesteps x (1 - denoising_end) are not run, and the latents are still noisy. With "
+        "`output_type=\"latent\"` this is the base of a base+refiner run (the refiner takes the same value as "
+        "`denoising_start`)."),
+}
+_START_DOCS = {"denoising_start": Arg(
+    "`float`", "Start when this share of the denoising is done (0 < value < 1): only the timesteps below "
+    "num_train_timesteps x (1 - denoising_start) run, `strength` is ignored and `image` (the base's latents) is "
+    "not noised. The refiner half of a base+refiner run.")}
+
+
 class Text2Image(Part):
     """Starts from noise (or the user's `latents`) over the whole schedule."""
 
     name = "text2img"
     default_strength = 1.0
+    arguments = _SCHEDULE_ARGUMENTS
+    argument_docs = _SCHEDULE_DOCS
     rewords = {
         "image": Arg("`None`", "Not taken: a text-to-image pipeline starts from noise. Use the Img2Img or Inpaint "
                      "pipeline to start from an image."),
@@ -100,9 +165,15 @@ class Text2Image(Part):
         if any(args[n] is not None and n not in call.claimed for n in ("image", "mask_image")):
             raise ValueError(f"{type(pipe).__name__} makes images from text only; use the Img2Img or Inpaint "
                              f"pipeline to start from an image.")
+        check_denoising_range(args)
 
     def schedule(self, pipe, call, args) -> np.ndarray:
-        return cut_schedule(pipe, set_schedule(pipe, args), call.strength)
+        schedule = set_schedule(pipe, args)
+        if args.get("denoising_start") is not None:
+            schedule = start_schedule(pipe, schedule, float(args["denoising_start"]))
+        else:
+            schedule = cut_schedule(pipe, schedule, call.strength)
+        return end_schedule(pipe, schedule, args["denoising_end"])
 
     def prepare(self, pipe, call, args):
         call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
@@ -122,13 +193,39 @@ class LCMText2Image(Text2Image):
     """diffusers' LatentConsistencyModelPipeline: `original_inference_steps` goes to the scheduler."""
 
     name = "lcm-text2img"
-    arguments = {"original_inference_steps": None}
-    argument_docs = {"original_inference_steps": Arg(
-        "`int`", "The size of the distillation grid the timesteps are picked from (the scheduler's config value, "
-        "usually 50, when None), passed to the scheduler's `set_timesteps`.")}
 
     def schedule(self, pipe, call, args):
-        return set_schedule(pipe, args, original_inference_steps=args["original_inference_steps"])
+        return end_schedule(pipe, set_schedule(pipe, args), args["denoising_end"])
+
+
+def _check_image(pipe, args, call, what: str = "image") -> None:
+    """The picture to start from is there, in a form diffusers takes, and its count spreads over the outputs."""
+    image = args[what]
+    if image is None:
+        raise ValueError(f"{type(pipe).__name__} needs {what}=: the picture to start from.")
+    if image_processing.latents_of(image, call.ops, pipe.vae.config["latent_channels"]) is not None:
+        return
+    if not image_processing.is_image_input(image):
+        raise ValueError(f"{what} is a {type(image).__name__}; pass a PIL image, a NumPy array (HWC or NHWC, values in "
+                         f"[0, 1]), a {call.ops.name} tensor (CHW or NCHW), or a list of them.")
+    count = image_processing.image_count(image)
+    if call.prompt_batch is not None and (call.prompt_batch * call.num_images_per_prompt) % count:
+        raise ValueError(f"{count} images cannot be spread over {call.prompt_batch * call.num_images_per_prompt} "
+                         f"outputs; pass 1 image or one per output.")
+
+
+def init_latents(pipe, call, image, like):
+    """The image to start from as scaled latents for the whole batch: latents given as `image` are used as
+    they are (repeated to the batch), pictures are encoded with the VAE."""
+    ops, dtype = call.ops, call.cond.dtype
+    given = image_processing.latents_of(image, ops, pipe.vae.config["latent_channels"])
+    if given is None:
+        return encode_image(pipe, call, image_processing.preprocess_image(image, call.height, call.width, ops), like)
+    n = ops.shape(given)[0]
+    if call.batch % n:
+        raise ValueError(f"{n} latents cannot be spread over {call.batch} outputs; pass 1 or one per output.")
+    given = ops.cast(given, dtype)
+    return ops.concat([given] * (call.batch // n), axis=0) if n != call.batch else given
 
 
 class Img2Img(Text2Image):
@@ -137,10 +234,14 @@ class Img2Img(Text2Image):
     name = "img2img"
     uses = ("image",)
     default_strength = 0.8
+    arguments = {**_SCHEDULE_ARGUMENTS, "denoising_start": None}
+    argument_docs = {**_SCHEDULE_DOCS, **_START_DOCS}
     rewords = {
-        "image": Arg(_IMAGE, "The image to start from: a PIL image (resized to the output size) or an HWC array "
-                     "in [0, 1] of that size; one for all outputs, or a list whose length divides the number of "
-                     "outputs. Required."),
+        "image": Arg(_IMAGE, "The image to start from, as diffusers takes it: PIL images (resized to the output "
+                     "size), NumPy arrays (HWC / NHWC) or tensors of the pipeline's framework (CHW / NCHW) in [0, 1] "
+                     "(or [-1, 1]), resized when their size differs; a tensor with the VAE's latent channels is "
+                     "taken as latents (the base's `output_type=\"latent\"`). One for all outputs, or a batch "
+                     "whose size divides the number of outputs. Required."),
         "mask_image": Arg("`None`", "Not taken: img2img changes the whole image; see the Inpaint pipelines."),
         "strength": Arg("`float`", _STRENGTH.format(start="starting from the encoded image noised to the first of "
                                                            "them (1.0 keeps little of the image)")),
@@ -148,19 +249,24 @@ class Img2Img(Text2Image):
     }
 
     def check_arguments(self, pipe, args, call):
-        if args["image"] is None:
-            raise ValueError(f"{type(pipe).__name__} needs image=: the picture to start from.")
         if args["mask_image"] is not None:
             raise ValueError("mask_image belongs to the Inpaint pipelines; Img2Img changes the whole image.")
+        _check_image(pipe, args, call)
+        check_denoising_range(args)
 
     def default_size(self, pipe, args):
-        # diffusers' default: the input image's own size, rounded down to the VAE factor
-        return image_processing.default_size(args["image"], pipe.vae_scale_factor)
+        # diffusers' default: the input image's own size, rounded down to the VAE factor (latents: times it)
+        given = image_processing.latents_of(args["image"], pipe.ops, pipe.vae.config["latent_channels"])
+        if given is not None:
+            return tuple(d * pipe.vae_scale_factor for d in pipe.ops.shape(given)[2:])
+        return image_processing.default_size(args["image"], pipe.vae_scale_factor, pipe.ops)
 
     def prepare(self, pipe, call, args):
         call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
-        pixels = image_processing.preprocess_image(args["image"], call.height, call.width)
-        init = encode_image(pipe, call, pixels, like=call.cond.hidden)
+        init = init_latents(pipe, call, args["image"], like=call.cond.hidden)
+        if args.get("denoising_start") is not None:  # the refiner continues the base's latents as they are
+            call.latents = init
+            return
         noise = pipe._randn(call.ops.shape(init), call.cond.dtype, call.generator, like=init)
         start = np.full((call.batch,), call.timesteps[0], dtype=np.int64)
         call.latents = pipe.scheduler.add_noise(init, noise, start)
@@ -171,31 +277,44 @@ class LCMImg2Img(Img2Img):
     (2 steps at strength 0.8 run [799, 399] on the default grid), not SD img2img's cut."""
 
     name = "lcm-img2img"
-    arguments = LCMText2Image.arguments
-    argument_docs = LCMText2Image.argument_docs
+    arguments = _SCHEDULE_ARGUMENTS
+    argument_docs = _SCHEDULE_DOCS
     rewords = {**Img2Img.rewords, "strength": Arg(
         "`float`", "How much the input image is changed: passed to the scheduler's `set_timesteps`, which picks "
         "`num_inference_steps` timesteps from the first int(original_inference_steps x strength) points of its "
         "grid; the encoded image is noised to the first of them. `None` uses the class's default.")}
 
     def schedule(self, pipe, call, args):
-        return set_schedule(pipe, args, original_inference_steps=args["original_inference_steps"],
-                            strength=call.strength)
+        return end_schedule(pipe, set_schedule(pipe, args, strength=call.strength), args["denoising_end"])
+
+
+@dataclass
+class _Crop:
+    box: Any            # (x1, y1, x2, y2) in the original image
+    original: Any       # the user's image and mask, for the overlay
+    mask: Any
 
 
 class Inpaint(Img2Img):
     """Repaints the masked region: a 9-channel UNet sees the mask and the masked image, a 4-channel one has
-    the kept region blended back after every step."""
+    the kept region blended back after every step. With `padding_mask_crop` only the masked region's box is
+    repainted (at the output size) and pasted back over the original."""
 
     name = "inpaint"
     uses = ("image", "mask_image")
     default_strength = 1.0
+    arguments = {**Img2Img.arguments, "padding_mask_crop": None}
+    argument_docs = {**Img2Img.argument_docs, "padding_mask_crop": Arg(
+        "`int`", "Repaint only the box around the mask, grown by this many pixels and to the output's aspect ratio: "
+        "the box of image and mask is fitted to the output size, repainted, and pasted back over the original "
+        "where the mask is white. PIL image and mask and `output_type=\"pil\"` only, as in diffusers.")}
     rewords = {
-        "image": Arg(_IMAGE, "The image to repaint: a PIL image (resized to the output size) or an HWC array in "
-                     "[0, 1] of that size; one for all outputs, or a list whose length divides the number of "
-                     "outputs. Required."),
-        "mask_image": Arg(_IMAGE, "Where to repaint: white (at least 0.5) is repainted, black kept. The size of "
-                          "`image`; one mask, or one per image. Required."),
+        "image": Arg(_IMAGE, "The image to repaint, in any form img2img takes (PIL, NumPy HWC / NHWC, CHW / NCHW "
+                     "tensors of the pipeline's framework; latents for a 4-channel UNet). Required."),
+        "mask_image": Arg(_IMAGE, "Where to repaint, as diffusers' mask processor reads it: made one channel, "
+                          "resized to the output size, binarised at 0.5 (white, at least 0.5, is repainted; black "
+                          "kept). PIL (scaled by 1/255), NumPy arrays or tensors (values as given); one mask, or one "
+                          "per image. Required."),
         "strength": Arg("`float`", _STRENGTH.format(start="starting from the encoded image noised to the first of "
                                                            "them; at 1.0 from pure noise")),
     }
@@ -203,22 +322,55 @@ class Inpaint(Img2Img):
     def check_arguments(self, pipe, args, call):
         if args["image"] is None or args["mask_image"] is None:
             raise ValueError(f"{type(pipe).__name__} needs image= and mask_image= (white = repaint).")
+        _check_image(pipe, args, call)
+        if not image_processing.is_image_input(args["mask_image"]):
+            raise ValueError(f"mask_image is a {type(args['mask_image']).__name__}; pass a PIL image, a NumPy array, "
+                             f"a {call.ops.name} tensor, or a list of them.")
+        check_denoising_range(args)
         image_processing.check_mask_matches(args["image"], args["mask_image"])
+        channels = pipe.unet.config["in_channels"]
+        if channels not in (4, 9):
+            raise ValueError(f"An inpainting UNet has 4 or 9 input channels; this one has {channels}.")
+        latent = image_processing.latents_of(args["image"], call.ops, pipe.vae.config["latent_channels"])
+        if latent is not None and channels == 9:
+            raise ValueError("A 9-channel inpainting UNet needs the masked picture: pass image= as pixels, not latents.")
+        crop = args["padding_mask_crop"]
+        if crop is not None:
+            checks.whole(crop, "padding_mask_crop", 0, checks.MAX_SIDE, "It is the padding around the mask, in pixels.")
+            if not all(image_processing.is_pil(args[n]) for n in ("image", "mask_image")):
+                raise ValueError("padding_mask_crop needs image= and mask_image= as single PIL images (as in diffusers); "
+                                 "convert them, or leave padding_mask_crop out.")
+            if args["output_type"] != "pil":
+                raise ValueError(f"padding_mask_crop pastes the result back into the original picture, so it needs "
+                                 f"output_type='pil'; got {args['output_type']!r}.")
+
+    def default_size(self, pipe, args):
+        return None  # diffusers' SD / SDXL inpainting: the UNet's sample size, not the image's
 
     def prepare(self, pipe, call, args):
         call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
         ops, dtype, batch = call.ops, call.cond.dtype, call.batch
         channels = pipe.unet.config["in_channels"]
-        if channels not in (4, 9):
-            raise ValueError(f"An inpainting UNet has 4 or 9 input channels; this one has {channels}.")
-        pixels = image_processing.preprocess_image(args["image"], call.height, call.width)
-        mask = image_processing.preprocess_mask(args["mask_image"], call.height, call.width)
+        image, mask_image, crop = args["image"], args["mask_image"], None
+        if args["padding_mask_crop"] is not None:
+            box = image_processing.crop_region(mask_image, call.width, call.height, int(args["padding_mask_crop"]))
+            crop = _Crop(box, image, mask_image)
+            image = image_processing.cropped([image], box, call.height, call.width)
+            mask_image = image_processing.cropped([mask_image], box, call.height, call.width)
+        latent_image = image_processing.latents_of(image, ops, pipe.vae.config["latent_channels"])
+        pixels = None if latent_image is not None else \
+            image_processing.preprocess_image(image, call.height, call.width, ops)
+        mask = image_processing.preprocess_mask(mask_image, call.height, call.width, ops)
         full_strength = call.strength == 1.0
+        refining = args.get("denoising_start") is not None
         image_latents = None
-        if channels == 4 or not full_strength:
-            image_latents = encode_image(pipe, call, pixels, like=call.cond.hidden)
+        if latent_image is not None or channels == 4 or not full_strength or refining:
+            image_latents = init_latents(pipe, call, image, like=call.cond.hidden)
         shape = (batch, pipe.vae.config["latent_channels"], *latent_size(pipe, call))
-        if args["latents"] is not None:
+        if refining:  # diffusers still draws the noise (the 4-channel blend uses it), then starts from the image
+            noise = pipe._randn(shape, dtype, call.generator, like=call.cond.hidden)
+            latents = image_latents
+        elif args["latents"] is not None:
             noise = pipe._as_tensor(args["latents"], "latents", dtype, like=call.cond.hidden)
             latents = noise * float(pipe.scheduler.init_noise_sigma)
         else:
@@ -228,14 +380,15 @@ class Inpaint(Img2Img):
             else:
                 start = np.full((batch,), call.timesteps[0], dtype=np.int64)
                 latents = pipe.scheduler.add_noise(image_latents, noise, start)
-        masked = pixels * (mask < 0.5)
-        masked_latents = encode_image(pipe, call, masked, like=noise)
+        masked_latents = None
+        if pixels is not None:
+            masked_latents = encode_image(pipe, call, pixels * (mask < 0.5), like=noise)
         latent_mask = ops.resize(ops.from_numpy(mask, like=noise, dtype=dtype), latent_size(pipe, call), mode="nearest")
         if ops.shape(latent_mask)[0] != batch:
             latent_mask = ops.concat([latent_mask] * (batch // ops.shape(latent_mask)[0]), axis=0)
         call.latents = latents
         return _Inpainting(noise=noise, image_latents=image_latents, mask=latent_mask,
-                           masked_image_latents=masked_latents)
+                           masked_image_latents=masked_latents, crop=crop)
 
     def model_input(self, pipe, call, state, step):
         model_in = step.model_input
@@ -255,6 +408,12 @@ class Inpaint(Img2Img):
             proper = pipe.scheduler.add_noise(proper, state.noise,
                                               np.asarray([call.timesteps[step.index + 1]], dtype=np.int64))
         return (1.0 - state.mask) * proper + state.mask * latents
+
+    def finish(self, pipe, call, state, images):
+        if state.crop is None:
+            return images
+        crop = state.crop
+        return [image_processing.apply_overlay(crop.mask, crop.original, i, crop.box) for i in images]
 
 
 def _videos(video) -> list:
@@ -305,7 +464,7 @@ class VideoToVideo(Text2Image):
         chunk = int(args["decode_chunk_size"])
         encoded = []
         for frames in videos:
-            pixels = ops.from_numpy(image_processing.preprocess_image(frames, call.height, call.width),
+            pixels = ops.from_numpy(image_processing.preprocess_image(frames, call.height, call.width, ops),
                                     like=call.cond.hidden, dtype=vae.dtype)
             parts = []
             for part in ops.split(pixels, [min(chunk, len(frames) - i) for i in range(0, len(frames), chunk)]):

@@ -15,9 +15,10 @@ from fewstep.testing.tiny_ip_adapter import IP_ADAPTER_FILES, IP_ADAPTER_IMAGE_E
 from fewstep.testing.tiny_models import KINDS, tiny_pipeline
 from fewstep.testing.tiny_motion import (MOTION_LORA_WEIGHT_NAME, tiny_motion_adapter, tiny_motion_lora,
                                          tiny_sdxl_motion_adapter)
+from fewstep.testing.tiny_refiner import tiny_refiner, tiny_refiner_checkpoint
 from fewstep.testing.tiny_single_file import tiny_checkpoint
 
 __all__ = ["KINDS", "tiny_pipeline", "tiny_controlnet", "tiny_t2i_adapter", "tiny_dpt", "tiny_ip_adapter",
            "IP_ADAPTER_FILES", "IP_ADAPTER_IMAGE_ENCODERS", "tiny_motion_adapter", "tiny_motion_lora",
            "MOTION_LORA_WEIGHT_NAME", "tiny_sdxl_motion_adapter", "tiny_multi_adapter_pipeline", "tiny_lcm_pipeline",
-           "tiny_checkpoint", "assert_parity", "ParityError"]
+           "tiny_checkpoint", "tiny_refiner", "tiny_refiner_checkpoint", "assert_parity", "ParityError"]

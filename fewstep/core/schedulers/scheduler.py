@@ -58,8 +58,7 @@ class ConsistencyScheduler(Configurable):
     """Shared facade of TCDScheduler and LCMScheduler (a consistency-model family sampler).
 
     Subclasses implement `step`. Construction validates the config (unknown beta_schedule or
-    prediction_type, zero-terminal-SNR with epsilon prediction, trained_betas of the wrong length)
-    instead of failing at the first step."""
+    prediction_type, zero-terminal-SNR with epsilon prediction) instead of failing at the first step."""
 
     order = 1
     init_noise_sigma = 1.0
@@ -109,7 +108,8 @@ class ConsistencyScheduler(Configurable):
             beta_schedule (`str`, *optional*, defaults to 'scaled_linear'):
                 "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
             trained_betas (`np.ndarray` or `List[float]`, *optional*):
-                Betas to use instead of a schedule; exactly `num_train_timesteps` of them.
+                Betas to use instead of a schedule, as diffusers takes them: one per training timestep (fewer leave
+                the upper timesteps without a beta, and `set_timesteps` refuses a schedule that reaches them).
             original_inference_steps (`int`, *optional*, defaults to 50):
                 The size of the distillation grid the timesteps are picked from.
             clip_sample (`bool`, *optional*, defaults to False):
@@ -136,7 +136,8 @@ class ConsistencyScheduler(Configurable):
                 Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").
 
         Raises ValueError for an unknown beta_schedule or prediction_type, zero-terminal SNR with epsilon
-        prediction, or trained_betas of the wrong length, before anything is built.
+        prediction, before anything is built; trained_betas of another length than num_train_timesteps are
+        kept as diffusers keeps them, and `set_timesteps` refuses a schedule that reaches past them.
         """
         T = as_int(num_train_timesteps, "num_train_timesteps")
         if T < 1:
@@ -152,11 +153,10 @@ class ConsistencyScheduler(Configurable):
                 "recover x0 (division by zero, NaN at the first step). Use prediction_type='v_prediction' (what "
                 "zero-SNR models are trained with), or rescale_betas_zero_snr=False."
             )
+        # trained_betas of another length than num_train_timesteps are kept as given, as diffusers keeps them
+        # (its own test_trained_betas builds 1000 training timesteps from 2 betas); set_timesteps refuses a
+        # schedule that reaches past the table, where diffusers would fail with an IndexError at the step.
         betas = make_betas(beta_schedule, T, beta_start, beta_end, trained_betas)
-        if len(betas) != T:
-            raise ValueError(
-                f"trained_betas has {len(betas)} values but num_train_timesteps={T}; pass num_train_timesteps={len(betas)}."
-            )
         if rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)
         if self._saved_as_module:
@@ -234,12 +234,24 @@ class ConsistencyScheduler(Configurable):
             full_range_if_explicit=self._full_range_if_explicit,
             order=self.order,
         )
+        self._check_within_betas(plan.timesteps)
         anchor = device_anchor(device)
         self._set_timesteps_array(plan.timesteps, anchor)
         self.num_inference_steps = plan.num_inference_steps
         self.custom_timesteps = plan.custom_timesteps
         self._step_index = None
         self._begin_index = None
+
+    def _check_within_betas(self, values: np.ndarray) -> None:
+        """A schedule whose timesteps all have a beta: trained_betas shorter than num_train_timesteps leave the
+        upper timesteps without one (diffusers indexes past its table at the first step: an IndexError)."""
+        have = len(self._alphas_cumprod_list)
+        if len(values) and int(np.max(values)) >= have:
+            raise ValueError(
+                f"This schedule reaches timestep {int(np.max(values))} but trained_betas has only {have} values "
+                f"(num_train_timesteps={self.config['num_train_timesteps']}); pass one beta per training timestep, "
+                f"or num_train_timesteps={have}."
+            )
 
     def _set_timesteps_array(self, values: np.ndarray, anchor: Any = None) -> None:
         # The host copy (a Python list: the step indexes it once per call, and list indexing is cheap)
@@ -371,8 +383,9 @@ class ConsistencyScheduler(Configurable):
         if not np.all(np.equal(np.mod(t, 1), 0)):
             raise ValueError(f"`timesteps` must be integers, got {t.tolist()}.")
         t = t.astype(np.int64)
-        if t.min() < 0 or t.max() >= len(self):
-            raise ValueError(f"`timesteps` {t.tolist()} must lie in 0..{len(self) - 1}.")
+        have = len(self._alphas_cumprod_list)  # num_train_timesteps, or the length of trained_betas
+        if t.min() < 0 or t.max() >= have:
+            raise ValueError(f"`timesteps` {t.tolist()} must lie in 0..{have - 1}.")
         work = np.float64 if dtype == "float64" else np.float32
         alpha = self.alphas_cumprod[t].astype(work)
         signal = np.sqrt(alpha.astype(np.float64)).astype(work)  # correctly rounded sqrt in `work` precision
