@@ -60,7 +60,9 @@ def pinned(session: nox.Session) -> None:
     """torch and MindSpore in one process, as constraints.txt pins them: the whole suite."""
     session.install("-c", PINNED, "-e", ".[torch,mindspore,ray,test]")
     _first_command(session)
-    _pytest(session)  # pyproject's addopts leave out `slow`
+    # pyproject's addopts leave out `slow`; diffusers' pipeline tests through fewstep on MindSpore (a save and a load
+    # per case) run in mindspore_low, not here as well
+    _pytest(session, "--deselect", "tests/test_diffusers_pipeline_suite.py::test_fewstep_mindspore")
 
 
 @nox.session

@@ -119,6 +119,7 @@ class Pipeline(Construction, PipelineObjectMixin):
 
     def __init__(self, backend=None, scheduler=None, **components):
         # Cls(**pipe.components), as in diffusers: the backend is then read from the models
+        settings = self._diffusers_extras(components)
         if backend is None:
             backend = infer_backend(components)
         if scheduler is None:
@@ -137,14 +138,34 @@ class Pipeline(Construction, PipelineObjectMixin):
                 raise ValueError(f"{type(self).__name__} needs a {name!r} component.")
         for name in names:
             value = components.get(name)
-            if value is not None:
-                loading.check_component_backend(name, value, self.ops.name)
+            if value is not None:  # a diffusers / transformers (or mindone) model is wrapped, as from_pretrained does
+                value = loading.adopt_component(self.ops.name, name, value)
             setattr(self, name, value)
+        if settings:
+            self.register_to_config(**settings)
         for part in self._parts:
             part.check_components(self)
         for part in self._parts:
             part.attach(self)
         self._progress_config: Dict[str, Any] = {}
+
+    def _diffusers_extras(self, components: dict) -> dict:
+        """Take out of `components` what diffusers' constructors also take: this pipeline's settings (returned),
+        `requires_safety_checker`, the feature extractor and image encoder (unused: the IP-Adapter's come with
+        `load_ip_adapter`) and the safety checker as None (fewstep runs none)."""
+        settings = {name: components.pop(name) for name in list(components) if name in self.settings()}
+        components.pop("requires_safety_checker", None)
+        for name in ("feature_extractor", "image_encoder"):
+            if name not in self.component_names():
+                components.pop(name, None)
+        if components.pop("safety_checker", None) is not None:
+            raise ValueError("fewstep pipelines run no safety checker: pass safety_checker=None.")
+        return settings
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The pipeline's class and settings, as diffusers' `pipe.config` holds them beside its components."""
+        return {"_class_name": type(self).__name__, **{name: getattr(self, name) for name in self.settings()}}
 
     @property
     def vae_scale_factor(self) -> int:

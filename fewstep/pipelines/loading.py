@@ -223,6 +223,8 @@ def adopt_component(backend: str, name: str, value):
     own models (a diffusers ControlNetModel, a mindone UNet) wrapped; lists (several ControlNets) item
     by item. A model of the other framework is refused."""
     check_component_backend(name, value, backend)
+    if type(value).__name__ in ("MultiAdapter", "MultiControlNetModel"):  # the library's own list of models
+        value = list(getattr(value, "adapters", None) or getattr(value, "nets"))
     if isinstance(value, (list, tuple)):
         return [adopt_component(backend, name, v) for v in value]
     if framework_of(value) in ("torch", "mindspore"):  # a raw model, not yet wrapped

@@ -430,8 +430,8 @@ class VideoToVideo(Text2Image):
 
     name = "video2video"
     default_strength = 0.8
-    arguments = {"video": None}
-    argument_docs = {"video": Arg(
+    arguments = {**_SCHEDULE_ARGUMENTS, "video": None}
+    argument_docs = {**_SCHEDULE_DOCS, "video": Arg(
         "`List[PIL.Image.Image]` or a list of such lists", "The video to start from: its frames (PIL images, "
         "resized to the output size, or HWC arrays in [0, 1] of that size); one video for all outputs or one per "
         "output. Its length sets `num_frames`. Required.")}

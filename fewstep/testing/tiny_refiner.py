@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from fewstep.testing import ldm_layout, tiny_models as tm
+from fewstep.testing.tiny_single_file import read_component
 
 REFINER_FORMAT = 1  # bump when the refiner built below changes
 #: the diffusers class each task saves the refiner as (inpainting: the same models, diffusers' SDXL inpainting)
@@ -88,18 +89,9 @@ def tiny_refiner_checkpoint(seed: int = 0, path: Optional[Union[str, os.PathLike
 
 def refiner_layout(folder: str) -> dict:
     """The weights of a diffusers-format SDXL refiner folder under the names of the released refiner file."""
-    import json
-
-    from safetensors.numpy import load_file
-
-    def component(name: str, weights: str):
-        sub = os.path.join(folder, name)
-        with open(os.path.join(sub, "config.json")) as f:
-            return load_file(os.path.join(sub, weights)), json.load(f)
-
-    unet, unet_config = component("unet", "diffusion_pytorch_model.safetensors")
-    vae, vae_config = component("vae", "diffusion_pytorch_model.safetensors")
-    text_2, _ = component("text_encoder_2", "model.safetensors")
+    unet, unet_config = read_component(folder, "unet", "diffusion_pytorch_model.safetensors")
+    vae, vae_config = read_component(folder, "vae", "diffusion_pytorch_model.safetensors")
+    text_2, _ = read_component(folder, "text_encoder_2", "model.safetensors")
     return {**ldm_layout.prefixed("model.diffusion_model.", ldm_layout.unet_to_ldm(unet, unet_config)),
             **ldm_layout.prefixed("first_stage_model.", ldm_layout.vae_to_ldm(vae, vae_config)),
             **ldm_layout.prefixed("conditioner.embedders.0.model.",

@@ -49,21 +49,23 @@ def tiny_checkpoint(kind: str, seed: int = 0, path: Optional[Union[str, os.PathL
     return str(target / f"{kind}.safetensors")
 
 
+def read_component(folder: str, name: str, weights: str):
+    """(weights as NumPy arrays, config) of one component folder of a diffusers pipeline folder."""
+    from safetensors.numpy import load_file
+
+    sub = os.path.join(folder, name)
+    with open(os.path.join(sub, "config.json")) as f:
+        return load_file(os.path.join(sub, weights)), json.load(f)
+
+
 def original_layout(folder: str) -> dict:
     """The weights of a diffusers-format SD / SDXL pipeline folder under their original (LDM / SGM) names."""
-    def component(name: str, weights: str):
-        from safetensors.numpy import load_file
-
-        sub = os.path.join(folder, name)
-        with open(os.path.join(sub, "config.json")) as f:
-            return load_file(os.path.join(sub, weights)), json.load(f)
-
-    unet, unet_config = component("unet", "diffusion_pytorch_model.safetensors")
-    vae, vae_config = component("vae", "diffusion_pytorch_model.safetensors")
-    text, _ = component("text_encoder", "model.safetensors")
+    unet, unet_config = read_component(folder, "unet", "diffusion_pytorch_model.safetensors")
+    vae, vae_config = read_component(folder, "vae", "diffusion_pytorch_model.safetensors")
+    text, _ = read_component(folder, "text_encoder", "model.safetensors")
     text_2 = None
     if os.path.isdir(os.path.join(folder, "text_encoder_2")):  # SDXL: SGM's two embedders
-        text_2, _ = component("text_encoder_2", "model.safetensors")
+        text_2, _ = read_component(folder, "text_encoder_2", "model.safetensors")
     return ldm_layout.checkpoint(unet, unet_config, vae, vae_config, text, text_2,
                                  open_clip=_is_open_clip(os.path.join(folder, "text_encoder")))
 
