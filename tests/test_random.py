@@ -425,3 +425,27 @@ def test_core_module_imports_no_framework():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not names & {"torch", "mindspore", "mindone", "diffusers"}, names
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("drawn", [0, 1, 5, 623, 624, 3000])
+def test_from_torch_continues_a_used_torch_generator(drawn):
+    """After any number of draws (both the MT19937 position and the cached normal), the next draws of every
+    size path equal torch's."""
+    torch = _torch()
+    tg = torch.Generator().manual_seed(11)
+    if drawn:
+        torch.randn((drawn,), generator=tg)
+    g = Generator.from_torch(tg)
+    assert g.initial_seed() == 11
+    for shape in [(1, 4, 32, 32), (3,), (1,), (20,)]:
+        _assert_matches(g.randn(shape), _torch_randn(tg, shape, "float32"), "float32", what=f"{drawn} {shape}")
+
+
+def test_from_torch_refuses_other_states():
+    class Fake:
+        def get_state(self):
+            return np.zeros(16, np.uint8)
+
+    with pytest.raises(ValueError, match="Not a CPU torch.Generator state"):
+        Generator.from_torch(Fake())

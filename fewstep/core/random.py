@@ -49,6 +49,7 @@ import copy
 import math
 import operator
 import os
+import struct
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -60,6 +61,9 @@ __all__ = ["Generator", "STREAMS"]
 
 STREAMS = ("torch", "numpy")
 _RANDN_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_MT_WORDS = 624              # MT19937's state words
+_TORCH_STATE_BYTES = 5056    # torch's CPUGeneratorImplState: legacy POD (seed, left, seeded, next, 624 words,
+#                              the double normal cache) then the float normal cache
 
 _U64 = 1 << 64
 _TWO_PI_F32 = np.float32(2.0 * math.pi)  # torch 2.13's kernel forms theta as a float32 product (checked)
@@ -453,6 +457,25 @@ class Generator:
         def one(s: int) -> int:
             return s % _U64 if self.stream == "torch" else s
         return [one(s) for s in self.seed] if self._batched else one(self.seed)
+
+    @classmethod
+    def from_torch(cls, generator) -> "Generator":
+        """A torch-stream generator that continues where a CPU `torch.Generator` is now (after whatever it has
+        drawn), e.g. to run a torch test's call on MindSpore with the same noise. Reads `generator.get_state()`
+        (torch's 5056-byte CPU state: seed, MT19937 words and position, the cached normal); imports no torch."""
+        raw = np.asarray(generator.get_state(), dtype=np.uint8).tobytes()
+        if len(raw) != _TORCH_STATE_BYTES:
+            raise ValueError(f"Not a CPU torch.Generator state ({len(raw)} bytes, {_TORCH_STATE_BYTES} expected); "
+                             f"use a generator on the CPU, or fewstep.Generator(seed).")
+        seed, left, _, position = struct.unpack_from("<QiiQ", raw, 0)
+        words = np.frombuffer(raw, dtype="<u8", count=_MT_WORDS, offset=24).astype(np.uint32)
+        _, cached, _ = struct.unpack_from("<ddd", raw, 24 + 8 * _MT_WORDS)
+        (cache_valid,) = struct.unpack_from("<i", raw, 48 + 8 * _MT_WORDS)
+        made = cls(int(seed))
+        # torch's MT19937 regenerates when `left` falls to 0; NumPy's when `pos` reaches 624
+        made._streams[0].set_state({"key": words, "pos": _MT_WORDS if left == 1 else int(position),
+                                    "normal_cache": float(cached) if cache_valid else None})
+        return made
 
     # state --------------------------------------------------------------------------------------------
     def get_state(self) -> dict:

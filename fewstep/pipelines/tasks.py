@@ -106,7 +106,7 @@ def encode_image(pipe, call, pixels, like):
     """Scaled VAE latents of an NCHW [-1, 1] image, sampled from the posterior with the user's generator
     (diffusers' `retrieve_latents` default), repeated to the batch."""
     ops, batch, generator = call.ops, call.batch, call.generator
-    pixels = ops.from_numpy(pixels, like=like, dtype=pipe.vae.dtype)
+    pixels = as_device_pixels(pipe, pixels, like)
     mean, std = pipe.vae.encode(pixels)
     n = ops.shape(mean)[0]
     if n != batch and batch % n:
@@ -118,6 +118,15 @@ def encode_image(pipe, call, pixels, like):
     latents = ops.cast(posterior_sample(pipe, mean, std, generator) * float(pipe.vae.config["scaling_factor"]),
                        call.cond.dtype)
     return ops.concat([latents] * (batch // n), axis=0) if n != batch else latents
+
+
+def as_device_pixels(pipe, pixels: np.ndarray, like):
+    """NCHW pixels on the device in the VAE's dtype, laid out as diffusers lays them out: it permutes NHWC arrays,
+    so torch's VAE sees channels-last strides. The layout changes torch's rounding, which a flat picture (the
+    all-black masked image of a fully masked inpainting) amplifies through the encoder's GroupNorm (variance ~0)
+    far above 1e-4; with the same layout the latents are diffusers'. Costs nothing: a view on torch."""
+    nhwc = pipe.ops.from_numpy(np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)), like=like, dtype=pipe.vae.dtype)
+    return pipe.ops.permute_dims(nhwc, (0, 3, 1, 2))
 
 
 def posterior_sample(pipe, mean, std, generator):
@@ -464,8 +473,8 @@ class VideoToVideo(Text2Image):
         chunk = int(args["decode_chunk_size"])
         encoded = []
         for frames in videos:
-            pixels = ops.from_numpy(image_processing.preprocess_image(frames, call.height, call.width, ops),
-                                    like=call.cond.hidden, dtype=vae.dtype)
+            pixels = as_device_pixels(pipe, image_processing.preprocess_image(frames, call.height, call.width, ops),
+                                      like=call.cond.hidden)
             parts = []
             for part in ops.split(pixels, [min(chunk, len(frames) - i) for i in range(0, len(frames), chunk)]):
                 parts.append(posterior_sample(pipe, *vae.encode(part), call.generator))
