@@ -136,3 +136,25 @@ def test_bad_denoising_range(kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         pipe(image=picture(3), **CALL, **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, kind, extra", [("StableDiffusionPipeline", "sd15", {}),
+                                               ("StableDiffusionXLImg2ImgPipeline", "sdxl", {"strength": 1.0})])
+def test_original_inference_steps_reaches_the_scheduler(name, kind, extra):
+    """Every pipeline passes `original_inference_steps` to the scheduler's set_timesteps: the steps run are diffusers'
+    LCMScheduler's for that grid (6 here, not the config's 50), and the image differs from the default grid's."""
+    import diffusers
+
+    pipe = _ours(name, kind)
+    pipe.scheduler = fewstep.LCMScheduler.from_config(pipe.scheduler.config)
+    inputs = dict(prompt=PROMPT, num_inference_steps=2, guidance_scale=0.0, output_type="np", **extra)
+    if name.endswith("Img2ImgPipeline"):
+        inputs["image"] = picture(3)
+    seen = []
+    grid = pipe(generator=fewstep.Generator(0), original_inference_steps=6,
+                callback_on_step_end=lambda p, i, t, kw: seen.append(int(t)) or kw, **inputs).images
+    reference = diffusers.LCMScheduler.from_config(pipe.scheduler.config)
+    reference.set_timesteps(2, original_inference_steps=6)
+    assert seen == [int(t) for t in reference.timesteps]
+    default = pipe(generator=fewstep.Generator(0), **inputs).images
+    assert np.abs(np.asarray(grid) - np.asarray(default)).max() > MIN_EFFECT
