@@ -260,7 +260,7 @@ class Pipeline(Construction, PipelineObjectMixin):
             args.update({name: part_arguments.get(name, default) for name, default in owned.items() if name not in args})
             if output_type not in ("pil", "np", "pt", "latent"):
                 raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np', 'pt' or 'latent'.")
-            if clip_skip is not None:  # the family checks it against its text encoders' layers before encoding
+            if clip_skip is not None:  # the family part checks it against its text encoders' layers in check_arguments
                 checks.whole(clip_skip, "clip_skip", 0, 2 ** 31, "Use e.g. 1 (the penultimate layer), or None.")
             # every number is checked before any work (core/checks.py): a NaN would otherwise give a black image
             guidance_scale, strength, eta = self._check_numbers(guidance_scale, strength, eta, cross_attention_kwargs)

@@ -30,6 +30,10 @@ class StableDiffusion(Part):
     components = ("unet", "vae", "text_encoder", "tokenizer")
     default_guidance = 7.5
 
+    def check_arguments(self, pipe, args, call):
+        # before any work (the LoRA scale's re-fuse included): a clip_skip the encoder's layers allow
+        prompts.check_clip_skip(args["clip_skip"], [pipe.text_encoder], 0)
+
     def prepare(self, pipe, call, args):
         ops = call.ops
         dtype = pipe.text_encoder.dtype
@@ -76,6 +80,7 @@ class StableDiffusionXL(Part):
     def check_arguments(self, pipe, args, call):
         # before any work: the time-id layout against the UNet, and scores given to a UNet that takes none
         time_ids.check(self.rule, pipe, args, pipe.unet.config, self._projection_dim(pipe, args))
+        prompts.check_clip_skip(args["clip_skip"], [pipe.text_encoder, pipe.text_encoder_2], 1)
 
     @staticmethod
     def _projection_dim(pipe, args) -> int:

@@ -134,7 +134,9 @@ class ControlNet(Part):
         prompt_batch = call.prompt_batch
         n = len(nets_of(pipe))
         images = self._images(args, n)
-        for k, image in enumerate(images):
+        for k, (image, net) in enumerate(zip(images, nets_of(pipe))):
+            image_processing.check_input(image, call.ops, "the control image", "condition",
+                                         net.config.get("conditioning_channels", 3))
             count = image_processing.image_count(image)
             if self.per_frame:
                 if count != args["num_frames"]:

@@ -184,17 +184,45 @@ def latents_of(image, ops, latent_channels: int):
     return image if len(shape) == 4 and shape[1] == latent_channels else None
 
 
+_RGB_FIX = "pass an RGB image (3 channels), or latents with the VAE's channels"
+_MASK_FIX = "pass a one-channel (grayscale) mask, or an RGB one"
+
+
+def _condition_fix(channels: int) -> str:
+    return f"the model takes {channels}: pass {'a grayscale' if channels == 1 else 'an RGB'} image"
+
+
+def _check_range(pixels: np.ndarray, what: str) -> None:
+    if pixels.max() > 1.0 + 1e-3 and pixels.min() >= 0:
+        raise ValueError(f"{what} has values up to {pixels.max():.3g}; arrays and tensors hold pixels in [0, 1] (or "
+                         f"[-1, 1]): divide 0-255 values by 255.")
+
+
+def check_input(image, ops, what: str, kind: str, channels: int = 3) -> None:
+    """Refuse, before any work, an array or tensor input the preprocessing below would refuse mid-call: its
+    channel count (`kind` "image", "mask" or "condition" with `channels`), and 0-255 values for an image. PIL
+    images are converted, so they always fit; NaN is refused while reading."""
+    batch = read(image, ops, what, grayscale=kind == "mask")
+    if isinstance(batch, list):
+        return
+    if kind == "image":
+        _channels(batch, (3,), what, _RGB_FIX)
+        _check_range(batch, what)
+    elif kind == "mask":
+        _channels(batch, (1, 3), what, _MASK_FIX)
+    else:
+        _channels(batch, (channels,), what, _condition_fix(channels))
+
+
 def preprocess_image(image, height: int, width: int, ops=None, what: str = "image") -> np.ndarray:
     """NCHW float32 in [-1, 1] for the VAE encoder."""
     pixels = _pixels(read(image, ops, what), height, width, "RGB")
-    pixels = _channels(pixels, (3,), what, "pass an RGB image (3 channels), or latents with the VAE's channels")
+    pixels = _channels(pixels, (3,), what, _RGB_FIX)
     if pixels.min() < 0:
         warnings.warn(f"{what} has values in [{pixels.min():.3g}, {pixels.max():.3g}]: taken as already in [-1, 1] "
                       f"(diffusers' rule; the expected range for arrays and tensors is [0, 1]).", FutureWarning)
         return pixels
-    if pixels.max() > 1.0 + 1e-3:
-        raise ValueError(f"{what} has values up to {pixels.max():.3g}; arrays and tensors hold pixels in [0, 1] (or "
-                         f"[-1, 1]): divide 0-255 values by 255.")
+    _check_range(pixels, what)
     return 2.0 * pixels - 1.0
 
 
@@ -204,21 +232,20 @@ def preprocess_condition(image, height: int, width: int, channels: int = 3, what
     processor gives it: PIL images resized and converted to the model's channels (RGB, or L for a 1-channel
     T2I-Adapter) and scaled to [0, 1]; arrays and tensors resized when they differ, values kept."""
     pixels = _pixels(read(image, ops, what), height, width, "L" if channels == 1 else "RGB")
-    return _channels(pixels, (channels,), what, f"the model takes {channels}: pass "
-                                                f"{'a grayscale' if channels == 1 else 'an RGB'} image")
+    return _channels(pixels, (channels,), what, _condition_fix(channels))
 
 
 def preprocess_mask(mask, height: int, width: int, ops=None) -> np.ndarray:
     """N1HW float32 of 0 and 1 (1 = repaint), as diffusers' mask processor (do_convert_grayscale,
     do_binarize, no normalisation) gives it; a 3-channel array is made gray first."""
     pixels = _pixels(read(mask, ops, "mask_image", grayscale=True), height, width, "L")
-    pixels = _channels(pixels, (1, 3), "mask_image", "pass a one-channel (grayscale) mask, or an RGB one")
+    pixels = _channels(pixels, (1, 3), "mask_image", _MASK_FIX)
     if pixels.shape[1] == 3:
         pixels = np.einsum("nchw,c->nhw", pixels, _LUMA)[:, None]
     return (pixels >= 0.5).astype(np.float32)
 
 
-def check_mask_matches(image, mask, ops=None) -> None:
+def check_mask_matches(image, mask) -> None:
     """One mask for all images, or one per image (both are resized to the output size)."""
     images, masks = image_count(image), image_count(mask)
     if masks not in (1, images):

@@ -101,7 +101,9 @@ class T2IAdapter(Part):
 
     def check_arguments(self, pipe, args: Mapping[str, Any], call) -> None:
         prompt_batch = call.prompt_batch
-        for image in self._images(pipe, args):
+        for image, adapter in zip(self._images(pipe, args), adapters_of(pipe)):
+            image_processing.check_input(image, call.ops, "the adapter image", "condition",
+                                         adapter.config.get("in_channels", 3))
             count = image_processing.image_count(image)
             if prompt_batch is not None and count not in (1, prompt_batch):
                 raise ValueError(f"The adapter image holds {count} images for {prompt_batch} prompts; pass one, or one "

@@ -153,6 +153,7 @@ def _check_image(pipe, args, call, what: str = "image") -> None:
     if not image_processing.is_image_input(image):
         raise ValueError(f"{what} is a {type(image).__name__}; pass a PIL image, a NumPy array (HWC or NHWC, values in "
                          f"[0, 1]), a {call.ops.name} tensor (CHW or NCHW), or a list of them.")
+    image_processing.check_input(image, call.ops, what, "image")
     count = image_processing.image_count(image)
     if call.prompt_batch is not None and (call.prompt_batch * call.num_images_per_prompt) % count:
         raise ValueError(f"{count} images cannot be spread over {call.prompt_batch * call.num_images_per_prompt} "
@@ -271,6 +272,7 @@ class Inpaint(Img2Img):
         if not image_processing.is_image_input(args["mask_image"]):
             raise ValueError(f"mask_image is a {type(args['mask_image']).__name__}; pass a PIL image, a NumPy array, "
                              f"a {call.ops.name} tensor, or a list of them.")
+        image_processing.check_input(args["mask_image"], call.ops, "mask_image", "mask")
         check_denoising_range(args)
         image_processing.check_mask_matches(args["image"], args["mask_image"])
         channels = pipe.unet.config["in_channels"]
