@@ -88,7 +88,7 @@ def test_import_fewstep_installs_no_import_hook_and_patches_no_class():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-2:] == [
         "FINDERS True",
-        "BASES ['ConsistencyScheduler', 'Configurable', 'object'] "
+        "BASES ['ConsistencyScheduler', 'DiscreteScheduler', 'Configurable', 'object'] "
         "(<class 'fewstep.core.schedulers.scheduler.ConsistencyScheduler'>,)",
     ]
 

@@ -39,7 +39,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from fewstep.core.schedulers.scheduler import ConsistencyScheduler
+from fewstep.core.schedulers.scheduler import DiscreteScheduler
 
 __all__ = ["diffusers_class", "for_diffusers", "for_mindone", "mindone_class"]
 
@@ -82,7 +82,7 @@ def _mixins(library: str) -> tuple:
 
 
 def _library_class(library: str, cls: type) -> type:
-    if not (isinstance(cls, type) and issubclass(cls, ConsistencyScheduler)):
+    if not (isinstance(cls, type) and issubclass(cls, DiscreteScheduler)):
         raise TypeError(f"{library}_class takes a fewstep scheduler class (fewstep.TCDScheduler, fewstep.LCMScheduler), "
                         f"got {cls!r}.")
     if cls._interop_library == library:
@@ -121,7 +121,7 @@ def _rebuild(library: str, base: type, state: dict):
 
 
 def _convert(library: str, scheduler):
-    if not isinstance(scheduler, ConsistencyScheduler):
+    if not isinstance(scheduler, DiscreteScheduler):
         raise TypeError(f"for_{library} takes a fewstep scheduler (fewstep.TCDScheduler, fewstep.LCMScheduler), got "
                         f"{type(scheduler).__name__!r}; build one with fewstep.TCDScheduler.from_config(scheduler.config).")
     if type(scheduler)._interop_library == library:

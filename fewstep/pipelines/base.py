@@ -313,8 +313,11 @@ class Pipeline(Construction, PipelineObjectMixin):
         start = time.perf_counter()
         with self.progress_bar(total=len(schedule)) as bar:
             for i, t in enumerate(schedule):
+                # the scheduler scales the model input (Euler divides by sqrt(sigma^2 + 1); the others return it),
+                # before the parts add their channels, as diffusers' pipelines order it
+                model_input = ops.concat([latents, latents], axis=0) if call.do_cfg else latents
                 step = StepState(index=i, timestep=t, latents=latents,
-                                 model_input=ops.concat([latents, latents], axis=0) if call.do_cfg else latents)
+                                 model_input=self.scheduler.scale_model_input(model_input, t))
                 inputs = UNetInputs()
                 for part, state in contributors:
                     inputs.merge(part.unet_inputs(self, call, state, step))

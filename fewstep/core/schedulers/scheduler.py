@@ -54,16 +54,18 @@ class StepOutput(OrderedDict):
         return tuple(self[k] for k in self.keys())
 
 
-class ConsistencyScheduler(Configurable):
-    """Shared facade of TCDScheduler and LCMScheduler (a consistency-model family sampler).
+class DiscreteScheduler(Configurable):
+    """What every fewstep scheduler shares: the tables of a discrete training schedule (betas,
+    alphas_cumprod), the inference timesteps, the step index and the forward process (`add_noise`,
+    `get_velocity`).
 
-    Subclasses implement `step`. Construction validates the config (unknown beta_schedule or
-    prediction_type, zero-terminal-SNR with epsilon prediction) instead of failing at the first step."""
+    A subclass declares its config in its own `__init__` (diffusers' arguments and defaults for that
+    class, under `records_config`), builds the tables with `_build_tables`, and implements
+    `set_timesteps` and `step`; samplers that work in sigmas (Euler) also override `scale_model_input`,
+    `init_noise_sigma` and the forward process."""
 
     order = 1
     init_noise_sigma = 1.0
-    # TCD: an explicit original_inference_steps argument selects from all training timesteps.
-    _full_range_if_explicit = False
     # What diffusers and mindone write for this scheduler in a saved pipeline's model_index.json: they
     # record `obj.__module__`, and a fewstep module there would make the folder unloadable without
     # fewstep (and by mindone at all). The config fewstep saves is diffusers' own, so the folder names
@@ -75,70 +77,9 @@ class ConsistencyScheduler(Configurable):
     _interop_library: Optional[str] = None
     _interop_base: Optional[type] = None
 
-    @records_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        """Build a scheduler; arguments and defaults are diffusers' TCDScheduler / LCMScheduler's.
-
-        Args:
-            num_train_timesteps (`int`, *optional*, defaults to 1000):
-                The number of diffusion steps the model was trained with.
-            beta_start (`float`, *optional*, defaults to 0.00085):
-                The first beta of the schedule.
-            beta_end (`float`, *optional*, defaults to 0.012):
-                The last beta of the schedule.
-            beta_schedule (`str`, *optional*, defaults to 'scaled_linear'):
-                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
-            trained_betas (`np.ndarray` or `List[float]`, *optional*):
-                Betas to use instead of a schedule, as diffusers takes them: one per training timestep (fewer leave
-                the upper timesteps without a beta, and `set_timesteps` refuses a schedule that reaches them).
-            original_inference_steps (`int`, *optional*, defaults to 50):
-                The size of the distillation grid the timesteps are picked from.
-            clip_sample (`bool`, *optional*, defaults to False):
-                LCM: clip the predicted x0 to [-clip_sample_range, clip_sample_range]. TCD keeps it for compatibility.
-            clip_sample_range (`float`, *optional*, defaults to 1.0):
-                The clipping bound.
-            set_alpha_to_one (`bool`, *optional*, defaults to True):
-                Kept for compatibility (`final_alpha_cumprod`); a schedule never steps below timestep 0.
-            steps_offset (`int`, *optional*, defaults to 0):
-                Kept for compatibility; the consistency schedulers do not offset timesteps.
-            prediction_type (`str`, *optional*, defaults to 'epsilon'):
-                What the model predicts: "epsilon", "sample" or "v_prediction".
-            thresholding (`bool`, *optional*, defaults to False):
-                LCM: Imagen's dynamic thresholding of the predicted x0.
-            dynamic_thresholding_ratio (`float`, *optional*, defaults to 0.995):
-                The quantile of |x0| dynamic thresholding clips at.
-            sample_max_value (`float`, *optional*, defaults to 1.0):
-                The largest threshold dynamic thresholding uses.
-            timestep_spacing (`str`, *optional*, defaults to 'leading'):
-                Kept for compatibility; the timesteps follow the distillation grid.
-            timestep_scaling (`float`, *optional*, defaults to 10.0):
-                LCM: the timestep scale of the boundary-condition scalings.
-            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
-                Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").
-
-        Raises ValueError for an unknown beta_schedule or prediction_type, zero-terminal SNR with epsilon
-        prediction, before anything is built; trained_betas of another length than num_train_timesteps are
-        kept as diffusers keeps them, and `set_timesteps` refuses a schedule that reaches past them.
-        """
+    def _build_tables(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                      rescale_betas_zero_snr, set_alpha_to_one) -> None:
+        """Validate the schedule's config (before anything is built) and build the tables and the empty state."""
         T = as_int(num_train_timesteps, "num_train_timesteps")
         if T < 1:
             raise ValueError(f"num_train_timesteps must be at least 1, got {T}.")
@@ -190,57 +131,6 @@ class ConsistencyScheduler(Configurable):
         return int(self.config["num_train_timesteps"])
 
     # -- schedule and step index -----------------------------------------------------------
-
-    def set_timesteps(
-        self,
-        num_inference_steps: Optional[int] = None,
-        device: Any = None,
-        original_inference_steps: Optional[int] = None,
-        timesteps: Optional[Sequence[int]] = None,
-        strength: float = 1.0,
-    ) -> None:
-        """Choose the inference timesteps (run before the denoising loop).
-
-        Args:
-            num_inference_steps (`int`, *optional*):
-                How many steps; picked evenly from the distillation grid. Exclusive with `timesteps`.
-            device (`str` or `torch.device`, *optional*):
-                Where `timesteps` should live. None keeps them a host NumPy int64 array; a `torch.device` (or a
-                device string once torch is imported) makes them a torch int64 tensor there, as diffusers'
-                pipelines expect. The schedule is planned on the host either way.
-            original_inference_steps (`int`, *optional*):
-                Size of the distillation grid (config default 50). For TCD, passing it (even 50) selects from
-                all training timesteps, as in diffusers.
-            timesteps (`List[int]`, *optional*):
-                A custom strictly descending list of timesteps in [0, num_train_timesteps).
-            strength (`float`, *optional*, defaults to 1.0):
-                In (0, 1]; img2img starts at a lower noise level. With `num_inference_steps`, the grid is cut to
-                its first int(original_inference_steps * strength) points and the steps are picked from it; with
-                custom `timesteps`, the last int(len * strength) entries are kept.
-
-        Deliberate difference from diffusers: with custom `timesteps` and strength < 1, `num_inference_steps`
-        is set to the number of timesteps kept (diffusers keeps the full length, so its LCM adds noise on the
-        last step and its TCD draws one noise tensor more than it uses).
-
-        Raises ValueError (and changes nothing) for invalid combinations; the message names the fix.
-        """
-        plan = select_timesteps(
-            self.config["num_train_timesteps"],
-            self.config["original_inference_steps"],
-            num_inference_steps=num_inference_steps,
-            original_inference_steps=original_inference_steps,
-            timesteps=timesteps,
-            strength=strength,
-            full_range_if_explicit=self._full_range_if_explicit,
-            order=self.order,
-        )
-        self._check_within_betas(plan.timesteps)
-        anchor = device_anchor(device)
-        self._set_timesteps_array(plan.timesteps, anchor)
-        self.num_inference_steps = plan.num_inference_steps
-        self.custom_timesteps = plan.custom_timesteps
-        self._step_index = None
-        self._begin_index = None
 
     def _check_within_betas(self, values: np.ndarray) -> None:
         """A schedule whose timesteps all have a beta: trained_betas shorter than num_train_timesteps leave the
@@ -332,7 +222,7 @@ class ConsistencyScheduler(Configurable):
         return t, index
 
     def scale_model_input(self, sample: Any, timestep: Optional[int] = None) -> Any:
-        """Identity: consistency models take the noisy sample unscaled (init_noise_sigma is 1).
+        """Identity: samplers in alpha parameterisation take the noisy sample unscaled (init_noise_sigma is 1).
 
         Args:
             sample (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
@@ -440,6 +330,135 @@ class ConsistencyScheduler(Configurable):
         return a * noise - b * sample
 
 
+class ConsistencyScheduler(DiscreteScheduler):
+    """Shared facade of TCDScheduler and LCMScheduler (a consistency-model family sampler): diffusers' config for
+    them, and timesteps picked from the distillation grid (`timesteps.select_timesteps`).
+
+    Subclasses implement `step`. Construction validates the config (unknown beta_schedule or
+    prediction_type, zero-terminal-SNR with epsilon prediction) instead of failing at the first step."""
+
+    # TCD: an explicit original_inference_steps argument selects from all training timesteps.
+    _full_range_if_explicit = False
+
+    @records_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        """Build a scheduler; arguments and defaults are diffusers' TCDScheduler / LCMScheduler's.
+
+        Args:
+            num_train_timesteps (`int`, *optional*, defaults to 1000):
+                The number of diffusion steps the model was trained with.
+            beta_start (`float`, *optional*, defaults to 0.00085):
+                The first beta of the schedule.
+            beta_end (`float`, *optional*, defaults to 0.012):
+                The last beta of the schedule.
+            beta_schedule (`str`, *optional*, defaults to 'scaled_linear'):
+                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
+            trained_betas (`np.ndarray` or `List[float]`, *optional*):
+                Betas to use instead of a schedule, as diffusers takes them: one per training timestep (fewer leave
+                the upper timesteps without a beta, and `set_timesteps` refuses a schedule that reaches them).
+            original_inference_steps (`int`, *optional*, defaults to 50):
+                The size of the distillation grid the timesteps are picked from.
+            clip_sample (`bool`, *optional*, defaults to False):
+                LCM: clip the predicted x0 to [-clip_sample_range, clip_sample_range]. TCD keeps it for compatibility.
+            clip_sample_range (`float`, *optional*, defaults to 1.0):
+                The clipping bound.
+            set_alpha_to_one (`bool`, *optional*, defaults to True):
+                Kept for compatibility (`final_alpha_cumprod`); a schedule never steps below timestep 0.
+            steps_offset (`int`, *optional*, defaults to 0):
+                Kept for compatibility; the consistency schedulers do not offset timesteps.
+            prediction_type (`str`, *optional*, defaults to 'epsilon'):
+                What the model predicts: "epsilon", "sample" or "v_prediction".
+            thresholding (`bool`, *optional*, defaults to False):
+                LCM: Imagen's dynamic thresholding of the predicted x0.
+            dynamic_thresholding_ratio (`float`, *optional*, defaults to 0.995):
+                The quantile of |x0| dynamic thresholding clips at.
+            sample_max_value (`float`, *optional*, defaults to 1.0):
+                The largest threshold dynamic thresholding uses.
+            timestep_spacing (`str`, *optional*, defaults to 'leading'):
+                Kept for compatibility; the timesteps follow the distillation grid.
+            timestep_scaling (`float`, *optional*, defaults to 10.0):
+                LCM: the timestep scale of the boundary-condition scalings.
+            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
+                Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").
+
+        Raises ValueError for an unknown beta_schedule or prediction_type, zero-terminal SNR with epsilon
+        prediction, before anything is built; trained_betas of another length than num_train_timesteps are
+        kept as diffusers keeps them, and `set_timesteps` refuses a schedule that reaches past them.
+        """
+        self._build_tables(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                           rescale_betas_zero_snr, set_alpha_to_one)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device: Any = None,
+        original_inference_steps: Optional[int] = None,
+        timesteps: Optional[Sequence[int]] = None,
+        strength: float = 1.0,
+    ) -> None:
+        """Choose the inference timesteps (run before the denoising loop).
+
+        Args:
+            num_inference_steps (`int`, *optional*):
+                How many steps; picked evenly from the distillation grid. Exclusive with `timesteps`.
+            device (`str` or `torch.device`, *optional*):
+                Where `timesteps` should live. None keeps them a host NumPy int64 array; a `torch.device` (or a
+                device string once torch is imported) makes them a torch int64 tensor there, as diffusers'
+                pipelines expect. The schedule is planned on the host either way.
+            original_inference_steps (`int`, *optional*):
+                Size of the distillation grid (config default 50). For TCD, passing it (even 50) selects from
+                all training timesteps, as in diffusers.
+            timesteps (`List[int]`, *optional*):
+                A custom strictly descending list of timesteps in [0, num_train_timesteps).
+            strength (`float`, *optional*, defaults to 1.0):
+                In (0, 1]; img2img starts at a lower noise level. With `num_inference_steps`, the grid is cut to
+                its first int(original_inference_steps * strength) points and the steps are picked from it; with
+                custom `timesteps`, the last int(len * strength) entries are kept.
+
+        Deliberate difference from diffusers: with custom `timesteps` and strength < 1, `num_inference_steps`
+        is set to the number of timesteps kept (diffusers keeps the full length, so its LCM adds noise on the
+        last step and its TCD draws one noise tensor more than it uses).
+
+        Raises ValueError (and changes nothing) for invalid combinations; the message names the fix.
+        """
+        plan = select_timesteps(
+            self.config["num_train_timesteps"],
+            self.config["original_inference_steps"],
+            num_inference_steps=num_inference_steps,
+            original_inference_steps=original_inference_steps,
+            timesteps=timesteps,
+            strength=strength,
+            full_range_if_explicit=self._full_range_if_explicit,
+            order=self.order,
+        )
+        self._check_within_betas(plan.timesteps)
+        anchor = device_anchor(device)
+        self._set_timesteps_array(plan.timesteps, anchor)
+        self.num_inference_steps = plan.num_inference_steps
+        self.custom_timesteps = plan.custom_timesteps
+        self._step_index = None
+        self._begin_index = None
+
+
 _STEP_ARGUMENTS = """
             model_output (`np.ndarray`, `torch.Tensor` or `mindspore.Tensor`):
                 The UNet's output for (sample, timestep).
@@ -458,7 +477,7 @@ def step_docstring(step):
 
 def _scheduler_classes() -> list:
     """fewstep's scheduler classes (the interop classes built on them left out)."""
-    found, stack = [], [ConsistencyScheduler]
+    found, stack = [], [DiscreteScheduler]
     while stack:
         cls = stack.pop()
         if cls._interop_library is None:
