@@ -8,11 +8,13 @@ alone, an edge-contrast figure (mean absolute pixel step between neighbours, rel
 data's for the same prompts: below 1 is smoother, above 1 busier) and the seconds per image.
 
 Settings (guidance 4 for the undistilled model, none with the LoRA, as the released LoRAs are used):
-- the teacher: DDIM 25 and 50 steps (diffusers' DDIMScheduler: fewstep has no DDIM; the teacher is the
-  reference the few-step samplers are judged against);
+- the teacher: DDIM 25 and 50 steps (diffusers' own pipeline and DDIMScheduler: the teacher is the reference
+  the few-step samplers are judged against, so it stays the reference library's);
 - the undistilled model at 4 steps: DDIM, and fewstep's TCD (eta 0.3) without the LoRA;
 - fewstep, the consistency LoRA fused: LCM at 1, 2, 4 and 8 steps; TCD at 2, 4 and 8 steps for eta (gamma)
-  0, 0.3, 0.6 and 1.0;
+  0, 0.3, 0.6 and 1.0; and the samplers the other few-step methods ship with (issue 27), each with trailing
+  timestep spacing as those methods set it: DDIM (Hyper-SD, PCM), Euler (SDXL-Lightning) and Euler-ancestral
+  (SD-Turbo) at 1, 2, 4 and 8 steps, to see which sampler suits a consistency LoRA at each step count;
 - diffusers on the same weights, its LoRA fused through PEFT, TCD 4 (eta 0.3) and LCM 4: the same pairs,
   so its accuracy, the largest pixel difference from fewstep's pictures and the time ratio show that
   fewstep's samplers are diffusers'.
@@ -46,6 +48,10 @@ def settings():
     rows += [(f"LCM-LoRA: LCM {steps}", "fewstep", True, "lcm", steps, 0.0, None) for steps in (1, 2, 4, 8)]
     rows += [(f"TCD-LoRA: TCD {steps}, eta {eta}", "fewstep", True, "tcd", steps, 0.0, eta)
              for steps in (2, 4, 8) for eta in (0.0, 0.3, 0.6, 1.0)]
+    rows += [(f"LoRA: {name} {steps}", "fewstep", True, key, steps, 0.0, None)
+             for key, name in (("ddim-trailing", "DDIM trailing"), ("euler-trailing", "Euler trailing"),
+                               ("euler-a-trailing", "Euler-ancestral trailing"))
+             for steps in (1, 2, 4, 8)]
     rows += [("diffusers, LoRA: TCD 4, eta 0.3", "diffusers", True, "tcd", 4, 0.0, 0.3),
              ("diffusers, LoRA: LCM 4", "diffusers", True, "lcm", 4, 0.0, None)]
     return rows
@@ -72,8 +78,12 @@ class Samplers:
         pipe = self._cache[key]
         import fewstep
 
-        pipe.scheduler = {"tcd": fewstep.TCDScheduler, "lcm": fewstep.LCMScheduler}[scheduler].from_config(
-            pipe.scheduler.config)
+        cls, overrides = {"tcd": (fewstep.TCDScheduler, {}), "lcm": (fewstep.LCMScheduler, {}),
+                          "ddim-trailing": (fewstep.DDIMScheduler, {"timestep_spacing": "trailing"}),
+                          "euler-trailing": (fewstep.EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
+                          "euler-a-trailing": (fewstep.EulerAncestralDiscreteScheduler,
+                                               {"timestep_spacing": "trailing"})}[scheduler]
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
         return pipe
 
     def diffusers_components(self, lora: bool) -> dict:

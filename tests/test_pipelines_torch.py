@@ -31,6 +31,26 @@ PIPELINES = [
     ("StableDiffusionXLInpaintPipeline", "sdxl-inpaint", {"image": picture(4), "mask_image": mask(), "strength": 0.99}),
 ]
 
+# a sampler by its key in CASES / SAMPLER_CASES: (the class name, the same in fewstep and diffusers; config overrides)
+SAMPLERS = {
+    "tcd": ("TCDScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
+    "euler": ("EulerDiscreteScheduler", {}),  # linspace spacing: timesteps such as 666.0 and 332.99..., not whole
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),  # interpolated, fractional timesteps
+    "euler-a-trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+}
+# the samplers of the other few-step methods (issue 27), as the loop runs them: scale_model_input (Euler divides
+# by sqrt(sigma^2 + 1)), init_noise_sigma, fractional timesteps, add_noise in sigma form for img2img / inpainting
+SAMPLER_CASES = [
+    ("ddim-trailing", 0.0, 0.0, None),
+    ("euler", 0.0, 2.0, "blurry"),
+    ("euler-trailing", 0.0, 0.0, None),
+    ("euler-karras", 0.0, 0.0, None),
+    ("euler-a-trailing", 0.0, 2.0, "blurry"),
+]
+
 _loaded = {}
 
 
@@ -48,10 +68,9 @@ def _pair(class_name, kind, scheduler):
         ref.set_progress_bar_config(disable=True)
         _loaded[key] = (ours, ref)
     ours, ref = _loaded[key]
-    ours_cls = fewstep.TCDScheduler if scheduler == "tcd" else fewstep.LCMScheduler
-    ref_cls = diffusers.TCDScheduler if scheduler == "tcd" else diffusers.LCMScheduler
-    ours.scheduler = ours_cls.from_config(ours.scheduler.config)
-    ref.scheduler = ref_cls.from_config(ref.scheduler.config)
+    name, overrides = SAMPLERS[scheduler]
+    ours.scheduler = getattr(fewstep, name).from_config(ours.scheduler.config, **overrides)
+    ref.scheduler = getattr(diffusers, name).from_config(ref.scheduler.config, **overrides)
     return ours, ref
 
 
@@ -77,6 +96,18 @@ def test_pipeline_matches_diffusers(class_name, kind, extra):
         assert got.shape == want.shape
         err = np.abs(got - want).max()
         assert err <= IMAGE_ATOL, f"{scheduler} eta={eta} gs={guidance}: max |fewstep - diffusers| = {err:.3g}"
+
+
+@pytest.mark.parametrize("class_name,kind,extra", PIPELINES, ids=[f"{c}-{k}" for c, k, _ in PIPELINES])
+def test_pipeline_with_the_other_samplers_matches_diffusers(class_name, kind, extra):
+    images = {}
+    for scheduler, eta, guidance, negative in SAMPLER_CASES:
+        got, want = _run_both(class_name, kind, extra, scheduler, eta, guidance, negative)
+        err = np.abs(got - want).max()
+        assert err <= IMAGE_ATOL, f"{scheduler} gs={guidance}: max |fewstep - diffusers| = {err:.3g}"
+        images[scheduler] = got
+    # the sampler matters: Euler's trailing and Karras schedules give other pictures than its linspace one
+    assert np.abs(images["euler-trailing"] - images["euler-karras"]).max() > 1e-2
 
 
 def test_batch_of_prompts_with_generator_list_and_images_per_prompt():

@@ -14,8 +14,8 @@ from mindspore import mint
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
-                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
-                                                 wrapper_class)
+                                                 TransformersModel, VAEModel, load_pretrained, model_timestep,
+                                                 record_weight_files, wrapper_class)
 from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
 
@@ -115,12 +115,17 @@ class _IPAttention(IPAdapterScale):
         self.module.config["encoder_hid_dim_type"] = hid_type_item
 
 
+def _as_ms_timestep(timestep):
+    value = model_timestep(timestep)
+    return ms.tensor(value, ms.int64 if isinstance(value, int) else ms.float32)
+
+
 class MindSporeUNet(_DiffusersModel, LoraWeights, _IPAttention):
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
         # extra: what the loop's extensions add (ControlNet / T2I-Adapter residuals), passed through as is
-        t = ms.tensor(int(timestep), ms.int64)
+        t = _as_ms_timestep(timestep)
         return self.module(sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
                            added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
                            return_dict=False, **extra)[0]
@@ -134,7 +139,7 @@ class MindSporeControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
                  guess_mode: bool = False, added_cond=None):
-        t = ms.tensor(int(timestep), ms.int64)
+        t = _as_ms_timestep(timestep)
         down, mid = self.module(sample, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=controlnet_cond,
                                 conditioning_scale=conditioning_scale, guess_mode=guess_mode,
                                 added_cond_kwargs=added_cond, return_dict=False)
