@@ -16,17 +16,25 @@ is two linear combinations with Python-float coefficients computed once in float
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from fewstep.core.noise import randn_like
-from fewstep.core.registry import backend_of
-from fewstep.core.schedulers.parameterisation import Linear, cached, linear_combination, x0_and_eps_coefficients
+from fewstep.core.registry import backend_of, device_anchor
+from fewstep.core.schedulers.config import SchedulerConfig, records_config
+from fewstep.core.schedulers.parameterisation import (
+    Linear,
+    cached,
+    dynamic_threshold,
+    linear_combination,
+    x0_and_eps_coefficients,
+)
 from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput, step_docstring
-from fewstep.core.schedulers.timesteps import step_position
+from fewstep.core.schedulers.timesteps import as_int, shift_timesteps, step_position
 
 SIGMA_DATA = 0.5  # the data standard deviation the consistency parameterisation assumes
 
@@ -78,24 +86,6 @@ def lcm_coefficients(
         return LCMCoefficients(x0, c_skip, c_out, denoised, 1.0, 0.0)
     alpha_prev = np.float64(alphas_cumprod[prev_timestep])
     return LCMCoefficients(x0, c_skip, c_out, denoised, float(np.sqrt(alpha_prev)), float(np.sqrt(1.0 - alpha_prev)))
-
-
-def dynamic_threshold(ops, x0: Any, ratio: float = 0.995, max_value: float = 1.0) -> Any:
-    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): per batch item, s = the `ratio`
-    quantile of |x0|, clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s.
-
-    The quantile has no TensorOps op, so x0 makes one host round trip (thresholding is meant for
-    pixel-space models and is off by default); the clip and division run on the backend. Lower
-    precisions are computed in float32 and cast back, as the reference does."""
-    dtype = ops.dtype_name(x0)
-    work = x0 if dtype in ("float32", "float64") else ops.cast(x0, "float32")
-    host = ops.to_numpy(work)
-    batch = host.shape[0]
-    s = np.quantile(np.abs(host.reshape(batch, -1)), ratio, axis=1)  # linear interpolation, as torch.quantile
-    s = np.minimum(np.maximum(s, 1.0), max_value)  # clamp(min=1, max=max_value); max wins if max < 1
-    s = ops.from_numpy(s.astype(host.dtype).reshape((batch,) + (1,) * (host.ndim - 1)), like=work)
-    out = ops.clip(work, -s, s) / s
-    return out if dtype in ("float32", "float64") else ops.cast(out, dtype)
 
 
 def _apply(ops, model_output, sample, c: LCMCoefficients, noisy: bool, generator, options) -> Tuple[Any, Any]:
@@ -160,6 +150,26 @@ def lcm_step(model_output: Any, timestep: int, sample: Any, *, timesteps: Sequen
     return _apply(ops, model_output, sample, coefficients, noisy, generator, options)
 
 
+def _records_lcm_config(init):
+    """`records_config`, leaving `shifted_timestep` out of the config while it is None: an unshifted LCM's config
+    is then diffusers' LCMScheduler's key for key, and a folder saved from it loads in diffusers without an
+    unexpected key. `inspect.signature` still sees the argument (from_config passes a card's value on)."""
+    recorded = records_config(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        recorded(self, *args, **kwargs)
+        config = dict(self._internal_dict)
+        if config.get("shifted_timestep", None) is None:
+            config.pop("shifted_timestep", None)
+            defaults = [name for name in config.pop("_use_default_values", []) if name != "shifted_timestep"]
+            if defaults:
+                config["_use_default_values"] = defaults
+            object.__setattr__(self, "_internal_dict", SchedulerConfig(config))
+
+    return wrapper
+
+
 class LCMScheduler(ConsistencyScheduler):
     """LCM sampler with diffusers' `LCMScheduler` interface and numbers, on NumPy, torch or MindSpore tensors.
 
@@ -167,9 +177,95 @@ class LCMScheduler(ConsistencyScheduler):
     thresholding to x0 and the boundary-condition scalings (timestep_scaling). Differences from
     diffusers: invalid configs and arguments raise ValueError up front; `timesteps` is a NumPy int64
     array; custom timesteps with strength < 1 set num_inference_steps to the kept length, so the last
-    step returns `denoised` without re-noising it (see `set_timesteps`)."""
+    step returns `denoised` without re-noising it (see `set_timesteps`).
+
+    `shifted_timestep` (off by default) is NitroFusion's timestep shift: the timesteps the UNet is shown are
+    scaled by shifted_timestep / num_train_timesteps, as its model card's `TimestepShiftLCMScheduler` does."""
 
     _saved_as_module = "diffusers.schedulers.scheduling_lcm"
+
+    @_records_lcm_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+        shifted_timestep: Optional[int] = None,
+    ):
+        """Build a scheduler; the arguments and defaults are diffusers' LCMScheduler's (documented at
+        `ConsistencyScheduler.__init__`), plus NitroFusion's shift.
+
+        Args:
+            shifted_timestep (`int`, *optional*):
+                NitroFusion's timestep shift (its card uses 250): `timesteps`, what the UNet is shown, become
+                int(t * shifted_timestep / num_train_timesteps); the step re-noises to the unshifted next timestep
+                (see `set_timesteps`). None (the default) shifts nothing and leaves the key out of the config,
+                which then is diffusers' LCMScheduler's key for key.
+
+        Raises ValueError as `ConsistencyScheduler.__init__` does, and for a shifted_timestep that is not a
+        positive integer.
+        """
+        if shifted_timestep is not None and as_int(shifted_timestep, "shifted_timestep") < 1:
+            raise ValueError(
+                f"shifted_timestep must be a positive integer (NitroFusion uses 250), got {shifted_timestep!r}."
+            )
+        self._build_tables(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                           rescale_betas_zero_snr, set_alpha_to_one)
+
+    def _set_timesteps_array(self, values: np.ndarray, anchor: Any = None) -> None:
+        super()._set_timesteps_array(values, anchor)
+        # A schedule set here (or assigned to `timesteps`) is the one the step follows, unless set_timesteps
+        # shifts it below.
+        self._unshifted_timesteps: Optional[List[int]] = None
+
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device: Any = None,
+        original_inference_steps: Optional[int] = None,
+        timesteps: Optional[Sequence[int]] = None,
+        strength: float = 1.0,
+    ) -> None:
+        """Choose the inference timesteps; the arguments are `ConsistencyScheduler.set_timesteps`'.
+
+        Args:
+            num_inference_steps (`int`, *optional*):
+                How many steps; exclusive with `timesteps`.
+            device (`str` or `torch.device`, *optional*):
+                Where `timesteps` should live (None: a NumPy int64 array).
+            original_inference_steps (`int`, *optional*):
+                Size of the distillation grid (config default 50).
+            timesteps (`List[int]`, *optional*):
+                A custom strictly descending list of timesteps.
+            strength (`float`, *optional*, defaults to 1.0):
+                In (0, 1]; img2img starts at a lower noise level.
+
+        With `shifted_timestep` in the config, `timesteps` (what the pipeline shows the UNet and passes back to
+        `step`) are the shifted ones, and each step forms x0 and the boundary scalings at the timestep it is
+        given but re-noises to the next *unshifted* timestep, exactly as NitroFusion's card class does in
+        diffusers (4 steps: the UNet sees [249, 189, 124, 64], the noise levels follow [999, 759, 499, 259]).
+        """
+        super().set_timesteps(num_inference_steps, device, original_inference_steps, timesteps, strength)
+        shift = self.config.get("shifted_timestep")
+        if shift is not None:
+            unshifted = self._timestep_list
+            shown = shift_timesteps(np.asarray(unshifted, dtype=np.int64), shift, self.config["num_train_timesteps"])
+            self._set_timesteps_array(shown, device_anchor(device))
+            self._unshifted_timesteps = unshifted
 
     @step_docstring
     def step(self, model_output: Any, timestep: Any, sample: Any, generator: Any = None, return_dict: bool = True):
@@ -189,7 +285,8 @@ class LCMScheduler(ConsistencyScheduler):
         t, index = self._begin_step(timestep)
         config = self.config
         prev_sample, denoised = lcm_step(
-            model_output, t, sample, timesteps=self._timestep_list, step_index=index,
+            model_output, t, sample, step_index=index,
+            timesteps=self._timestep_list if self._unshifted_timesteps is None else self._unshifted_timesteps,
             alphas_cumprod=self._alphas_cumprod_list, prediction_type=config["prediction_type"],
             timestep_scaling=config["timestep_scaling"], generator=generator,
             num_inference_steps=self.num_inference_steps, coefficient_cache=self._coefficient_cache,

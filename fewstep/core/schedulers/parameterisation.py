@@ -50,6 +50,24 @@ def linear_combination(a: Any, ca: float, b: Any, cb: float) -> Any:
     return a * ca + b * cb
 
 
+def dynamic_threshold(ops, x0: Any, ratio: float = 0.995, max_value: float = 1.0) -> Any:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): per batch item, s = the `ratio`
+    quantile of |x0|, clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s.
+
+    The quantile has no TensorOps op, so x0 makes one host round trip (thresholding is meant for
+    pixel-space models and is off by default); the clip and division run on the backend. Lower
+    precisions are computed in float32 and cast back, as the reference does."""
+    dtype = ops.dtype_name(x0)
+    work = x0 if dtype in ("float32", "float64") else ops.cast(x0, "float32")
+    host = ops.to_numpy(work)
+    batch = host.shape[0]
+    s = np.quantile(np.abs(host.reshape(batch, -1)), ratio, axis=1)  # linear interpolation, as torch.quantile
+    s = np.minimum(np.maximum(s, 1.0), max_value)  # clamp(min=1, max=max_value); max wins if max < 1
+    s = ops.from_numpy(s.astype(host.dtype).reshape((batch,) + (1,) * (host.ndim - 1)), like=work)
+    out = ops.clip(work, -s, s) / s
+    return out if dtype in ("float32", "float64") else ops.cast(out, dtype)
+
+
 _CACHE_LIMIT = 4096
 
 

@@ -1,9 +1,9 @@
-"""The facade TCDScheduler and LCMScheduler share: diffusers' scheduler interface over the pure parts.
+"""The facade fewstep's schedulers share (TCD, LCM, DDIM, ...): diffusers' scheduler interface over the pure parts.
 
 It holds the tables built from the config (betas, alphas_cumprod), the inference timesteps chosen by
 `set_timesteps` (`timesteps.py`), the step index, and the forward process (`add_noise`,
-`get_velocity`). The step itself is each algorithm's stateless function (`tcd_step`, `lcm_step`), which
-the subclasses' `step` calls with the state it keeps here.
+`get_velocity`). The step itself is each algorithm's stateless function (`tcd_step`, `lcm_step`,
+`ddim_step`), which the subclasses' `step` calls with the state it keeps here.
 
 Timesteps are planned on the host. `timesteps` is what the last `set_timesteps(device=...)` asked for:
 a NumPy int64 array without a device, a tensor of the framework that owns the device otherwise (a
@@ -332,7 +332,8 @@ class DiscreteScheduler(Configurable):
 
 class ConsistencyScheduler(DiscreteScheduler):
     """Shared facade of TCDScheduler and LCMScheduler (a consistency-model family sampler): diffusers' config for
-    them, and timesteps picked from the distillation grid (`timesteps.select_timesteps`).
+    them, and timesteps picked from the distillation grid (`timesteps.select_timesteps`). LCMScheduler declares
+    its own `__init__` (these arguments plus NitroFusion's `shifted_timestep`).
 
     Subclasses implement `step`. Construction validates the config (unknown beta_schedule or
     prediction_type, zero-terminal-SNR with epsilon prediction) instead of failing at the first step."""

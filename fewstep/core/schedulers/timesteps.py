@@ -249,3 +249,51 @@ def timestep_as_int(timestep: Any, num_train_timesteps: int) -> int:
     if not 0 <= timestep < num_train_timesteps:
         raise ValueError(f"timestep {timestep} is outside the training range 0..{num_train_timesteps - 1}.")
     return timestep
+
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def spaced_timesteps(num_train_timesteps: int, num_inference_steps: Any, timestep_spacing: str,
+                     steps_offset: int = 0) -> np.ndarray:
+    """The inference timesteps of a DDIM-style scheduler, descending, as diffusers' `set_timesteps` spaces
+    them (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2):
+
+    leading:  (0, k, 2k, ..., (n-1)k) + steps_offset with k = T // n (the lowest timestep is 0 + offset);
+    trailing: round(T, T - T/n, ..., T/n) - 1 (starts at T - 1, the fully noised timestep);
+    linspace: round(linspace(0, T - 1, n)).
+
+    The NumPy expressions are diffusers', float steps included (`np.arange` with a float step), so the
+    arrays are identical; only the leading spacing adds `steps_offset`, as in diffusers."""
+    n = as_int(num_inference_steps, "num_inference_steps")
+    if n < 1:
+        raise ValueError(f"`num_inference_steps` must be at least 1, got {n}.")
+    if n > num_train_timesteps:
+        raise ValueError(
+            f"`num_inference_steps`={n} cannot exceed num_train_timesteps={num_train_timesteps}: the model was "
+            f"trained on {num_train_timesteps} timesteps. Use at most {num_train_timesteps} steps."
+        )
+    if timestep_spacing == "linspace":
+        values = np.linspace(0, num_train_timesteps - 1, n).round()[::-1].copy().astype(np.int64)
+    elif timestep_spacing == "leading":
+        ratio = num_train_timesteps // n
+        values = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64)
+        values += as_int(steps_offset, "steps_offset")
+    elif timestep_spacing == "trailing":
+        ratio = num_train_timesteps / n
+        values = np.round(np.arange(num_train_timesteps, 0, -ratio)).astype(np.int64)
+        values -= 1
+    else:
+        raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; use one of "
+                         f"{', '.join(map(repr, TIMESTEP_SPACINGS))}.")
+    return values
+
+
+def shift_timesteps(timesteps: np.ndarray, shifted_timestep: int, num_train_timesteps: int) -> np.ndarray:
+    """NitroFusion's timestep shift: the timesteps the UNet is shown, t * shifted_timestep / T truncated.
+
+    Computed as its model card's `TimestepShiftLCMScheduler` computes it on a torch int64 tensor: the
+    product in int64, the division in float32 (torch's true division of integer tensors), truncated to
+    int64 (`.long()`), so the shown timesteps are identical (999 -> 249 for shifted_timestep=250)."""
+    product = np.asarray(timesteps, dtype=np.int64) * np.int64(shifted_timestep)
+    return (product.astype(np.float32) / np.float32(num_train_timesteps)).astype(np.int64)
