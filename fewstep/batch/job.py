@@ -25,10 +25,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from fewstep.core.files import TEMP_PREFIX
 
 FIELDS = ("id", "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "eta", "width",
-          "height", "loras", "scheduler")
-SETTINGS = ("negative_prompt", "num_inference_steps", "guidance_scale", "eta", "width", "height", "loras", "scheduler")
+          "height", "loras", "scheduler", "recipe")
+SETTINGS = ("negative_prompt", "num_inference_steps", "guidance_scale", "eta", "width", "height", "loras", "scheduler",
+            "recipe")
 DEFAULTS = {"negative_prompt": None, "num_inference_steps": 4, "guidance_scale": 0.0, "eta": 0.3, "width": None,
-            "height": None, "loras": (), "scheduler": "tcd"}
+            "height": None, "loras": (), "scheduler": "tcd", "recipe": None}
+# `recipe` (fewstep.recipes: "dmd2", "nitrofusion:vibrant") sets the scheduler; its steps, guidance_scale and eta
+# apply where the item, the header and the caller give none (num_inference_steps: one the recipe supports).
 _NUMBER = ("guidance_scale", "eta")
 # The ranges an item's settings must lie in, checked when the job is read so that a bad value stops the job
 # before its first image, naming its line (not when its batch comes up, hours later). The bounds are far
@@ -77,6 +80,8 @@ class Item:
         """What the manifest says of the item (no timing, so two runs' manifests can be equal)."""
         settings = dict(self.settings)
         settings["loras"] = [lora.record() for lora in settings["loras"]]
+        if settings["recipe"] is None:
+            del settings["recipe"]  # so jobs without recipes keep their digest
         return {"id": self.id, "prompt": self.prompt, "seed": self.seed, **settings}
 
 
@@ -159,6 +164,14 @@ def check_settings(values: Dict[str, Any], where: str) -> Dict[str, Any]:
     for name in _NUMBER:
         if out.get(name) is not None:
             out[name] = _in_range(_number(out[name], name, where), name, where, *RANGES[name])
+    if out.get("recipe") is not None:
+        from fewstep import recipes
+
+        try:
+            name, variant = recipes.split(out["recipe"])
+            recipes.get(name).variant(variant)
+        except ValueError as err:
+            raise JobError(f"{where}: `recipe`: {err}") from None
     if out.get("scheduler") is not None and out["scheduler"] not in ("tcd", "lcm"):
         raise JobError(f"{where}: `scheduler` must be \"tcd\" or \"lcm\", got {out['scheduler']!r}.")
     if out.get("negative_prompt") is not None and not isinstance(out["negative_prompt"], str):
@@ -201,7 +214,8 @@ def _item(values: Dict[str, Any], defaults: Dict[str, Any], job_seed: int, where
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise JobError(f"{where}: unknown field(s) {unknown}; an item may have {', '.join(FIELDS)}.")
-    merged = {**DEFAULTS, **defaults, **{k: v for k, v in values.items() if v not in (None, "")}}
+    given = {k: v for k, v in values.items() if v not in (None, "")}
+    merged = {**DEFAULTS, **defaults, **given}
     if "id" not in values or values["id"] in (None, ""):
         raise JobError(f"{where}: the item has no `id`; give every item a unique id, e.g. \"id\": \"fox-1\".")
     item_id = str(values["id"])
@@ -216,9 +230,28 @@ def _item(values: Dict[str, Any], defaults: Dict[str, Any], job_seed: int, where
     if not 0 <= seed < 2**63:
         raise JobError(f"{where}: `seed` must be in [0, 2**63), got {seed}.")
     merged.update(check_settings({name: merged[name] for name in SETTINGS if name != "loras"}, where))
+    if merged["recipe"] is not None:
+        merged.update(_recipe_settings(merged, set(defaults) | set(given), where))
     merged["loras"] = _with_common(common_loras, _loras(merged["loras"], where))
     settings = tuple((name, merged[name]) for name in SETTINGS)
     return Item(item_id, merged["prompt"], seed, settings, line)
+
+
+def _recipe_settings(merged: Dict[str, Any], given: set, where: str) -> Dict[str, Any]:
+    """The recipe's steps (its default unless given), guidance_scale and eta (unless given), checked: a step
+    count the method does not support names the line."""
+    from fewstep import recipes
+
+    try:
+        plan = recipes.plan(merged["recipe"], merged["num_inference_steps"] if "num_inference_steps" in given else None)
+    except ValueError as err:
+        raise JobError(f"{where}: {err}") from None
+    out = {"num_inference_steps": plan.steps}
+    if "guidance_scale" not in given:
+        out["guidance_scale"] = plan.guidance
+    if "eta" not in given:
+        out["eta"] = plan.eta if plan.eta is not None else 0.0
+    return out
 
 
 def _rows(text: str, source: str):

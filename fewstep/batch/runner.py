@@ -146,13 +146,16 @@ class BatchWorker:
 
         tried = set()
         for item in self.job.items:
-            key = (item.setting("scheduler"), item.setting("num_inference_steps"))
+            key = (item.setting("scheduler"), item.setting("recipe"), item.setting("num_inference_steps"))
             if key in tried:
                 continue
             tried.add(key)
-            cls = fewstep.TCDScheduler if key[0] == "tcd" else fewstep.LCMScheduler
             try:
-                cls.from_config(self._scheduler_config).set_timesteps(key[1])
+                scheduler, args = self._scheduler_for(dict(item.settings))
+                if "timesteps" in args:
+                    scheduler.set_timesteps(timesteps=args["timesteps"])
+                else:
+                    scheduler.set_timesteps(args["num_inference_steps"])
             except ValueError as err:
                 raise JobError(f"{self.job.source}, line {item.line}: {' '.join(str(err).split())}") from None
 
@@ -187,17 +190,33 @@ class BatchWorker:
                 raise JobError(f"LoRA {path!r} does not fit the model: {err}") from err
         self._lora_names = list(files)
 
-    def _configure(self, settings: Dict[str, Any]) -> None:
+    def _scheduler_for(self, settings: Dict[str, Any]):
+        """(a new scheduler for the settings, built from the model's own config, the call's step arguments): the
+        recipe's (fewstep.recipes), else TCD or LCM."""
         import fewstep
 
+        if settings["recipe"] is not None:
+            from fewstep import recipes
+
+            plan = recipes.plan(settings["recipe"], settings["num_inference_steps"])
+            steps = {k: v for k, v in plan.call_arguments().items() if k in ("num_inference_steps", "timesteps")}
+            return recipes.build_scheduler(plan, self._scheduler_config), steps
         cls = fewstep.TCDScheduler if settings["scheduler"] == "tcd" else fewstep.LCMScheduler
-        if not isinstance(self.pipe.scheduler, cls):
-            self.pipe.scheduler = cls.from_config(self._scheduler_config)
+        return cls.from_config(self._scheduler_config), {"num_inference_steps": settings["num_inference_steps"]}
+
+    def _configure(self, settings: Dict[str, Any]) -> Dict[str, Any]:
+        """Set the batch's scheduler (rebuilt only when it changes); returns its step arguments."""
+        key = (settings["recipe"], settings["num_inference_steps"]) if settings["recipe"] else settings["scheduler"]
+        scheduler, args = self._scheduler_for(settings)
+        if getattr(self, "_scheduler_key", None) != key:
+            self.pipe.scheduler = scheduler
+            self._scheduler_key = key
         if self._lora_names:
             loras = settings["loras"]
             # the base LoRAs first, at weight 1, then the item's (fused from the kept base weights each time)
             self.pipe.set_adapters([*self._base, *(lora.name for lora in loras)],
                                    [*(1.0 for _ in self._base), *(lora.weight for lora in loras)])
+        return args
 
     def generate(self, u: int) -> List[bytes]:
         """Batch `u`'s images, as PNG bytes in the batch's order; writes nothing."""
@@ -205,14 +224,14 @@ class BatchWorker:
 
         batch = self.batches[u]
         settings = dict(batch[0].settings)
-        self._configure(settings)
-        kwargs = dict(prompt=[item.prompt for item in batch], num_inference_steps=settings["num_inference_steps"],
+        steps = self._configure(settings)
+        kwargs = dict(prompt=[item.prompt for item in batch], **steps,
                       guidance_scale=settings["guidance_scale"], height=settings["height"], width=settings["width"],
                       generator=[fewstep.Generator(item.seed) for item in batch], output_type="pil")
         if settings["negative_prompt"] is not None:
             kwargs["negative_prompt"] = [settings["negative_prompt"]] * len(batch)
-        if settings["scheduler"] == "tcd":
-            kwargs["eta"] = settings["eta"]
+        if settings["scheduler"] == "tcd" or settings["recipe"] is not None:
+            kwargs["eta"] = settings["eta"]  # a recipe's (or 0.0), as `fewstep generate --recipe` passes it
         pngs = []
         for image in self.pipe(**kwargs).images:
             buffer = io.BytesIO()

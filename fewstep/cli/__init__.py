@@ -1,6 +1,7 @@
-"""`fewstep generate`, `fewstep parity`, `fewstep batch` and `fewstep info`: few-step sampling from the command line.
+"""`fewstep generate`, `fewstep parity`, `fewstep batch`, `fewstep info` and `fewstep recipes`: few-step sampling from
+the command line.
 
-One module per command (generate.py, parity.py, batch.py, info.py); the flags they share live in common.py
+One module per command (generate.py, parity.py, batch.py, info.py, recipes.py); the flags they share live in common.py
 (model and sampler), loras.py (--lora), adapters.py (ControlNet, T2I-Adapter, IP-Adapter, motion),
 control_images.py (--canny / --depth), settings.py (--settings / --save-settings), outputs.py (files,
 grids) and logs.py (--quiet / --verbose: what is printed, and the libraries' chatter kept out). Importing
@@ -15,9 +16,9 @@ import sys
 import traceback
 from typing import List, Optional
 
-from fewstep.cli import batch, generate, info, logs, parity
+from fewstep.cli import batch, generate, info, logs, parity, recipes
 
-_COMMANDS = {"generate": generate, "parity": parity, "batch": batch, "info": info}
+_COMMANDS = {"generate": generate, "parity": parity, "batch": batch, "info": info, "recipes": recipes}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     verbose = logs.level_of(args) == "verbose"
     with logs.command_output(logs.level_of(args)):  # the libraries' chatter held back (see logs.py)
         try:
-            # which flags were typed matters only when they override a --settings file
-            given = generate.parse_given(build_parser(), argv) if getattr(args, "settings", None) else ()
+            # which flags were typed: they override a --settings file, and a recipe's steps / guidance / eta
+            given = generate.parse_given(build_parser(), argv) if args.command == "generate" else ()
             return _COMMANDS[args.command].run(args, given)
         except KeyboardInterrupt:
             # what was finished is on disk (files are written whole or not at all); a batch resumes from it

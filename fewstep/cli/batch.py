@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     bat.add_argument("--batch-size", type=int, default=4, help="items per pipeline call, fixed for the job (default 4)")
     bat.add_argument("--seed", type=int, default=None, help="job seed that items without a seed derive theirs from")
     bat.add_argument("--scheduler", choices=("tcd", "lcm"), default=None, help="default scheduler of the items")
+    bat.add_argument("--recipe", metavar="NAME[:VARIANT]", default=None,
+                     help="default recipe of the items (`fewstep recipes`): its scheduler, and its steps, guidance "
+                          "and eta where an item gives none")
     bat.add_argument("--steps", type=int, default=None, help="default num_inference_steps of the items")
     bat.add_argument("--guidance", type=float, default=None, help="default guidance_scale of the items")
     bat.add_argument("--eta", type=float, default=None, help="default TCD eta of the items")
@@ -49,7 +52,7 @@ def run(args, given: Iterable[str] = ()) -> int:
     common = tuple(batch.Lora(spec.source, spec.weight, spec.name, spec.weight_name)
                    for spec in loras.specs_from_flags(args.lora))
     defaults = {name: value for name, value in (
-        ("scheduler", args.scheduler), ("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
+        ("scheduler", args.scheduler), ("recipe", args.recipe), ("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
         ("eta", args.eta), ("width", args.width), ("height", args.height), ("negative_prompt", args.negative_prompt))
         if value is not None}
     job = batch.load_job(args.job, defaults=defaults, seed=args.seed, loras=common)

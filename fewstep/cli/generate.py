@@ -17,6 +17,11 @@ def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="make an image")
     add_common(gen, prompt_optional=True)
     gen.add_argument("--backend", choices=("torch", "mindspore"), default="torch")
+    gen.add_argument("--recipe", metavar="NAME[:VARIANT]", default=None,
+                     help="sample as a few-step method's model card says (scheduler, steps, timesteps, guidance, eta; "
+                          "`fewstep recipes` lists them): lightning, hyper-sd, hyper-sd-unified, dmd2, pcm, turbo, "
+                          "flash, nitrofusion, lcm, tcd. --steps picks among the counts it supports; --guidance / "
+                          "--eta given still win. Default: the recipe of a known --model / --lora file or hub id")
     gen.add_argument("--config", metavar="FOLDER",
                      help="with --model FILE.safetensors (a single-file checkpoint): a diffusers folder or hub id of the "
                           "same family describing its models (default: the family's reference repository's configs)")
@@ -105,8 +110,13 @@ def build_pipeline(s, folder: str, first_loras=()):
         auto = {"text2img": fewstep.AutoPipelineForText2Image, "img2img": fewstep.AutoPipelineForImage2Image,
                 "inpaint": fewstep.AutoPipelineForInpainting}[task]
         pipe = auto.from_pretrained(folder, backend=s.backend, dtype=s.dtype, device=s.device, **components)
-    scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
-    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    if getattr(s, "recipe", None):  # parity's settings have no recipe
+        from fewstep import recipes
+
+        recipes.apply(pipe, s.recipe, s.steps)
+    else:
+        scheduler_cls = fewstep.TCDScheduler if s.scheduler == "tcd" else fewstep.LCMScheduler
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     loras.apply_loras(pipe, [*first_loras, *loras.specs_from_records(s.loras)])
     adapters.load_ip_adapter(pipe, s)
     return pipe
@@ -140,6 +150,8 @@ def run(args, given: Iterable[str]) -> int:
 
     s = settings.resolve(args, given)
     check(s, args)
+    if s.recipe_note:
+        logs.say(s.recipe_note)
     seeds = settings.seeds(s)
     logs.say("settings " + json.dumps(settings.record_of(s), ensure_ascii=False))
     folder, first_loras = model_source(s)
@@ -147,6 +159,7 @@ def run(args, given: Iterable[str]) -> int:
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
     pipe = build_pipeline(s, folder, first_loras)
     kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control, pipe), output_type="pil")
+    kwargs.update(settings.recipe_call_arguments(s))
     if s.frames is not None:
         kwargs["num_frames"] = s.frames  # --video: the video's frame count, which the pipeline reads from it
     video = video_flag(s) is not None
@@ -155,7 +168,8 @@ def run(args, given: Iterable[str]) -> int:
         step_start = time.perf_counter()
         out = pipe(generator=fewstep.Generator(seed), **kwargs)
         results.append(out.frames[0] if video else out.images[0])
-        logs.say(f"seed {seed}  backend {s.backend}  {s.steps} steps  {out.timings['per_step_s'] * 1000:.1f} ms/step  "
+        logs.say(f"seed {seed}  backend {s.backend}  {s.steps} steps  {settings.sampler_words(s)}  "
+                 f"{out.timings['per_step_s'] * 1000:.1f} ms/step  "
               f"total {time.perf_counter() - (start if len(results) == 1 else step_start):.2f} s")
     # written only now: a run that fails on its way leaves no file
     for path, result in zip(outputs.output_paths(args.output, seeds), results):

@@ -2,7 +2,7 @@
 (JSON), replayed by `--settings FILE`.
 
 The record is everything that decides the images: model (and a single-file checkpoint's config), LoRAs (names,
-weights, weight names), adapters with their images and scales, scheduler, steps, eta, guidance, size, seed and
+weights, weight names), adapters with their images and scales, scheduler or recipe, steps, eta, guidance, size, seed and
 number of images, backend, dtype, device and the task inputs (--image, --mask, --video). Where the images are
 written (-o, --grid, --save-settings) is not part of it. Local paths are recorded absolute, so a record replays
 from any folder.
@@ -35,7 +35,8 @@ INFO_KEYS = ("seeds",)  # written, not read back
 # record key -> how its value is checked: a type name ("?" allows null) or a tuple of allowed values
 SCHEMA: Dict[str, Any] = {
     "prompt": "str", "negative_prompt": "str?", "model": "str?", "config": "str?", "backend": ("torch", "mindspore"),
-    "dtype": ("float32", "float16", "bfloat16"), "device": "str?", "scheduler": ("tcd", "lcm"), "steps": "int",
+    "dtype": ("float32", "float16", "bfloat16"), "device": "str?", "scheduler": ("tcd", "lcm"), "recipe": "str?",
+    "steps": "int",
     "eta": "number", "guidance": "number", "width": "int?", "height": "int?", "seed": "int?", "num_images": "int",
     "image": "str?", "mask": "str?", "video": "str?", "strength": "number?", "loras": "loras",
     "controlnets": "controlnets",
@@ -65,20 +66,90 @@ def from_args(args) -> Dict[str, Any]:
 
 
 def resolve(args, given: Iterable[str]) -> argparse.Namespace:
-    """The run's settings: the flags, over the --settings file when one is given; seed picked if none."""
+    """The run's settings: the flags, over the --settings file when one is given; seed picked if none; a
+    recipe's steps, guidance and eta where neither the flags nor the file give them (`resolve_recipe`)."""
     record = from_args(args)
+    given = set(given)
+    explicit = set(given)  # the keys whose values the user chose: typed, or in the --settings file
     if args.settings:
         saved = load(args.settings)
-        given = set(given)
         for key, value in saved.items():
             if not given & set(GROUPS.get(key, (key,))):
                 record[key] = value
+                explicit.add(key)
     if not record.get("prompt"):
         raise ValueError("No prompt: give one (fewstep generate \"a red fox\") or --settings FILE.")
     check_values(record)
+    note = resolve_recipe(record, given, explicit)
     if record["seed"] is None:
         record["seed"] = fresh_seed()
-    return argparse.Namespace(**record)
+    return argparse.Namespace(**record, recipe_note=note)
+
+
+def resolve_recipe(record: Dict[str, Any], given: set, explicit: set) -> Optional[str]:
+    """Fill in the recipe's settings (fewstep.recipes): --recipe, the --settings file's, or, when neither a
+    recipe nor --scheduler is chosen, the one a known --model / --lora hub id or file name belongs to. Its
+    steps (the file's step count, else the recipe's default), guidance and eta apply where the user gave none.
+    Returns the line that says a recipe was picked from a name, or None."""
+    from fewstep import recipes
+
+    if {"recipe", "scheduler"} <= given and record.get("recipe"):
+        raise ValueError("--recipe sets the scheduler: give --recipe or --scheduler, not both.")
+    if "scheduler" in given and "recipe" not in given:
+        record["recipe"] = None  # a typed --scheduler replaces a --settings file's recipe
+    note, pick = None, None
+    if not record.get("recipe") and not explicit & {"recipe", "scheduler"}:
+        pick, source = _pick(record)
+        if pick is not None:
+            record["recipe"] = pick.spec
+            if "steps" not in explicit and pick.steps is not None:
+                record["steps"] = pick.steps
+                explicit = explicit | {"steps"}
+    if not record.get("recipe"):
+        return None
+    plan = recipes.plan(record["recipe"], record["steps"] if "steps" in explicit else None)
+    recipes.scheduler_class(plan.scheduler)  # a scheduler this fewstep lacks fails now, before any model loads
+    record["steps"] = plan.steps
+    if "guidance" not in explicit:
+        record["guidance"] = plan.guidance
+    if "eta" not in explicit:
+        record["eta"] = plan.eta if plan.eta is not None else 0.0  # 0: the pipelines' default where a recipe sets none
+    if pick is not None:
+        weights = pick.weights
+        kind = {"lora": "LoRA", "unet": "UNet"}.get(weights.kind, "model")
+        note = (f"{source} is a known {kind} ({recipes.get(pick.recipe).method}): using recipe {plan.summary()} "
+                f"(its card: {recipes.get(pick.recipe).card}). Give --recipe or --scheduler to choose otherwise.")
+    return note
+
+
+def _pick(record: Dict[str, Any]):
+    """(the recipe of the first known --model / --lora name, that name), or (None, None)."""
+    from fewstep import recipes
+
+    candidates = [(record.get("model"), None)] + [(lora["source"], lora["weight_name"]) for lora in record["loras"]]
+    for source, weight_name in candidates:
+        if source:
+            pick = recipes.recipe_for(source, weight_name)
+            if pick is not None:
+                return pick, source + (f" ({weight_name})" if weight_name else "")
+    return None, None
+
+
+def recipe_call_arguments(s) -> Dict[str, Any]:
+    """With a recipe: the call arguments `fewstep.recipes.apply` returns (timesteps where the method fixes them),
+    with the run's steps, guidance and eta (the recipe's unless given). Without one: nothing to add."""
+    if not getattr(s, "recipe", None):
+        return {}
+    from fewstep import recipes
+
+    args = recipes.plan(s.recipe, s.steps).call_arguments()
+    args.update(guidance_scale=s.guidance, eta=s.eta)
+    return args
+
+
+def sampler_words(s) -> str:
+    """How the run's log line names the sampler: "recipe dmd2" or "scheduler tcd"."""
+    return f"recipe {s.recipe}" if getattr(s, "recipe", None) else f"scheduler {s.scheduler}"
 
 
 # record key -> (lowest, highest) allowed, None for no bound; numbers must be finite in any case
@@ -101,6 +172,11 @@ def check_values(record: Dict[str, Any], where: str = "") -> None:
             raise ValueError(f"{flag} must be at least {low} and at most {high}, got {value!r}.")
     if record.get("strength") is not None and record["strength"] <= 0:
         raise ValueError(f"--strength must be in (0, 1], got {record['strength']!r}.")
+    if record.get("recipe"):
+        from fewstep import recipes
+
+        name, variant = recipes.split(record["recipe"])
+        recipes.get(name).variant(variant)  # an unknown name or variant, named with the choices
 
 
 def seeds(s) -> list:

@@ -41,6 +41,26 @@ def describe(path_or_id, weight_name: Optional[str] = None, base=None) -> dict:
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise ValueError(f"Expected a path or hub id, got a {type(path_or_id).__name__}; pass {EXPECTED}.")
     path = os.fspath(path_or_id)
+    return with_recipe(_describe(path, weight_name, base), path, weight_name)
+
+
+def with_recipe(found: dict, source: str, weight_name: Optional[str] = None) -> dict:
+    """`found` with "recipe": the sampler settings of a published few-step model (fewstep.recipes), when its
+    file name or hub id is a known one (the name alone decides); a repository's items each get theirs."""
+    from fewstep import recipes
+
+    if found.get("kind") == "repository":
+        found["items"] = [with_recipe(item, item.get("path") or item.get("name", "")) for item in found["items"]]
+        return found
+    pick = (recipes.recipe_for(found["path"]) if found.get("path") else None) or recipes.recipe_for(source, weight_name)
+    if pick is not None:
+        plan = recipes.plan(pick.spec, pick.steps)
+        found["recipe"] = {"name": pick.spec, "steps": pick.steps, "settings": plan.summary(),
+                           "card": recipes.get(pick.recipe).card}
+    return found
+
+
+def _describe(path: str, weight_name: Optional[str], base) -> dict:
     if os.path.isfile(path):
         if weight_name:
             raise ValueError(f"{path!r} is a file; weight_name= chooses a file inside a folder or hub repository.")

@@ -111,8 +111,17 @@ def _repository(d: dict) -> List[str]:
     lines = [f"Folder of weight files: {d['path']}"]
     for item in d["items"]:
         lines.append(f"  {item['name']}:")
-        lines += ["  " + line for line in _FORMATTERS.get(item["kind"], _unknown)(item)[1:]]
+        lines += ["  " + line for line in _FORMATTERS.get(item["kind"], _unknown)(item)[1:] + _recipe(item)]
     return lines
+
+
+def _recipe(d: dict) -> List[str]:
+    """The recipe line of a known published model: `fewstep generate --recipe NAME` samples it as its card says."""
+    r = d.get("recipe")
+    if not r:
+        return []
+    return [_line("recipe", f"{r['name']} ({r['settings']}); sample with --recipe {r['name']}"
+                  + (f" --steps {r['steps']}" if r["steps"] else "") + f"; card {r['card']}")]
 
 
 def _unknown(d: dict) -> List[str]:
@@ -128,4 +137,5 @@ def format_info(description: dict) -> str:
     kind = description.get("kind")
     if kind not in _FORMATTERS:
         raise ValueError(f"Not a fewstep.info description (kind {kind!r}); pass what describe() returned.")
-    return "\n".join(_FORMATTERS[kind](description))
+    extra = _recipe(description) if kind != "repository" else []
+    return "\n".join(_FORMATTERS[kind](description) + extra)

@@ -206,10 +206,10 @@ class LCMScheduler(ConsistencyScheduler):
         rescale_betas_zero_snr: bool = False,
         shifted_timestep: Optional[int] = None,
     ):
-        """Build a scheduler; the arguments and defaults are diffusers' LCMScheduler's (documented at
-        `ConsistencyScheduler.__init__`), plus NitroFusion's shift.
+        """Build a scheduler; the arguments and defaults are diffusers' LCMScheduler's, plus NitroFusion's shift.
 
         Args:
+            {consistency_arguments}
             shifted_timestep (`int`, *optional*):
                 NitroFusion's timestep shift (its card uses 250): `timesteps`, what the UNet is shown, become
                 int(t * shifted_timestep / num_train_timesteps); the step re-noises to the unshifted next timestep
@@ -296,3 +296,13 @@ class LCMScheduler(ConsistencyScheduler):
         if not return_dict:
             return prev_sample, denoised
         return LCMSchedulerOutput(prev_sample=prev_sample, denoised=denoised)
+
+
+def _consistency_arguments() -> str:
+    """The Args entries of `ConsistencyScheduler.__init__`, which LCM's `__init__` shares (written once there)."""
+    doc = ConsistencyScheduler.__init__.__doc__
+    return doc[doc.index("Args:\n") + len("Args:\n"):doc.index("\n\n        Raises")].strip("\n").lstrip()
+
+
+LCMScheduler.__init__.__doc__ = LCMScheduler.__init__.__doc__.replace("{consistency_arguments}",
+                                                                      _consistency_arguments())
