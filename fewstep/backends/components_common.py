@@ -24,15 +24,6 @@ from fewstep.backends.common import as_ints
 from fewstep.core.lora.weight_files import WeightFiles
 
 
-def model_timestep(timestep):
-    """A schedule's timestep as the UNet and ControlNet take it: a Python int when whole (TCD, LCM, DDIM and
-    trailing Euler schedules), a Python float otherwise (Euler's linspace spacing and interpolated sigmas give
-    timesteps such as 832.25). diffusers' models read a NumPy float32 scalar as an integer and would truncate it;
-    diffusers' own pipelines pass the scheduler's float tensor, which these give the same embedding as."""
-    value = float(timestep)
-    return int(value) if value.is_integer() else value
-
-
 class Model:
     """module (the library's model), its config as a dict, and its weights' dtype name."""
 

@@ -14,10 +14,11 @@ from mindspore import mint
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
-                                                 TransformersModel, VAEModel, load_pretrained, model_timestep,
-                                                 record_weight_files, wrapper_class)
+                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
+                                                 wrapper_class)
 from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
+from fewstep.core.schedulers.timesteps import python_timestep
 
 _LIBRARIES = {"diffusers": "mindone.diffusers", "transformers": "mindone.transformers"}
 # As on torch: mindone.diffusers' models take mindspore_dtype; mindone.transformers follows transformers 4.57,
@@ -116,7 +117,7 @@ class _IPAttention(IPAdapterScale):
 
 
 def _as_ms_timestep(timestep):
-    value = model_timestep(timestep)
+    value = python_timestep(timestep)
     return ms.tensor(value, ms.int64 if isinstance(value, int) else ms.float32)
 
 

@@ -12,9 +12,10 @@ import torch
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
-                                                 TransformersModel, VAEModel, load_pretrained, model_timestep,
-                                                 record_weight_files, wrapper_class)
+                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
+                                                 wrapper_class)
 from fewstep.backends.torch_backend import TORCH_DTYPES
+from fewstep.core.schedulers.timesteps import python_timestep
 
 # model_index.json names the library of each component; these are the ones the torch side loads.
 _LIBRARIES = {"diffusers": "diffusers", "transformers": "transformers"}
@@ -109,7 +110,7 @@ class TorchUNet(_DiffusersModel, LoraWeights, _IPAttention):
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
         # extra: what the loop's extensions add (ControlNet / T2I-Adapter residuals), passed through as is
-        return self.module(sample, model_timestep(timestep), encoder_hidden_states=encoder_hidden_states,
+        return self.module(sample, python_timestep(timestep), encoder_hidden_states=encoder_hidden_states,
                            timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
                            cross_attention_kwargs=cross_attention_kwargs, return_dict=False, **extra)[0]
 
@@ -122,7 +123,7 @@ class TorchControlNet(_DiffusersModel):
 
     def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
                  guess_mode: bool = False, added_cond=None):
-        down, mid = self.module(sample, model_timestep(timestep), encoder_hidden_states=encoder_hidden_states,
+        down, mid = self.module(sample, python_timestep(timestep), encoder_hidden_states=encoder_hidden_states,
                                 controlnet_cond=controlnet_cond, conditioning_scale=conditioning_scale,
                                 guess_mode=guess_mode, added_cond_kwargs=added_cond, return_dict=False)
         return list(down), mid

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fewstep.core import checks
+from fewstep.core.schedulers.timesteps import python_timestep
 from fewstep.pipelines import image_processing
 from fewstep.pipelines.timesteps import check_denoising_range, cut_schedule, end_schedule, set_schedule, start_schedule
 from fewstep.pipelines.docstrings import Arg
@@ -121,7 +122,7 @@ class Text2Image(Part):
         return end_schedule(pipe, schedule, args["denoising_end"])
 
     def prepare(self, pipe, call, args):
-        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        call.timesteps = [python_timestep(t) for t in self.schedule(pipe, call, args)]
         ops, cond = call.ops, call.cond
         shape = pipe._layout.latent_shape(call.batch, pipe.unet.config["in_channels"], *latent_size(pipe, call), args)
         latents = args["latents"]
@@ -208,13 +209,13 @@ class Img2Img(Text2Image):
         return image_processing.default_size(args["image"], pipe.vae_scale_factor, pipe.ops)
 
     def prepare(self, pipe, call, args):
-        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        call.timesteps = [python_timestep(t) for t in self.schedule(pipe, call, args)]
         init = init_latents(pipe, call, args["image"], like=call.cond.hidden)
         if args.get("denoising_start") is not None:  # the refiner continues the base's latents as they are
             call.latents = init
             return
         noise = pipe._randn(call.ops.shape(init), call.cond.dtype, call.generator, like=init)
-        start = np.full((call.batch,), call.timesteps[0], dtype=np.int64)
+        start = np.full((call.batch,), call.timesteps[0])
         call.latents = pipe.scheduler.add_noise(init, noise, start)
 
 
@@ -295,7 +296,7 @@ class Inpaint(Img2Img):
         return None  # diffusers' SD / SDXL inpainting: the UNet's sample size, not the image's
 
     def prepare(self, pipe, call, args):
-        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        call.timesteps = [python_timestep(t) for t in self.schedule(pipe, call, args)]
         ops, dtype, batch = call.ops, call.cond.dtype, call.batch
         channels = pipe.unet.config["in_channels"]
         image, mask_image, crop = args["image"], args["mask_image"], None
@@ -325,7 +326,7 @@ class Inpaint(Img2Img):
             if full_strength:
                 latents = noise * float(pipe.scheduler.init_noise_sigma)
             else:
-                start = np.full((batch,), call.timesteps[0], dtype=np.int64)
+                start = np.full((batch,), call.timesteps[0])
                 latents = pipe.scheduler.add_noise(image_latents, noise, start)
         masked_latents = None
         if pixels is not None:
@@ -353,7 +354,7 @@ class Inpaint(Img2Img):
         proper = state.image_latents
         if step.index < len(call.timesteps) - 1:
             proper = pipe.scheduler.add_noise(proper, state.noise,
-                                              np.asarray([call.timesteps[step.index + 1]], dtype=np.int64))
+                                              np.asarray([call.timesteps[step.index + 1]]))
         return (1.0 - state.mask) * proper + state.mask * latents
 
     def finish(self, pipe, call, state, images):
@@ -403,7 +404,7 @@ class VideoToVideo(Text2Image):
         args["num_frames"] = lengths.pop()  # the layout makes as many frames as the video has
 
     def prepare(self, pipe, call, args):
-        call.timesteps = [int(t) for t in self.schedule(pipe, call, args)]
+        call.timesteps = [python_timestep(t) for t in self.schedule(pipe, call, args)]
         ops, vae, dtype = call.ops, pipe.vae, call.cond.dtype
         videos = _videos(args["video"])
         if call.batch % len(videos):
@@ -420,5 +421,5 @@ class VideoToVideo(Text2Image):
             encoded.append(ops.reshape(ops.cast(latents, dtype), (1,) + tuple(ops.shape(latents))))
         init = ops.concat(encoded * (call.batch // len(videos)), axis=0)  # (videos, frames, channels, h, w)
         noise = pipe._randn(ops.shape(init), dtype, call.generator, like=init)
-        start = np.full((call.batch,), call.timesteps[0], dtype=np.int64)
+        start = np.full((call.batch,), call.timesteps[0])
         call.latents = ops.permute_dims(pipe.scheduler.add_noise(init, noise, start), (0, 2, 1, 3, 4))

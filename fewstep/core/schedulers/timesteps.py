@@ -11,7 +11,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -297,3 +297,14 @@ def shift_timesteps(timesteps: np.ndarray, shifted_timestep: int, num_train_time
     int64 (`.long()`), so the shown timesteps are identical (999 -> 249 for shifted_timestep=250)."""
     product = np.asarray(timesteps, dtype=np.int64) * np.int64(shifted_timestep)
     return (product.astype(np.float32) / np.float32(num_train_timesteps)).astype(np.int64)
+
+
+def python_timestep(timestep: Any) -> Union[int, float]:
+    """A schedule's timestep as a Python number: an int when whole (TCD, LCM, DDIM and trailing Euler schedules),
+    the float itself otherwise (Euler's linspace spacing and Karras sigmas give timesteps such as 411.41537).
+
+    The pipelines' loop and the model wrappers use it: diffusers' and mindone's models read a NumPy float32 scalar
+    as an integer and would truncate it, where diffusers' own pipelines pass the scheduler's float tensor, which a
+    Python float gives the same time embedding as (both reach it as the same float32 value)."""
+    value = float(timestep)
+    return int(value) if value.is_integer() else value
