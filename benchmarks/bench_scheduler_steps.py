@@ -25,11 +25,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 SHAPE = (1, 4, 128, 128)
 CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing")
-# (name, fewstep module, extra step kwargs, calls scale_model_input, draws noise)
+# (name, fewstep module, extra step kwargs, calls scale_model_input, draws noise, config overrides): DDIM twice,
+# with its default clip_sample=True (what Hyper-SD's from_config of an SDXL config gives) and as PCM sets it
 SAMPLERS = [
-    ("DDIMScheduler", "fewstep.core.schedulers.ddim", dict(eta=0.0), False, False),
-    ("EulerDiscreteScheduler", "fewstep.core.schedulers.euler", {}, True, False),
-    ("EulerAncestralDiscreteScheduler", "fewstep.core.schedulers.euler_ancestral", {}, True, True),
+    ("DDIMScheduler", "fewstep.core.schedulers.ddim", dict(eta=0.0), False, False, {}),
+    ("DDIMScheduler", "fewstep.core.schedulers.ddim", dict(eta=0.0), False, False,
+     dict(clip_sample=False, set_alpha_to_one=False)),
+    ("EulerDiscreteScheduler", "fewstep.core.schedulers.euler", {}, True, False, {}),
+    ("EulerAncestralDiscreteScheduler", "fewstep.core.schedulers.euler_ancestral", {}, True, True, {}),
 ]
 
 
@@ -37,13 +40,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def _fewstep_class(name: str, module: str):
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None  # not in this checkout (DDIM is optional here)
 
 
 def _step_fn(scheduler, model_output, sample, scaled: bool, kwargs: dict, generator):
@@ -57,8 +53,9 @@ def _step_fn(scheduler, model_output, sample, scaled: bool, kwargs: dict, genera
     return run
 
 
-def _bench(name, ours_cls, kwargs, scaled, noisy, model_output, sample, args):
-    ours, ref = ours_cls(**CONFIG), getattr(diffusers, name)(**CONFIG)
+def _bench(name, ours_cls, kwargs, scaled, noisy, overrides, model_output, sample, args):
+    config = {**CONFIG, **overrides}
+    ours, ref = ours_cls(**config), getattr(diffusers, name)(**config)
     for s in (ours, ref):
         s.set_timesteps(4)
     a = _step_fn(ours, model_output, sample, scaled, kwargs, torch.Generator().manual_seed(1))().prev_sample
@@ -79,7 +76,8 @@ def _bench(name, ours_cls, kwargs, scaled, noisy, model_output, sample, args):
             if i >= args.warmup:
                 times[key].append(elapsed)
     m_ours, m_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
-    line = (f"{name:32s} diffusers {m_ref * 1e6:7.1f} us  fewstep {m_ours * 1e6:7.1f} us  "
+    label = name + "".join(f" {k}={v}" for k, v in overrides.items() if k == "clip_sample")
+    line = (f"{label:32s} diffusers {m_ref * 1e6:7.1f} us  fewstep {m_ours * 1e6:7.1f} us  "
             f"ratio {m_ours / m_ref:.3f}  (max rel diff {rel:.1e})")
     if noisy:
         m_noise = statistics.median(times["noise"])
@@ -101,12 +99,9 @@ def main() -> None:
     model_output = torch.randn(SHAPE, generator=g)
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} threads, "
           f"shape {SHAPE}, float32, 4-step trailing schedule, first step, {args.repeats} repeats")
-    for name, module, kwargs, scaled, noisy in SAMPLERS:
-        ours_cls = _fewstep_class(name, module)
-        if ours_cls is None:
-            print(f"{name:32s} not in this checkout ({module}), left out")
-            continue
-        _bench(name, ours_cls, kwargs, scaled, noisy, model_output, sample, args)
+    for name, module, kwargs, scaled, noisy, overrides in SAMPLERS:
+        _bench(name, getattr(importlib.import_module(module), name), kwargs, scaled, noisy, overrides, model_output,
+               sample, args)
 
 
 if __name__ == "__main__":

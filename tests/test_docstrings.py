@@ -71,8 +71,9 @@ _RETURNS_NOTHING = ("__init__", "set_timesteps", "set_begin_index")
 
 
 def _cases():
-    cases = [pytest.param(cls, m, id=f"{cls.__name__}.{m}") for cls in (fewstep.TCDScheduler, fewstep.LCMScheduler)
-             for m in _SCHEDULER_METHODS]
+    schedulers = (fewstep.TCDScheduler, fewstep.LCMScheduler, fewstep.DDIMScheduler, fewstep.EulerDiscreteScheduler,
+                  fewstep.EulerAncestralDiscreteScheduler)
+    cases = [pytest.param(cls, m, id=f"{cls.__name__}.{m}") for cls in schedulers for m in _SCHEDULER_METHODS]
     cases += [pytest.param(cls, m, id=f"{cls.__name__}.{m}") for cls in _public_classes() for m in _METHODS
              if _defined(cls, m)]
     cases += [pytest.param(None, name, id=f"fewstep.utils.{name}") for name, f in vars(fewstep.utils).items()
