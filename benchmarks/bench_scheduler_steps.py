@@ -14,14 +14,14 @@ also with the shared draw's median subtracted from both. Prints the medians and 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import statistics
-import time
 
 import diffusers
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+
+from bench_tcd_step import parse_args, time_alternately  # the shared options and timing loop
 
 SHAPE = (1, 4, 128, 128)
 CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing")
@@ -34,12 +34,6 @@ SAMPLERS = [
     ("EulerDiscreteScheduler", "fewstep.core.schedulers.euler", {}, True, False, {}),
     ("EulerAncestralDiscreteScheduler", "fewstep.core.schedulers.euler_ancestral", {}, True, True, {}),
 ]
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _step_fn(scheduler, model_output, sample, scaled: bool, kwargs: dict, generator):
@@ -63,18 +57,15 @@ def _bench(name, ours_cls, kwargs, scaled, noisy, overrides, model_output, sampl
     rel = ((a - b).abs().max() / b.abs().max()).item()
 
     gen_ours, gen_ref, gen_noise = (torch.Generator().manual_seed(s) for s in (2, 2, 3))
-    times = {"ours": [], "ref": [], "noise": []}
-    for i in range(args.warmup + args.repeats):
+
+    def repeat():
         for s in (ours, ref):
             s.set_timesteps(4)
-        step_ours = _step_fn(ours, model_output, sample, scaled, kwargs, gen_ours)
-        step_ref = _step_fn(ref, model_output, sample, scaled, kwargs, gen_ref)
-        draw = lambda: randn_tensor(SHAPE, generator=gen_noise, dtype=sample.dtype)  # noqa: E731
-        order = (("ours", step_ours), ("ref", step_ref)) if i % 2 else (("ref", step_ref), ("ours", step_ours))
-        for key, fn in order + ((("noise", draw),) if noisy else ()):
-            elapsed = _timed(fn)
-            if i >= args.warmup:
-                times[key].append(elapsed)
+        return (_step_fn(ours, model_output, sample, scaled, kwargs, gen_ours),
+                _step_fn(ref, model_output, sample, scaled, kwargs, gen_ref))
+
+    draw = lambda: randn_tensor(SHAPE, generator=gen_noise, dtype=sample.dtype)  # noqa: E731
+    times = time_alternately(args, repeat, draw if noisy else None)
     m_ours, m_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
     label = name + "".join(f" {k}={v}" for k, v in overrides.items() if k == "clip_sample")
     line = (f"{label:32s} diffusers {m_ref * 1e6:7.1f} us  fewstep {m_ours * 1e6:7.1f} us  "
@@ -87,13 +78,7 @@ def _bench(name, ours_cls, kwargs, scaled, noisy, overrides, model_output, sampl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=400)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(__doc__.splitlines()[0])
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(SHAPE, generator=g) * 14.6
     model_output = torch.randn(SHAPE, generator=g)

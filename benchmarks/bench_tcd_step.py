@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable, Optional
 
 import torch
 from diffusers import TCDScheduler as DiffusersTCD
@@ -31,14 +32,36 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    """The options of the scheduler-step benchmarks (bench_scheduler_steps.py takes them too); applies --threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def time_alternately(args: argparse.Namespace, repeat: Callable[[], tuple], draw: Optional[Callable] = None) -> dict:
+    """{"ours", "ref", "noise"}: lists of seconds per timed call, after args.warmup untimed repeats. `repeat()`
+    resets both schedulers outside the timed region and returns the two calls (fewstep's, diffusers'), timed
+    alternately (order swapped every repeat) so machine load affects both alike; `draw`, the noise draw both
+    steps share, is timed after them."""
+    times = {"ours": [], "ref": [], "noise": []}
+    for i in range(args.warmup + args.repeats):
+        step_ours, step_ref = repeat()
+        order = (("ours", step_ours), ("ref", step_ref)) if i % 2 else (("ref", step_ref), ("ours", step_ours))
+        for key, fn in order + ((("noise", draw),) if draw is not None else ()):
+            elapsed = _timed(fn)
+            if i >= args.warmup:
+                times[key].append(elapsed)
+    return times
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
 
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(SHAPE, generator=g)
@@ -57,15 +80,13 @@ def main() -> None:
     step_ours = lambda: ours.step(model_output, t_ours, sample, eta=0.3, generator=gen_ours)  # noqa: E731
     step_ref = lambda: ref.step(model_output, t_ref, sample, eta=0.3, generator=gen_ref)  # noqa: E731
     draw = lambda: randn_tensor(SHAPE, generator=gen_noise, device=sample.device, dtype=sample.dtype)  # noqa: E731
-    times = {"ours": [], "ref": [], "noise": []}
-    for i in range(args.warmup + args.repeats):
+
+    def repeat():
         ours.set_timesteps(4)
         ref.set_timesteps(4)
-        order = (("ours", step_ours), ("ref", step_ref)) if i % 2 else (("ref", step_ref), ("ours", step_ours))
-        for name, fn in order + (("noise", draw),):
-            elapsed = _timed(fn)
-            if i >= args.warmup:
-                times[name].append(elapsed)
+        return step_ours, step_ref
+
+    times = time_alternately(args, repeat, draw)
     m_ours, m_ref, m_noise = (statistics.median(times[k]) for k in ("ours", "ref", "noise"))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {SHAPE}, float32, eta 0.3, "

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["RECIPES", "NAMES", "Recipe", "Variant", "Weights", "Plan", "Pick", "apply", "plan", "recipe_for",
            "describe", "get"]

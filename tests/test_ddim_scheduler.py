@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import fewstep
-from fewstep.backends import get_backend
 from fewstep.core.schedulers.ddim import DDIMScheduler
+from test_scheduler_parity import _loop  # the loop TCD and LCM are compared across backends with
 from test_schedulers_vs_diffusers import _Failures, _initial_sample, _model, _rel
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -313,25 +313,6 @@ def test_off_schedule_timesteps_variance_noise_and_outputs_like_diffusers():
 # backends
 
 
-def _backend_loop(backend, config, steps, step_kwargs):
-    ops = get_backend(backend)
-    scheduler = DDIMScheduler(**config)
-    scheduler.set_timesteps(steps)
-    generator = fewstep.Generator(21)
-    x_host = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
-    x = ops.from_numpy(x_host, dtype="float32")
-    outputs = []
-    for t in scheduler.timesteps:
-        host = ops.to_numpy(x)
-        model_output = ops.from_numpy((np.tanh(host) * np.float32(0.9) + np.float32(0.1 * np.cos(t / 50.0)))
-                                      .astype(np.float32), like=x)
-        out = scheduler.step(model_output, t, x, generator=generator, **step_kwargs)
-        assert ops.is_tensor(out.prev_sample) and ops.dtype_name(out.prev_sample) == "float32"
-        outputs.append((ops.to_numpy(out[0]), ops.to_numpy(out[1])))
-        x = out.prev_sample
-    return outputs
-
-
 def _backend_cases():
     for prediction, spacing in itertools.product(PREDICTIONS, SPACINGS):
         yield dict(prediction_type=prediction, timestep_spacing=spacing, clip_sample=False), 4, dict(eta=0.0)
@@ -342,27 +323,25 @@ def _backend_cases():
     yield zero_snr, 4, dict(eta=0.3)
 
 
-def _assert_backends_identical(backend):
+# The backends a loop is run on besides NumPy (tests/test_euler_schedulers.py uses them too).
+OTHER_BACKENDS = [pytest.param("torch", marks=pytest.mark.torch),
+                  pytest.param("mindspore", marks=pytest.mark.mindspore)]
+
+
+def assert_bitwise_equal(reference, other, label: str) -> None:
+    """A loop's outputs on another backend equal NumPy's bit for bit: each op is one correctly rounded float32
+    multiply, add, clip or division everywhere (tests/test_euler_schedulers.py uses it too)."""
+    for i, (a, b) in enumerate(zip(reference, other)):
+        np.testing.assert_array_equal(a, b, err_msg=f"{label} step {i}")
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_backends_match_numpy_bitwise(backend):
     for config, steps, step_kwargs in _backend_cases():
-        reference = _backend_loop("numpy", config, steps, step_kwargs)
-        other = _backend_loop(backend, config, steps, step_kwargs)
-        for i, (a, b) in enumerate(zip(reference, other)):
-            for k in (0, 1):
-                # Bitwise: each op is one correctly rounded float32 multiply, add, clip or division everywhere.
-                np.testing.assert_array_equal(a[k], b[k],
-                                              err_msg=f"{backend}: {config} {step_kwargs} step {i} output {k}")
-
-
-@pytest.mark.torch
-@pytest.mark.parity
-def test_torch_matches_numpy_bitwise():
-    _assert_backends_identical("torch")
-
-
-@pytest.mark.mindspore
-@pytest.mark.parity
-def test_mindspore_matches_numpy_bitwise():
-    _assert_backends_identical("mindspore")
+        reference, other = (_loop(b, DDIMScheduler, config, dict(num_inference_steps=steps), step_kwargs)
+                            for b in ("numpy", backend))
+        assert_bitwise_equal(reference, other, f"{backend} vs numpy: {config} {step_kwargs}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +408,8 @@ def test_save_pretrained_round_trip_and_diffusers_reads_it(tmp_path):
 
 
 def _card_class():
-    """NitroFusion's `TimestepShiftLCMScheduler`, as its model card (github.com/ChenDarYen/NitroFusion) gives it."""
+    """NitroFusion's `TimestepShiftLCMScheduler`, as its model card (github.com/ChenDarYen/NitroFusion,
+    huggingface.co/ChenDY/NitroFusion) gives it; tests/test_recipes_pipelines.py uses it too."""
     from diffusers import LCMScheduler
 
     class TimestepShiftLCMScheduler(LCMScheduler):

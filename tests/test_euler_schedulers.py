@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -32,23 +31,16 @@ from fewstep.core import schedules
 from fewstep.core.schedulers import sigmas as sigmas_module
 from fewstep.core.schedulers.euler import EulerDiscreteScheduler
 from fewstep.core.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
-from test_schedulers_vs_diffusers import _Failures, _model, _rel
+# The autouse fixture that sets diffusers' and fewstep's loggers to ERROR for each test: diffusers warns when
+# step() comes without scale_model_input, and the teacher-forced loops do that.
+from test_ddim_scheduler import OTHER_BACKENDS, assert_bitwise_equal
+from test_schedulers_vs_diffusers import _Failures, _model, _quiet_custom_timestep_warnings, _rel  # noqa: F401
 
 SHAPE = (2, 4, 8, 8)
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("linspace", "leading", "trailing")
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    """diffusers warns when step() comes without scale_model_input (the teacher-forced loops do that)."""
-    loggers = [logging.getLogger(n) for n in ("diffusers", "fewstep")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    yield
-    for lg, level in zip(loggers, levels):
-        lg.setLevel(level)
 
 
 def _has_scipy():
@@ -416,24 +408,12 @@ def _backend_cases():
         yield EulerAncestralDiscreteScheduler, config, {}
 
 
-def _assert_backends_identical(backend):
+@pytest.mark.parity
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_backends_match_numpy_bitwise(backend):
     for (cls, config, step_kwargs), dtype in itertools.product(_backend_cases(), ("float32", "float16")):
-        reference = _backend_loop("numpy", cls, config, step_kwargs, dtype)
-        other = _backend_loop(backend, cls, config, step_kwargs, dtype)
-        for i, (a, b) in enumerate(zip(reference, other)):
-            np.testing.assert_array_equal(a, b, err_msg=f"{backend} vs numpy: {cls.__name__} {config} {dtype} output {i}")
-
-
-@pytest.mark.torch
-@pytest.mark.parity
-def test_torch_matches_numpy_bitwise():
-    _assert_backends_identical("torch")
-
-
-@pytest.mark.mindspore
-@pytest.mark.parity
-def test_mindspore_matches_numpy_bitwise():
-    _assert_backends_identical("mindspore")
+        reference, other = (_backend_loop(b, cls, config, step_kwargs, dtype) for b in ("numpy", backend))
+        assert_bitwise_equal(reference, other, f"{backend} vs numpy: {cls.__name__} {config} {dtype}")
 
 
 # ---------------------------------------------------------------------------------------------

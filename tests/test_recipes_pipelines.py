@@ -10,6 +10,7 @@ import pytest
 import fewstep
 from fewstep import recipes
 from fewstep.testing import tiny_pipeline
+from test_ddim_scheduler import _card_class as _timestep_shift_lcm  # NitroFusion's card class
 from tests.pipeline_cases import SIZE
 
 IMAGE_ATOL = 1e-4  # as tests/test_pipelines_torch.py: float32 rounding carried through the tiny VAE
@@ -22,33 +23,6 @@ CASES = {
     "sdxl": [("lightning:x0", 1), ("hyper-sd:unet", 1), ("hyper-sd-unified", 2), ("dmd2", 4), ("pcm:normalcfg", 4),
              ("turbo", 2), ("flash", 4), ("nitrofusion:vibrant", 2), ("lcm:model", 2), ("tcd", 2)],
 }
-
-
-def _timestep_shift_lcm():
-    """NitroFusion's scheduler, as its model card defines it (https://huggingface.co/ChenDY/NitroFusion)."""
-    from diffusers import LCMScheduler
-
-    class TimestepShiftLCMScheduler(LCMScheduler):
-        def __init__(self, *args, shifted_timestep=250, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.register_to_config(shifted_timestep=shifted_timestep)
-
-        def set_timesteps(self, *args, **kwargs):
-            super().set_timesteps(*args, **kwargs)
-            self.origin_timesteps = self.timesteps.clone()
-            self.shifted_timesteps = (self.timesteps * self.config.shifted_timestep
-                                      / self.config.num_train_timesteps).long()
-            self.timesteps = self.shifted_timesteps
-
-        def step(self, model_output, timestep, sample, generator=None, return_dict=True):
-            if self.step_index is None:
-                self._init_step_index(timestep)
-            self.timesteps = self.origin_timesteps
-            output = super().step(model_output, timestep, sample, generator, return_dict)
-            self.timesteps = self.shifted_timesteps
-            return output
-
-    return TimestepShiftLCMScheduler
 
 
 def card_setup(spec: str, steps: int, config):

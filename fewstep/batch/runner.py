@@ -142,8 +142,6 @@ class BatchWorker:
     def _check_steps(self) -> None:
         """Every item's step count against this model's scheduler (at most its original_inference_steps), before
         the first image: else an item with 60 steps fails only when its batch comes up, after others are done."""
-        import fewstep
-
         tried = set()
         for item in self.job.items:
             key = (item.setting("scheduler"), item.setting("recipe"), item.setting("num_inference_steps"))

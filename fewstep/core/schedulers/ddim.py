@@ -30,14 +30,9 @@ import numpy as np
 from fewstep.core.noise import randn_like
 from fewstep.core.registry import backend_of, device_anchor
 from fewstep.core.schedulers.config import records_config
-from fewstep.core.schedulers.parameterisation import (
-    Linear,
-    cached,
-    dynamic_threshold,
-    linear_combination,
-    x0_and_eps_coefficients,
-)
-from fewstep.core.schedulers.scheduler import DiscreteScheduler, StepOutput, step_docstring
+from fewstep.core.schedulers.parameterisation import (Linear, cached, dynamic_threshold, linear_combination,
+                                                      step_options, x0_and_eps_coefficients)
+from fewstep.core.schedulers.scheduler import DiscreteScheduler, StepOutput, schedule_docstring, step_docstring
 from fewstep.core.schedulers.timesteps import TIMESTEP_SPACINGS, index_for_timestep, spaced_timesteps, timestep_as_int
 
 
@@ -167,10 +162,7 @@ def ddim_step(model_output: Any, timestep: int, sample: Any, *, num_train_timest
             sample_max_value.
 
     Returns (prev_sample, pred_original_sample)."""
-    unknown = set(options) - set(_DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(f"Unknown DDIM options {sorted(unknown)}; use {sorted(_DEFAULT_OPTIONS)}.")
-    options = {**_DEFAULT_OPTIONS, **options}
+    options = step_options(options, _DEFAULT_OPTIONS, "DDIM")
     eta = _check_eta(eta)
     if eta > 0 and variance_noise is not None and generator is not None:
         raise ValueError(
@@ -213,6 +205,7 @@ class DDIMScheduler(DiscreteScheduler):
     ]
 
     @records_config
+    @schedule_docstring()
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -234,25 +227,12 @@ class DDIMScheduler(DiscreteScheduler):
         """Build a scheduler; arguments and defaults are diffusers' DDIMScheduler's.
 
         Args:
-            num_train_timesteps (`int`, *optional*, defaults to 1000):
-                The number of diffusion steps the model was trained with.
-            beta_start (`float`, *optional*, defaults to 0.0001):
-                The first beta of the schedule.
-            beta_end (`float`, *optional*, defaults to 0.02):
-                The last beta of the schedule.
-            beta_schedule (`str`, *optional*, defaults to 'linear'):
-                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
-            trained_betas (`np.ndarray` or `List[float]`, *optional*):
-                Betas to use instead of a schedule, one per training timestep.
+            {schedule_arguments}
             clip_sample (`bool`, *optional*, defaults to True):
                 Clip the predicted x0 to [-clip_sample_range, clip_sample_range] (pixel-space models; latent models'
                 configs set it False).
             set_alpha_to_one (`bool`, *optional*, defaults to True):
                 alpha_prev of the step that lands below timestep 0: 1, or alphas_cumprod[0] when False.
-            steps_offset (`int`, *optional*, defaults to 0):
-                Added to the "leading" timesteps (Stable Diffusion's configs use 1).
-            prediction_type (`str`, *optional*, defaults to 'epsilon'):
-                What the model predicts: "epsilon", "sample" or "v_prediction".
             thresholding (`bool`, *optional*, defaults to False):
                 Imagen's dynamic thresholding of the predicted x0 (instead of clip_sample).
             dynamic_thresholding_ratio (`float`, *optional*, defaults to 0.995):
@@ -261,10 +241,6 @@ class DDIMScheduler(DiscreteScheduler):
                 The clipping bound.
             sample_max_value (`float`, *optional*, defaults to 1.0):
                 The largest threshold dynamic thresholding uses.
-            timestep_spacing (`str`, *optional*, defaults to 'leading'):
-                "leading", "trailing" or "linspace" (see `timesteps.spaced_timesteps`).
-            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
-                Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").
 
         Raises ValueError for an unknown beta_schedule, prediction_type or timestep_spacing and for zero-terminal
         SNR with epsilon prediction, before anything is built.

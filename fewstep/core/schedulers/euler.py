@@ -25,9 +25,10 @@ from fewstep.core.noise import randn_like
 from fewstep.core.registry import backend_of
 from fewstep.core.schedulers.config import records_config
 from fewstep.core.schedulers.parameterisation import Linear, cached
-from fewstep.core.schedulers.scheduler import StepOutput
+from fewstep.core.schedulers.scheduler import StepOutput, schedule_docstring
 from fewstep.core.schedulers.sigmas import (FINAL_SIGMAS_TYPES, INTERPOLATION_TYPES, TIMESTEP_SPACINGS,
-                                            SigmaScheduler, check_choice, euler_plan, scipy_stats)
+                                            ZERO_SNR_DESCRIPTION, SigmaScheduler, check_choice, euler_plan,
+                                            scipy_stats)
 
 
 @dataclass
@@ -145,6 +146,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
     _prediction_types = ("epsilon", "sample", "v_prediction", "original_sample")
 
     @records_config
+    @schedule_docstring(rescale_betas_zero_snr=ZERO_SNR_DESCRIPTION)
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -168,18 +170,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         """Build a scheduler; arguments and defaults are diffusers' EulerDiscreteScheduler's.
 
         Args:
-            num_train_timesteps (`int`, *optional*, defaults to 1000):
-                The number of diffusion steps the model was trained with.
-            beta_start (`float`, *optional*, defaults to 0.0001):
-                The first beta of the schedule.
-            beta_end (`float`, *optional*, defaults to 0.02):
-                The last beta of the schedule.
-            beta_schedule (`str`, *optional*, defaults to 'linear'):
-                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
-            trained_betas (`np.ndarray` or `List[float]`, *optional*):
-                Betas to use instead of a schedule.
-            prediction_type (`str`, *optional*, defaults to 'epsilon'):
-                What the model predicts: "epsilon", "sample" or "v_prediction".
+            {schedule_arguments}
             interpolation_type (`str`, *optional*, defaults to 'linear'):
                 "linear": the training sigmas interpolated at the timesteps; "log_linear": n + 1 sigmas evenly
                 spaced in log sigma.
@@ -193,14 +184,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
                 The smallest sigma of the karras / exponential / beta sigmas; default the schedule's.
             sigma_max (`float`, *optional*):
                 The largest; default the schedule's.
-            timestep_spacing (`str`, *optional*, defaults to 'linspace'):
-                "linspace", "leading" or "trailing" (Lin et al. 2023, Table 2).
             timestep_type (`str`, *optional*, defaults to 'discrete'):
                 "continuous" with v_prediction gives the UNet log(sigma) / 4 as its timestep (EDM-style models).
-            steps_offset (`int`, *optional*, defaults to 0):
-                Added to the timesteps of "leading" spacing.
-            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
-                Rescale the betas to zero terminal SNR; the last alphas_cumprod becomes 2^-24, as in diffusers.
             final_sigmas_type (`str`, *optional*, defaults to 'zero'):
                 The sigma after the last step: "zero" or "sigma_min" (the training schedule's smallest).
 

@@ -29,8 +29,9 @@ from fewstep.core.registry import backend_of
 from fewstep.core.schedulers.config import records_config
 from fewstep.core.schedulers.euler import combine
 from fewstep.core.schedulers.parameterisation import Linear, cached
-from fewstep.core.schedulers.scheduler import StepOutput
-from fewstep.core.schedulers.sigmas import TIMESTEP_SPACINGS, SigmaScheduler, check_choice, euler_ancestral_plan
+from fewstep.core.schedulers.scheduler import StepOutput, schedule_docstring
+from fewstep.core.schedulers.sigmas import (TIMESTEP_SPACINGS, ZERO_SNR_DESCRIPTION, SigmaScheduler, check_choice,
+                                            euler_ancestral_plan)
 
 
 @dataclass
@@ -129,6 +130,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     _initial_timestep_dtype = "float64"  # diffusers' schedule before set_timesteps (float32 after it)
 
     @records_config
+    @schedule_docstring(rescale_betas_zero_snr=ZERO_SNR_DESCRIPTION)
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -144,24 +146,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         """Build a scheduler; arguments and defaults are diffusers' EulerAncestralDiscreteScheduler's.
 
         Args:
-            num_train_timesteps (`int`, *optional*, defaults to 1000):
-                The number of diffusion steps the model was trained with.
-            beta_start (`float`, *optional*, defaults to 0.0001):
-                The first beta of the schedule.
-            beta_end (`float`, *optional*, defaults to 0.02):
-                The last beta of the schedule.
-            beta_schedule (`str`, *optional*, defaults to 'linear'):
-                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
-            trained_betas (`np.ndarray` or `List[float]`, *optional*):
-                Betas to use instead of a schedule.
-            prediction_type (`str`, *optional*, defaults to 'epsilon'):
-                What the model predicts: "epsilon", "v_prediction" or "sample".
-            timestep_spacing (`str`, *optional*, defaults to 'linspace'):
-                "linspace", "leading" or "trailing" (Lin et al. 2023, Table 2).
-            steps_offset (`int`, *optional*, defaults to 0):
-                Added to the timesteps of "leading" spacing.
-            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
-                Rescale the betas to zero terminal SNR; the last alphas_cumprod becomes 2^-24, as in diffusers.
+            {schedule_arguments}
 
         Raises ValueError for an invalid config, before anything is built."""
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)

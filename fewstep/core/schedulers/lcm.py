@@ -17,22 +17,18 @@ is two linear combinations with Python-float coefficients computed once in float
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from fewstep.core.noise import randn_like
-from fewstep.core.registry import backend_of, device_anchor
+from fewstep.core.registry import backend_of
 from fewstep.core.schedulers.config import SchedulerConfig, records_config
-from fewstep.core.schedulers.parameterisation import (
-    Linear,
-    cached,
-    dynamic_threshold,
-    linear_combination,
-    x0_and_eps_coefficients,
-)
+from fewstep.core.schedulers.parameterisation import (Linear, cached, dynamic_threshold, linear_combination,
+                                                      step_options, x0_and_eps_coefficients)
 from fewstep.core.schedulers.scheduler import ConsistencyScheduler, StepOutput, step_docstring
 from fewstep.core.schedulers.timesteps import as_int, shift_timesteps, step_position
 
@@ -136,10 +132,7 @@ def lcm_step(model_output: Any, timestep: int, sample: Any, *, timesteps: Sequen
             sample_max_value.
 
     Returns (prev_sample, denoised)."""
-    unknown = set(options) - set(_DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(f"Unknown LCM options {sorted(unknown)}; use {sorted(_DEFAULT_OPTIONS)}.")
-    options = {**_DEFAULT_OPTIONS, **options}
+    options = step_options(options, _DEFAULT_OPTIONS, "LCM")
     t, prev, last = step_position(timesteps, step_index, timestep, num_inference_steps)
     prev_t = t if prev is None else prev  # the last step draws no noise, so its target is never used
     noisy = not last
@@ -151,9 +144,14 @@ def lcm_step(model_output: Any, timestep: int, sample: Any, *, timesteps: Sequen
 
 
 def _records_lcm_config(init):
-    """`records_config`, leaving `shifted_timestep` out of the config while it is None: an unshifted LCM's config
-    is then diffusers' LCMScheduler's key for key, and a folder saved from it loads in diffusers without an
-    unexpected key. `inspect.signature` still sees the argument (from_config passes a card's value on)."""
+    """`records_config` for `__init__(self, *args, shifted_timestep=None, **kwargs)`, which passes the rest on to
+    `ConsistencyScheduler.__init__`: the signature is that one's (written once there) plus `shifted_timestep`, so
+    `records_config`, `from_config` and `help()` see every argument by name. `shifted_timestep` stays out of the
+    config while it is None: an unshifted LCM's config is then diffusers' LCMScheduler's key for key, and a folder
+    saved from it loads in diffusers without an unexpected key (from_config still passes a card's value on)."""
+    base = inspect.signature(ConsistencyScheduler.__init__)
+    own = inspect.signature(init).parameters["shifted_timestep"]  # keyword-only, as in NitroFusion's card class
+    init.__signature__ = base.replace(parameters=[*base.parameters.values(), own])
     recorded = records_config(init)
 
     @functools.wraps(init)
@@ -185,27 +183,7 @@ class LCMScheduler(ConsistencyScheduler):
     _saved_as_module = "diffusers.schedulers.scheduling_lcm"
 
     @_records_lcm_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-        shifted_timestep: Optional[int] = None,
-    ):
+    def __init__(self, *args, shifted_timestep: Optional[int] = None, **kwargs):
         """Build a scheduler; the arguments and defaults are diffusers' LCMScheduler's, plus NitroFusion's shift.
 
         Args:
@@ -213,8 +191,9 @@ class LCMScheduler(ConsistencyScheduler):
             shifted_timestep (`int`, *optional*):
                 NitroFusion's timestep shift (its card uses 250): `timesteps`, what the UNet is shown, become
                 int(t * shifted_timestep / num_train_timesteps); the step re-noises to the unshifted next timestep
-                (see `set_timesteps`). None (the default) shifts nothing and leaves the key out of the config,
-                which then is diffusers' LCMScheduler's key for key.
+                (4 steps: the UNet sees [249, 189, 124, 64], the noise levels follow [999, 759, 499, 259]). None (the
+                default) shifts nothing and leaves the key out of the config, which then is diffusers' LCMScheduler's
+                key for key.
 
         Raises ValueError as `ConsistencyScheduler.__init__` does, and for a shifted_timestep that is not a
         positive integer.
@@ -223,8 +202,7 @@ class LCMScheduler(ConsistencyScheduler):
             raise ValueError(
                 f"shifted_timestep must be a positive integer (NitroFusion uses 250), got {shifted_timestep!r}."
             )
-        self._build_tables(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
-                           rescale_betas_zero_snr, set_alpha_to_one)
+        super().__init__(*args, **kwargs)  # records a config too, which this class's decorator then replaces
 
     def _set_timesteps_array(self, values: np.ndarray, anchor: Any = None) -> None:
         super()._set_timesteps_array(values, anchor)
@@ -232,40 +210,17 @@ class LCMScheduler(ConsistencyScheduler):
         # shifts it below.
         self._unshifted_timesteps: Optional[List[int]] = None
 
-    def set_timesteps(
-        self,
-        num_inference_steps: Optional[int] = None,
-        device: Any = None,
-        original_inference_steps: Optional[int] = None,
-        timesteps: Optional[Sequence[int]] = None,
-        strength: float = 1.0,
-    ) -> None:
-        """Choose the inference timesteps; the arguments are `ConsistencyScheduler.set_timesteps`'.
-
-        Args:
-            num_inference_steps (`int`, *optional*):
-                How many steps; exclusive with `timesteps`.
-            device (`str` or `torch.device`, *optional*):
-                Where `timesteps` should live (None: a NumPy int64 array).
-            original_inference_steps (`int`, *optional*):
-                Size of the distillation grid (config default 50).
-            timesteps (`List[int]`, *optional*):
-                A custom strictly descending list of timesteps.
-            strength (`float`, *optional*, defaults to 1.0):
-                In (0, 1]; img2img starts at a lower noise level.
-
-        With `shifted_timestep` in the config, `timesteps` (what the pipeline shows the UNet and passes back to
+    def _set_planned_timesteps(self, values: np.ndarray, anchor: Any) -> None:
+        """With `shifted_timestep` in the config, `timesteps` (what the pipeline shows the UNet and passes back to
         `step`) are the shifted ones, and each step forms x0 and the boundary scalings at the timestep it is
         given but re-noises to the next *unshifted* timestep, exactly as NitroFusion's card class does in
-        diffusers (4 steps: the UNet sees [249, 189, 124, 64], the noise levels follow [999, 759, 499, 259]).
-        """
-        super().set_timesteps(num_inference_steps, device, original_inference_steps, timesteps, strength)
+        diffusers (4 steps: the UNet sees [249, 189, 124, 64], the noise levels follow [999, 759, 499, 259])."""
         shift = self.config.get("shifted_timestep")
-        if shift is not None:
-            unshifted = self._timestep_list
-            shown = shift_timesteps(np.asarray(unshifted, dtype=np.int64), shift, self.config["num_train_timesteps"])
-            self._set_timesteps_array(shown, device_anchor(device))
-            self._unshifted_timesteps = unshifted
+        if shift is None:
+            self._set_timesteps_array(values, anchor)
+            return
+        self._set_timesteps_array(shift_timesteps(values, shift, self.config["num_train_timesteps"]), anchor)
+        self._unshifted_timesteps = values.tolist()
 
     @step_docstring
     def step(self, model_output: Any, timestep: Any, sample: Any, generator: Any = None, return_dict: bool = True):

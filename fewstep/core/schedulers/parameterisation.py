@@ -83,3 +83,12 @@ def cached(cache: Dict[tuple, Any], key: tuple, compute: Callable[[], Any]) -> A
             cache.clear()
         value = cache[key] = compute()
     return value
+
+
+def step_options(options: Dict[str, Any], defaults: Dict[str, Any], sampler: str) -> Dict[str, Any]:
+    """A stateless step's clip / threshold options: `defaults` (the config's) updated with `options`; a name
+    not among the defaults is an error naming the ones there are."""
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ValueError(f"Unknown {sampler} options {sorted(unknown)}; use {sorted(defaults)}.")
+    return {**defaults, **options}

@@ -13,6 +13,8 @@ code can `.to(device)`, `.item()` and index it as it does its own schedulers' ti
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from collections import OrderedDict
 from dataclasses import fields
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -54,6 +56,48 @@ class StepOutput(OrderedDict):
         return tuple(self[k] for k in self.keys())
 
 
+# The Args entries of the training-schedule arguments every scheduler takes, written once: (type, description).
+# `schedule_docstring` adds each class's default, read from its signature (diffusers' defaults differ per class).
+_SCHEDULE_ARGUMENTS = {
+    "num_train_timesteps": ("`int`", "The number of diffusion steps the model was trained with."),
+    "beta_start": ("`float`", "The first beta of the schedule."),
+    "beta_end": ("`float`", "The last beta of the schedule."),
+    "beta_schedule": ("`str`", '"linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).'),
+    "trained_betas": ("`np.ndarray` or `List[float]`",
+                      "Betas to use instead of a schedule, one per training timestep."),
+    "prediction_type": ("`str`", 'What the model predicts: "epsilon", "sample" or "v_prediction".'),
+    "timestep_spacing": ("`str`", '"linspace", "leading" or "trailing" (Lin et al. 2023, Table 2; few-step LoRAs use '
+                                  '"trailing").'),
+    "steps_offset": ("`int`", 'Added to the timesteps of "leading" spacing (Stable Diffusion\'s configs use 1).'),
+    "rescale_betas_zero_snr": ("`bool`",
+                               'Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").'),
+}
+
+
+def schedule_docstring(**descriptions: str):
+    """Decorator for a scheduler's `__init__`: its docstring's `{schedule_arguments}` becomes the Args entries of
+    the training-schedule arguments it takes (`_SCHEDULE_ARGUMENTS`), in the signature's order, each with the
+    default of this signature. `descriptions` replace the shared text where a class means something else."""
+    unknown = set(descriptions) - set(_SCHEDULE_ARGUMENTS)
+    if unknown:
+        raise ValueError(f"schedule_docstring: no shared entry for {sorted(unknown)}; document them in the docstring.")
+
+    def decorate(init):
+        entries = []
+        for name, parameter in inspect.signature(init).parameters.items():
+            if name not in _SCHEDULE_ARGUMENTS:
+                continue
+            kind, text = _SCHEDULE_ARGUMENTS[name]
+            default = "" if parameter.default is None else f", defaults to {parameter.default!r}"
+            entries.append(f"\n            {name} ({kind}, *optional*{default}):\n"
+                           + textwrap.fill(descriptions.get(name, text), 120, initial_indent=" " * 16,
+                                           subsequent_indent=" " * 16))
+        init.__doc__ = init.__doc__.replace("\n            {schedule_arguments}", "".join(entries))
+        return init
+
+    return decorate
+
+
 class DiscreteScheduler(Configurable):
     """What every fewstep scheduler shares: the tables of a discrete training schedule (betas,
     alphas_cumprod), the inference timesteps, the step index and the forward process (`add_noise`,
@@ -66,6 +110,7 @@ class DiscreteScheduler(Configurable):
 
     order = 1
     init_noise_sigma = 1.0
+    _prediction_types: Tuple[str, ...] = PREDICTION_TYPES
     # What diffusers and mindone write for this scheduler in a saved pipeline's model_index.json: they
     # record `obj.__module__`, and a fewstep module there would make the folder unloadable without
     # fewstep (and by mindone at all). The config fewstep saves is diffusers' own, so the folder names
@@ -78,17 +123,23 @@ class DiscreteScheduler(Configurable):
     _interop_base: Optional[type] = None
 
     def _build_tables(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
-                      rescale_betas_zero_snr, set_alpha_to_one) -> None:
-        """Validate the schedule's config (before anything is built) and build the tables and the empty state."""
+                      rescale_betas_zero_snr, set_alpha_to_one=None, zero_snr_alpha_cumprod=None) -> None:
+        """Validate the schedule's config (before anything is built) and build the tables and the empty state.
+
+        `set_alpha_to_one` gives DDIM's `final_alpha_cumprod` (None: no such attribute, as diffusers' Euler samplers
+        have none). `zero_snr_alpha_cumprod` is what the Euler samplers put in place of the last alphas_cumprod,
+        which rescale_betas_zero_snr makes 0: the first sigma stays finite and an epsilon model works. Without
+        it, zero terminal SNR with epsilon prediction is refused."""
         T = as_int(num_train_timesteps, "num_train_timesteps")
         if T < 1:
             raise ValueError(f"num_train_timesteps must be at least 1, got {T}.")
-        if prediction_type not in PREDICTION_TYPES:
+        if prediction_type not in self._prediction_types:
             raise ValueError(
-                f"Unknown prediction_type {prediction_type!r}; use one of {', '.join(map(repr, PREDICTION_TYPES))} "
+                f"Unknown prediction_type {prediction_type!r}; use one of "
+                f"{', '.join(map(repr, self._prediction_types))} "
                 f"(what the UNet predicts: the noise, the clean sample, or the velocity)."
             )
-        if rescale_betas_zero_snr and prediction_type == "epsilon":
+        if rescale_betas_zero_snr and prediction_type == "epsilon" and zero_snr_alpha_cumprod is None:
             raise ValueError(
                 "rescale_betas_zero_snr=True makes alphas_cumprod[-1] == 0, where an epsilon-prediction model cannot "
                 "recover x0 (division by zero, NaN at the first step). Use prediction_type='v_prediction' (what "
@@ -105,9 +156,12 @@ class DiscreteScheduler(Configurable):
         self.betas = betas
         self.alphas = (np.float32(1.0) - betas).astype(np.float32)
         self.alphas_cumprod = alphas_cumprod(betas)
-        # diffusers' attribute, for code that reads it; a schedule never steps to a timestep below 0,
-        # so the step itself has no use for it.
-        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+        if rescale_betas_zero_snr and zero_snr_alpha_cumprod is not None:
+            self.alphas_cumprod[-1] = zero_snr_alpha_cumprod
+        if set_alpha_to_one is not None:
+            # diffusers' attribute, for code that reads it; a schedule never steps to a timestep below 0,
+            # so the step itself has no use for it.
+            self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
         self._alphas_cumprod_list = [float(a) for a in self.alphas_cumprod]  # Python floats: fast scalar lookups
 
         self.num_inference_steps: Optional[int] = None
@@ -332,8 +386,8 @@ class DiscreteScheduler(Configurable):
 
 class ConsistencyScheduler(DiscreteScheduler):
     """Shared facade of TCDScheduler and LCMScheduler (a consistency-model family sampler): diffusers' config for
-    them, and timesteps picked from the distillation grid (`timesteps.select_timesteps`). LCMScheduler declares
-    its own `__init__` (these arguments plus NitroFusion's `shifted_timestep`).
+    them, and timesteps picked from the distillation grid (`timesteps.select_timesteps`). LCMScheduler's `__init__`
+    takes these arguments plus NitroFusion's `shifted_timestep`.
 
     Subclasses implement `step`. Construction validates the config (unknown beta_schedule or
     prediction_type, zero-terminal-SNR with epsilon prediction) instead of failing at the first step."""
@@ -342,6 +396,10 @@ class ConsistencyScheduler(DiscreteScheduler):
     _full_range_if_explicit = False
 
     @records_config
+    @schedule_docstring(
+        timestep_spacing="Kept for compatibility; the timesteps follow the distillation grid.",
+        steps_offset="Kept for compatibility; the consistency schedulers do not offset timesteps.",
+    )
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -365,17 +423,7 @@ class ConsistencyScheduler(DiscreteScheduler):
         """Build a scheduler; arguments and defaults are diffusers' TCDScheduler / LCMScheduler's.
 
         Args:
-            num_train_timesteps (`int`, *optional*, defaults to 1000):
-                The number of diffusion steps the model was trained with.
-            beta_start (`float`, *optional*, defaults to 0.00085):
-                The first beta of the schedule.
-            beta_end (`float`, *optional*, defaults to 0.012):
-                The last beta of the schedule.
-            beta_schedule (`str`, *optional*, defaults to 'scaled_linear'):
-                "linear", "scaled_linear" (Stable Diffusion) or "squaredcos_cap_v2" (cosine).
-            trained_betas (`np.ndarray` or `List[float]`, *optional*):
-                Betas to use instead of a schedule, as diffusers takes them: one per training timestep (fewer leave
-                the upper timesteps without a beta, and `set_timesteps` refuses a schedule that reaches them).
+            {schedule_arguments}
             original_inference_steps (`int`, *optional*, defaults to 50):
                 The size of the distillation grid the timesteps are picked from.
             clip_sample (`bool`, *optional*, defaults to False):
@@ -384,22 +432,14 @@ class ConsistencyScheduler(DiscreteScheduler):
                 The clipping bound.
             set_alpha_to_one (`bool`, *optional*, defaults to True):
                 Kept for compatibility (`final_alpha_cumprod`); a schedule never steps below timestep 0.
-            steps_offset (`int`, *optional*, defaults to 0):
-                Kept for compatibility; the consistency schedulers do not offset timesteps.
-            prediction_type (`str`, *optional*, defaults to 'epsilon'):
-                What the model predicts: "epsilon", "sample" or "v_prediction".
             thresholding (`bool`, *optional*, defaults to False):
                 LCM: Imagen's dynamic thresholding of the predicted x0.
             dynamic_thresholding_ratio (`float`, *optional*, defaults to 0.995):
                 The quantile of |x0| dynamic thresholding clips at.
             sample_max_value (`float`, *optional*, defaults to 1.0):
                 The largest threshold dynamic thresholding uses.
-            timestep_spacing (`str`, *optional*, defaults to 'leading'):
-                Kept for compatibility; the timesteps follow the distillation grid.
             timestep_scaling (`float`, *optional*, defaults to 10.0):
                 LCM: the timestep scale of the boundary-condition scalings.
-            rescale_betas_zero_snr (`bool`, *optional*, defaults to False):
-                Rescale the betas to zero terminal SNR (needs prediction_type="v_prediction").
 
         Raises ValueError for an unknown beta_schedule or prediction_type, zero-terminal SNR with epsilon
         prediction, before anything is built; trained_betas of another length than num_train_timesteps are
@@ -452,12 +492,16 @@ class ConsistencyScheduler(DiscreteScheduler):
             order=self.order,
         )
         self._check_within_betas(plan.timesteps)
-        anchor = device_anchor(device)
-        self._set_timesteps_array(plan.timesteps, anchor)
+        self._set_planned_timesteps(plan.timesteps, device_anchor(device))
         self.num_inference_steps = plan.num_inference_steps
         self.custom_timesteps = plan.custom_timesteps
         self._step_index = None
         self._begin_index = None
+
+
+    def _set_planned_timesteps(self, values: np.ndarray, anchor: Any) -> None:
+        """Make the schedule `set_timesteps` planned the scheduler's (LCMScheduler shifts it here)."""
+        self._set_timesteps_array(values, anchor)
 
 
 _STEP_ARGUMENTS = """

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from fewstep.core.registry import backend_of, device_anchor
 from fewstep.core.schedulers.parameterisation import cached
 from fewstep.core.schedulers.scheduler import DiscreteScheduler
-from fewstep.core.schedulers.timesteps import as_int
-from fewstep.core.schedules import alphas_cumprod, make_betas, rescale_zero_terminal_snr, torch_linspace_float32
+from fewstep.core.schedulers.timesteps import as_int, index_for_timestep
+from fewstep.core.schedules import torch_linspace_float32
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 INTERPOLATION_TYPES = ("linear", "log_linear")
@@ -47,6 +47,8 @@ KARRAS_COMPATIBLES = [
 # rescale_betas_zero_snr makes alphas_cumprod[-1] = 0 and sigma_max infinite; diffusers' Euler samplers put
 # float16's smallest subnormal there instead, so the first sigma is large but finite (and epsilon works).
 ZERO_SNR_ALPHA_CUMPROD = np.float32(2.0**-24)
+ZERO_SNR_DESCRIPTION = ("Rescale the betas to zero terminal SNR; the last alphas_cumprod becomes 2^-24, as in "
+                        "diffusers (so epsilon prediction works too).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,30 +341,11 @@ class SigmaScheduler(DiscreteScheduler):
                             prediction_type, rescale_betas_zero_snr, timestep_type="discrete") -> None:
         """Validate the schedule's config and build the tables and the training-time schedule (before
         `set_timesteps`, diffusers' Euler steps over all training timesteps)."""
-        T = as_int(num_train_timesteps, "num_train_timesteps")
-        if T < 1:
-            raise ValueError(f"num_train_timesteps must be at least 1, got {T}.")
-        check_choice("prediction_type", prediction_type, self._prediction_types)
         check_choice("timestep_type", timestep_type, TIMESTEP_TYPES)
-        betas = make_betas(beta_schedule, T, beta_start, beta_end, trained_betas)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        if self._saved_as_module:
-            self.__module__ = self._saved_as_module  # an instance attribute: the class keeps its own
-        self.betas = betas
-        self.alphas = (np.float32(1.0) - betas).astype(np.float32)
-        table = alphas_cumprod(betas)
-        if rescale_betas_zero_snr:
-            table[-1] = ZERO_SNR_ALPHA_CUMPROD
-        self.alphas_cumprod = table
-        self._alphas_cumprod_list = [float(a) for a in table]
-        self.num_inference_steps: Optional[int] = None
-        self.custom_timesteps = False
+        self._build_tables(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                           rescale_betas_zero_snr, zero_snr_alpha_cumprod=ZERO_SNR_ALPHA_CUMPROD)
         self.is_scale_input_called = False
-        self._step_index: Optional[int] = None
-        self._begin_index: Optional[int] = None
-        self._coefficient_cache: dict = {}
-
+        T, table = as_int(num_train_timesteps, "num_train_timesteps"), self.alphas_cumprod
         descending = training_sigmas(table)[::-1]
         if timestep_type == "continuous" and prediction_type == "v_prediction":
             timesteps = continuous_timesteps(descending)
@@ -398,12 +381,7 @@ class SigmaScheduler(DiscreteScheduler):
 
     @timesteps.setter
     def timesteps(self, value) -> None:
-        # As on diffusers' schedulers, a pipeline may assign a (sliced) schedule; a framework tensor stays that
-        # tensor, and the host copy the step index is found in follows it.
-        host = np.asarray(value.tolist() if hasattr(value, "tolist") else list(value), dtype=np.float32).reshape(-1)
-        self._timestep_list = host.tolist()
-        self._timesteps_view = value if (hasattr(value, "tolist") and not isinstance(value, (np.ndarray, list, tuple))) \
-            else host
+        self._timestep_list, self._timesteps_view = _assigned_schedule(value)
 
     @property
     def sigmas(self):
@@ -413,10 +391,7 @@ class SigmaScheduler(DiscreteScheduler):
 
     @sigmas.setter
     def sigmas(self, value) -> None:
-        host = np.asarray(value.tolist() if hasattr(value, "tolist") else list(value), dtype=np.float32).reshape(-1)
-        self._sigma_list = host.tolist()
-        self._sigmas_view = value if (hasattr(value, "tolist") and not isinstance(value, (np.ndarray, list, tuple))) \
-            else host
+        self._sigma_list, self._sigmas_view = _assigned_schedule(value)
 
     @property
     def init_noise_sigma(self):
@@ -454,13 +429,7 @@ class SigmaScheduler(DiscreteScheduler):
             schedule = self._timestep_list
         else:
             schedule = np.asarray(_host_list(schedule_timesteps), dtype=np.float32).tolist()
-        matches = [i for i, t in enumerate(schedule) if t == value]
-        if not matches:
-            raise ValueError(
-                f"Timestep {value} is not in the scheduler's timesteps {schedule}; step with the values of "
-                f"scheduler.timesteps (after set_timesteps), or call set_begin_index(i) to start at index i."
-            )
-        return matches[1] if len(matches) > 1 else matches[0]
+        return index_for_timestep(schedule, value)
 
     def _current_index(self, timestep: Any) -> int:
         """The index of this step: the running step index, else found from `timestep` (or begin_index), as
@@ -572,6 +541,14 @@ def _input_scale(sigma: float, work: str) -> float:
         return math.sqrt(sigma * sigma + 1.0)
     s = np.float32(sigma)
     return float(sqrt32(s * s + np.float32(1.0)))
+
+
+def _assigned_schedule(value: Any) -> Tuple[List[float], Any]:
+    """(host list, view) of timesteps or sigmas a pipeline assigns, as on diffusers' schedulers (a sliced
+    schedule): a framework tensor stays that tensor, and the float32 host copy the step reads follows it."""
+    host = np.asarray(value.tolist() if hasattr(value, "tolist") else list(value), dtype=np.float32).reshape(-1)
+    is_tensor = hasattr(value, "tolist") and not isinstance(value, (np.ndarray, list, tuple))
+    return host.tolist(), value if is_tensor else host
 
 
 def _host_list(values: Any) -> List[float]:
