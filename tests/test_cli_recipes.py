@@ -147,7 +147,15 @@ def test_a_batch_item_with_a_recipe_is_the_api_image(tmp_path):
     job = tmp_path / "job.jsonl"
     job.write_text('{"id": "a", "prompt": "a red fox", "seed": 7, "recipe": "dmd2", "num_inference_steps": 1, '
                    '"width": 64, "height": 64}\n')
-    summary = fewstep.batch.run(str(job), str(tmp_path / "out"), model=tiny_pipeline("sd15"), batch_size=1,
-                                progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # not the run's 1: the run must give back what it found
+    try:
+        summary = fewstep.batch.run(str(job), str(tmp_path / "out"), model=tiny_pipeline("sd15"), batch_size=1,
+                                    progress=False)
+        assert torch.get_num_threads() == threads + 1  # the caller's thread count, not the run's pinned one
+    finally:
+        torch.set_num_threads(threads)
     assert summary["manifest"]
     assert np.array_equal(_png(tmp_path / "out" / "images" / "a.png"), _api_image("dmd2", 1, 7))

@@ -79,4 +79,7 @@ def run(job, out: str, *, model: Optional[str] = None, backend: str = "torch", d
         from fewstep.batch.ray_engine import run_on_ray
 
         return run_on_ray(job, out, config, num_workers=num_workers, progress=progress)
-    return _run(job, out, config, rank=rank, world_size=world_size, progress=progress)
+    from fewstep.batch.launch import kept_determinism
+
+    with kept_determinism(backend):  # the caller's thread count, as it was before the run pinned its own
+        return _run(job, out, config, rank=rank, world_size=world_size, progress=progress)

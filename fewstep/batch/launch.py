@@ -15,8 +15,9 @@ MindSpore and torch are imported lazily here, only for the launcher or backend i
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Tuple
+from typing import Iterator, Tuple
 
 
 def detect_world() -> Tuple[int, int]:
@@ -49,3 +50,21 @@ def pin_determinism(backend: str, threads: int, deterministic: bool = False) -> 
             pass
         if deterministic:
             mindspore.set_context(deterministic="ON")
+
+
+@contextlib.contextmanager
+def kept_determinism(backend: str) -> Iterator[None]:
+    """Restore, when the block ends, what `pin_determinism` changes in this process: a run called from Python
+    (`fewstep.batch.run`) must not leave the caller's torch on another thread count or on deterministic
+    algorithms (a process started for the job, the CLI's or a rank's, ends with it anyway)."""
+    if backend != "torch":  # torch's settings only are read back and restored; MindSpore's context stays as set
+        yield
+        return
+    import torch  # lazily: the torch backend is in use
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
