@@ -43,8 +43,8 @@ def run(job, out: str, *, model: Optional[str] = None, backend: str = "torch", d
         batch_size (`int`, *optional*, defaults to 4):
             Items per pipeline call; the batches are cut once, when the job starts, and fixed for resume.
         threads (`int`, *optional*, defaults to 1):
-            CPU threads per process, pinned (outputs are bitwise identical across world sizes only with
-            the same thread count).
+            CPU threads per process, pinned for the run (outputs are bitwise identical across world sizes only
+            with the same thread count); torch's thread count and deterministic flag are given back afterwards.
         deterministic (`bool`, *optional*, defaults to False):
             Ask the framework for deterministic algorithms (CUDA / Ascend).
         allow_different_env (`bool`, *optional*, defaults to False):
