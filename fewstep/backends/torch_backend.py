@@ -50,14 +50,18 @@ class Backend(TorchLikeOps):
         return torch.where(cond, a, b)
 
     def clip(self, x, lo, hi):
-        # One bound at a time, so a float bound and a tensor bound can be mixed; max-then-min is
-        # what np.clip does (also when lo > hi). Tensor bounds may promote; the result keeps x's dtype.
-        out = x
-        if lo is not None:
-            out = torch.clamp(out, min=lo)
-        if hi is not None:
-            out = torch.clamp(out, max=hi)
-        return out if out.dtype == x.dtype else out.to(x.dtype)
+        # Two number bounds: one kernel (a scheduler's clip_sample runs it every step); torch.clamp is
+        # max-then-min as np.clip, also when lo > hi (all become hi).
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            out = torch.clamp(x, min=lo, max=hi)
+        else:
+            # one bound at a time, so a float bound and a tensor bound can be mixed
+            out = x
+            if lo is not None:
+                out = torch.clamp(out, min=lo)
+            if hi is not None:
+                out = torch.clamp(out, max=hi)
+        return out if out.dtype == x.dtype else out.to(x.dtype)  # bounds may promote; the result keeps x's dtype
 
     def matmul(self, a, b):
         return torch.matmul(a, b)

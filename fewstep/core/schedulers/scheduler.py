@@ -28,21 +28,28 @@ from fewstep.core.schedulers.timesteps import as_int, index_for_timestep, select
 from fewstep.core.schedules import alphas_cumprod, make_betas, rescale_zero_terminal_snr
 
 
+_FIELD_NAMES: dict = {}  # StepOutput subclass -> its dataclass field names
+
+
 class StepOutput(OrderedDict):
     """A step's tensors, used as diffusers' `BaseOutput` is: `out.prev_sample`, `out["prev_sample"]`,
     `out[0]`, `out.to_tuple()`, `out.keys()` / `.values()` / `.items()`. Subclasses are dataclasses;
     as in diffusers, fields left None are attributes but not dict entries."""
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
+        # a step builds one of these per call: the field names are read once per class
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in fields(self))
+        for name in names:
+            value = getattr(self, name)
             if value is not None:
-                super().__setitem__(f.name, value)
+                OrderedDict.__setitem__(self, name, value)
 
     def __setattr__(self, name, value):
-        if name in self.keys() and value is not None:
-            super().__setitem__(name, value)
-        super().__setattr__(name, value)
+        if value is not None and name in self:
+            OrderedDict.__setitem__(self, name, value)
+        object.__setattr__(self, name, value)
 
     def __getitem__(self, key):
         if isinstance(key, str):
