@@ -93,14 +93,20 @@ class TextEncoderModel(TransformersModel):
 
 
 class VAEModel(Model):
-    """A VAE: `scale_factor` is how many times smaller than the image its latents are, per side."""
+    """A VAE: `scale_factor` is how many times smaller than the image its latents are, per side.
+
+    The backends' `encode(pixels)` gives (mean, std) of the posterior, which the pipeline samples with the
+    user's generator; for a VAE without one (AutoencoderTiny, TAESD) it gives (latents, None), used as they
+    are with no noise drawn, as diffusers' `retrieve_latents` does. `decode(latents)` gives pixels in about
+    [-1, 1] either way. AutoencoderTiny's config names its decoder widths `block_out_channels` too, so the
+    scale factor and the decode-memory estimate read it the same way."""
 
     def __init__(self, module):
         super().__init__(module)
         self.scale_factor = 2 ** (len(self.config["block_out_channels"]) - 1)
 
-    # Slicing and tiling are the library's own (diffusers' / mindone's AutoencoderKL): its encode and decode
-    # read use_slicing / use_tiling, and the wrappers call exactly those.
+    # Slicing and tiling are the library's own (diffusers' / mindone's AutoencoderKL and AutoencoderTiny): its
+    # encode and decode read use_slicing / use_tiling, and the wrappers call exactly those.
     def enable_slicing(self) -> None:
         self.module.enable_slicing()
 

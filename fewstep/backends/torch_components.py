@@ -3,9 +3,10 @@ adapters of `fewstep.backends.components_common`."""
 
 from __future__ import annotations
 
+import sys
 import types
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -80,6 +81,64 @@ class _DiffusersModel(_Torch, Model):
     """A diffusers model on torch."""
 
 
+class _Runs:
+    """A wrapper the pipeline calls (`forward` does the work), eager or through torch.compile.
+
+    `pipe.unet = torch.compile(pipe.unet)`, diffusers' idiom, compiles this wrapper as a function (it is not an
+    nn.Module). The pipeline keeps the wrapper with that function as its runner (`use_compiled`, called by
+    fewstep.pipelines.loading.adopt_component), so its config, weights and LoRA fusion stay as they were and
+    each call goes through the compiled code. The compiled function calls `__call__` again while dynamo traces
+    it (and if dynamo falls back to eager); `_inside` sends that inner call to `forward` instead of round again."""
+
+    _compiled: Optional[Callable] = None
+    _inside = False
+
+    def use_compiled(self, runner: Optional[Callable]):
+        """Run every call through `runner` (what torch.compile made of this wrapper), or eagerly for None."""
+        self._compiled = runner
+        return self
+
+    def compile(self, **options):
+        """`torch.compile` this wrapper with `options`, as `pipe.unet = torch.compile(pipe.unet, **options)` does."""
+        return self.use_compiled(torch.compile(self, **options))
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def _graph_arguments(self, args: tuple, kwargs: dict):
+        """The call's arguments as the compiled code should see them (see TorchUNet)."""
+        return args, kwargs
+
+    def __call__(self, *args, **kwargs):
+        args, kwargs = self._graph_arguments(args, kwargs)
+        runner = self._compiled
+        if runner is None or self._inside:
+            return self.forward(*args, **kwargs)
+        self._inside = True
+        try:
+            return runner(*args, **kwargs)
+        finally:
+            self._inside = False
+
+
+class _TakesTimestep(_Runs):
+    """A model called as (sample, timestep, ...): the timestep goes in as a 0-d tensor on the sample's device,
+    built as diffusers' models build it from a Python number (int64 for a whole number, float64 otherwise;
+    int32 / float32 on mps and npu), so the result is the same. A Python number would be a constant to
+    torch.compile: a recompilation for each new timestep."""
+
+    def _graph_arguments(self, args: tuple, kwargs: dict):
+        sample, timestep, *rest = args
+        if not torch.is_tensor(timestep):
+            timestep = python_timestep(timestep)
+            low = sample.device.type in ("mps", "npu")
+            dtype = (torch.float32 if low else torch.float64) if isinstance(timestep, float) else \
+                (torch.int32 if low else torch.int64)
+            timestep = torch.tensor(timestep, dtype=dtype, device=sample.device)
+        return (sample, timestep, *rest), kwargs
+
+
 class _IPAttention(IPAdapterScale):
     """IP-Adapter attention on the UNet through diffusers' own loader (fewstep.pipelines.ip_adapter
     reads and checks the file; diffusers converts it and installs its IP attention processors)."""
@@ -105,12 +164,12 @@ class _IPAttention(IPAdapterScale):
         self.module.config.encoder_hid_dim_type = hid_type  # diffusers reads the attribute
 
 
-class TorchUNet(_DiffusersModel, LoraWeights, _IPAttention):
+class TorchUNet(_TakesTimestep, _DiffusersModel, LoraWeights, _IPAttention):
 
-    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
-                 cross_attention_kwargs=None, **extra):
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
+                cross_attention_kwargs=None, **extra):
         # extra: what the loop's extensions add (ControlNet / T2I-Adapter residuals), passed through as is
-        return self.module(sample, python_timestep(timestep), encoder_hidden_states=encoder_hidden_states,
+        return self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                            timestep_cond=timestep_cond, added_cond_kwargs=added_cond,
                            cross_attention_kwargs=cross_attention_kwargs, return_dict=False, **extra)[0]
 
@@ -119,18 +178,18 @@ class TorchMotionAdapter(_DiffusersModel):
     """AnimateDiff's motion modules; pipelines insert them into the UNet with `motion_unet`."""
 
 
-class TorchControlNet(_DiffusersModel):
+class TorchControlNet(_TakesTimestep, _DiffusersModel):
 
-    def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
-                 guess_mode: bool = False, added_cond=None):
-        down, mid = self.module(sample, python_timestep(timestep), encoder_hidden_states=encoder_hidden_states,
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale: float,
+                guess_mode: bool = False, added_cond=None):
+        down, mid = self.module(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                                 controlnet_cond=controlnet_cond, conditioning_scale=conditioning_scale,
                                 guess_mode=guess_mode, added_cond_kwargs=added_cond, return_dict=False)
         return list(down), mid
 
 
-class TorchT2IAdapter(_Torch, T2IAdapterModel):
-    def __call__(self, image):
+class TorchT2IAdapter(_Runs, _Torch, T2IAdapterModel):
+    def forward(self, image):
         return list(self.module(image.to(self.module.dtype)))
 
 
@@ -146,9 +205,22 @@ class TorchImageEncoder(_Torch, TransformersModel):
 
 
 class TorchVAE(_Torch, VAEModel):
+    """diffusers' AutoencoderKL, or its AutoencoderTiny (TAESD), told apart as diffusers' `retrieve_latents`
+    tells them: by whether the encoder's output has a `latent_dist`."""
+
     def encode(self, image):
-        dist = self.module.encode(image.to(self.module.dtype)).latent_dist
+        out = self.module.encode(image.to(self.module.dtype))
+        dist = getattr(out, "latent_dist", None)
+        if dist is None:  # AutoencoderTiny: its latents as they are, no posterior to draw from
+            return out.latents, None
         return dist.mean, dist.std
+
+    def compile(self, **options):
+        """`pipe.vae.decode = torch.compile(pipe.vae.decode, **options)`, diffusers' idiom: the decode compiled on
+        this wrapper (the library's model, which other pipelines may share, is not changed). `del vae.decode`
+        undoes it."""
+        self.decode = torch.compile(type(self).decode.__get__(self), **options)
+        return self
 
     def decode(self, latents, upcast: bool = False):
         vae = self.module
@@ -197,10 +269,28 @@ _ADAPTERS = {"unet": TorchUNet, "vae": TorchVAE, "text_encoder": TorchTextEncode
 
 
 def wrap_component(name: str, module):
-    """The adapter for a model the user loaded with diffusers/transformers and passed in."""
+    """The adapter for a model the user loaded with diffusers/transformers and passed in.
+
+    A model torch.compile made (`torch.compile(unet)`, an OptimizedModule) is wrapped as the model it
+    compiled, and the wrapper runs through the same compilation (its mode, fullgraph and backend: the
+    OptimizedModule's `dynamo_ctx` applied to the wrapper), so weights, config and LoRA fusion are the model's
+    own. Only what the pipeline calls runs compiled; the VAE's encode / decode compile as diffusers' do, with
+    `pipe.vae.decode = torch.compile(pipe.vae.decode)`."""
     cls = wrapper_class(_ADAPTERS, name)
+    compiled = module if _is_compiled_module(module) else None
+    if compiled is not None:
+        module = compiled._orig_mod
     module.eval().requires_grad_(False)
-    return cls(module)
+    wrapper = cls(module)
+    if compiled is not None and isinstance(wrapper, _Runs):
+        wrapper.use_compiled(compiled.dynamo_ctx(wrapper))
+    return wrapper
+
+
+def _is_compiled_module(module) -> bool:
+    # torch._dynamo loads on first use (a second's import): where it is not loaded, nothing was compiled
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
 
 
 def load_component(name: str, library: str, class_name: str, folder: str, dtype: str = "float32",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import time
 from typing import Iterable
 
@@ -42,6 +44,14 @@ def add_parser(sub) -> None:
     gen.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder or hub id, for --frames or --video "
                                               "(default with the tiny demo model: a tiny random one)")
     gen.add_argument("--fps", type=int, default=8, help="frames per second of the video file (default 8)")
+    gen.add_argument("--tiny-vae", metavar="PATH_OR_ID",
+                     help="decode (and encode) with this AutoencoderTiny instead of the model's VAE: a TAESD folder "
+                          "or hub id (madebyollin/taesd for SD 1.5 / 2.x, madebyollin/taesdxl for SDXL), for fast "
+                          "previews")
+    gen.add_argument("--compile", action="store_true",
+                     help="compile the models each step runs (torch.compile of the UNet, ControlNets, T2I-Adapter and "
+                          "VAE decoder on torch; mindspore.jit of the UNet on MindSpore): the first image waits for "
+                          "the compiler, every later seed runs faster; images equal uncompiled ones within 1e-4")
     gen.add_argument("--settings", metavar="FILE",
                      help="replay a run's settings (from --save-settings); flags given beside it override the file")
     gen.add_argument("--save-settings", metavar="FILE", help="write this run's settings as JSON, to replay with --settings")
@@ -70,6 +80,7 @@ def check(s, args) -> None:
                              f"guoyww/animatediff-motion-adapter-v1-5).")
         if args.grid:
             raise ValueError(f"--grid puts images side by side; it does not take {video} videos.")
+    check_tiny_vae(s.tiny_vae)
     outputs.check_output(args.output)
     if args.grid:
         outputs.check_output(args.grid)
@@ -77,6 +88,40 @@ def check(s, args) -> None:
         open_image(path, flag)  # a missing, truncated or huge picture fails now, in one line
     if s.video:
         open_video(s.video, "--video")  # likewise a missing, unreadable or one-frame video
+
+
+_TINY_VAE_HINT = ("pass an AutoencoderTiny folder (config.json and safetensors weights) or a hub id: madebyollin/taesd "
+                   "for SD 1.5 / 2.x, madebyollin/taesdxl for SDXL")
+# what a hub repository id looks like (`name` or `owner/name`); anything else given to --tiny-vae is a local path
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_tiny_vae(source) -> None:
+    """--tiny-vae names a local folder that holds an AutoencoderTiny, or else something that can only be a hub id
+    (fetched when the models load); checked before any model loads, in one line that says what to pass."""
+    if source is None:
+        return
+    if os.path.isdir(source):
+        from fewstep.pipelines.loading import read_json_object
+
+        config = os.path.join(source, "config.json")
+        if not os.path.isfile(config):
+            raise ValueError(f"--tiny-vae {source}: the folder has no config.json; {_TINY_VAE_HINT}.")
+        found = read_json_object(config, "the --tiny-vae model's config", _TINY_VAE_HINT).get("_class_name")
+        if found != "AutoencoderTiny":
+            raise ValueError(f"--tiny-vae {source}: its config.json names {found or 'no model class'}, not "
+                             f"AutoencoderTiny; {_TINY_VAE_HINT}.")
+    elif os.path.exists(source) or not _HUB_ID.fullmatch(source) or ".." in source:
+        what = "is a file" if os.path.exists(source) else "is not a folder"
+        raise ValueError(f"--tiny-vae {source} {what}; {_TINY_VAE_HINT}.")
+
+
+def load_tiny_vae(source: str, backend: str, dtype: str, device):
+    """The --tiny-vae model for the pipeline's vae=, loaded as the adapters' flags load theirs: the backend's library
+    (diffusers' or mindone's AutoencoderTiny), a folder or a hub id, the run's dtype and device."""
+    from fewstep.pipelines.models import AutoencoderTiny
+
+    return AutoencoderTiny.from_pretrained(source, backend=backend, dtype=dtype, device=device)
 
 
 def video_flag(s):
@@ -95,12 +140,14 @@ def input_pictures(s):
 def build_pipeline(s, folder: str, first_loras=()):
     """The pipeline the settings describe: its class from the factory's table (the folder's family, the task
     from --image / --mask / --video, the adapters from the components passed: a ControlNet with --image is
-    StableDiffusionControlNetImg2ImgPipeline), the scheduler, the LoRAs (`first_loras`, then --lora's), the
-    IP-Adapter."""
+    StableDiffusionControlNetImg2ImgPipeline; --tiny-vae's AutoencoderTiny as vae=), the scheduler, the LoRAs
+    (`first_loras`, then --lora's), the IP-Adapter."""
     import fewstep
 
     task = task_of(s.image, s.mask, getattr(s, "video", None))  # parity's settings have no video
     components = adapters.load_components(s, s.backend, s.dtype, s.device)
+    if getattr(s, "tiny_vae", None):  # parity's settings have no tiny VAE
+        components["vae"] = load_tiny_vae(s.tiny_vae, s.backend, s.dtype, s.device)
     if folder is None:
         pipe = _from_single_file(s, components)
     elif task == "video2video":  # no AutoPipeline has this task: the factory picks the class as they do
@@ -158,6 +205,8 @@ def run(args, given: Iterable[str]) -> int:
     start = time.perf_counter()
     control = adapters.control_images(s)  # before the models: a missing picture or OpenCV fails at once
     pipe = build_pipeline(s, folder, first_loras)
+    if getattr(args, "compile", False):  # how the images are computed, not what they are: not in the settings record
+        pipe.compile()
     kwargs = dict(call_kwargs(s), **adapters.call_kwargs(s, control, pipe), output_type="pil")
     kwargs.update(settings.recipe_call_arguments(s))
     if s.frames is not None:

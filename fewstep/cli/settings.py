@@ -1,11 +1,11 @@
 """The settings record of a `fewstep generate` run: printed by every run, written by `--save-settings FILE`
 (JSON), replayed by `--settings FILE`.
 
-The record is everything that decides the images: model (and a single-file checkpoint's config), LoRAs (names,
-weights, weight names), adapters with their images and scales, scheduler or recipe, steps, eta, guidance, size, seed and
-number of images, backend, dtype, device and the task inputs (--image, --mask, --video). Where the images are
-written (-o, --grid, --save-settings) is not part of it. Local paths are recorded absolute, so a record replays
-from any folder.
+The record is everything that decides the images: model (and a single-file checkpoint's config, and the --tiny-vae
+that replaces its VAE), LoRAs (names, weights, weight names), adapters with their images and scales, scheduler or
+recipe, steps, eta, guidance, size, seed and number of images, backend, dtype, device and the task inputs (--image,
+--mask, --video). Where the images are written (-o, --grid, --save-settings) is not part of it. Local paths are
+recorded absolute, so a record replays from any folder.
 
 Replaying: flags given beside `--settings` override the file's values. A flag group replaces the file's
 group as a whole: --lora / --lora-weight-name replace all LoRAs; --controlnet / --control-image /
@@ -41,7 +41,7 @@ SCHEMA: Dict[str, Any] = {
     "image": "str?", "mask": "str?", "video": "str?", "strength": "number?", "loras": "loras",
     "controlnets": "controlnets",
     "t2i_adapter": "adapter?", "ip_adapter": "ip_adapter?", "control_conversion": ("canny", "depth", None),
-    "depth_model": "str?", "frames": "int?", "motion_adapter": "str?", "fps": "int",
+    "depth_model": "str?", "frames": "int?", "motion_adapter": "str?", "fps": "int", "tiny_vae": "str?",
 }
 # record key -> the flags (argparse dests) that set it; a key set by no group is its own flag
 GROUPS = {"loras": ("lora",), "controlnets": ("controlnet", "control_image", "control_scale"),
@@ -52,7 +52,7 @@ _SUB_KEYS = {"loras": ("name", "source", "weight", "weight_name"), "controlnets"
              "ip_adapter": ("source", "subfolder", "weight_name", "image", "scale")}
 _SUB_SCHEMA = {"name": "str", "source": "str", "weight": "number", "weight_name": "str?", "image": "str",
                "scale": "number?", "subfolder": "str?"}
-_PATHS = ("model", "config", "image", "mask", "video", "motion_adapter")
+_PATHS = ("model", "config", "image", "mask", "video", "motion_adapter", "tiny_vae")
 
 
 def from_args(args) -> Dict[str, Any]:

@@ -7,7 +7,8 @@ The pipeline classes, named as diffusers names them, are made from one table (`t
 from fewstep.pipelines.auto import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from fewstep.pipelines.base import PipelineOutput
 from fewstep.pipelines.factory import CLASSES, DiffusionPipeline
-from fewstep.pipelines.models import ControlNetModel, MotionAdapter, T2IAdapter, UNet2DConditionModel
+from fewstep.pipelines.models import (AutoencoderTiny, ControlNetModel, MotionAdapter, T2IAdapter,
+                                      UNet2DConditionModel)
 
 globals().update(CLASSES)  # StableDiffusionPipeline, ..., one name per row of the table
 
@@ -15,6 +16,7 @@ __all__ = [
     "AutoPipelineForImage2Image",
     "AutoPipelineForInpainting",
     "AutoPipelineForText2Image",
+    "AutoencoderTiny",
     "ControlNetModel",
     "DiffusionPipeline",
     "MotionAdapter",

@@ -112,6 +112,14 @@ class Pipeline(Construction, PipelineObjectMixin):
             names += [n for n in part.components if n not in names]
         return names
 
+    def __setattr__(self, name: str, value) -> None:
+        # A component assigned after construction is adopted as one passed to the constructor: a diffusers /
+        # mindone model is wrapped, and `pipe.unet = torch.compile(pipe.unet)` keeps the component, compiled
+        # (loading.adopt_component). Everything else is a plain attribute.
+        if value is not None and "ops" in self.__dict__ and name in self.component_names():
+            value = loading.adopt_component(self.ops.name, name, value)
+        super().__setattr__(name, value)
+
     @classmethod
     def optional_component_names(cls) -> List[str]:
         """The components this pipeline may be built without (None), as diffusers' `_optional_components`."""

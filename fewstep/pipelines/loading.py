@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import sys
 from typing import Dict, Iterable, List, Optional
 
 from fewstep.backends import framework_of, load_component, wrap_component
+from fewstep.backends.components_common import Model
 from fewstep.core.ops import FLOAT_DTYPES, check_dtype
 from fewstep.core.schedulers.lcm import LCMScheduler
 from fewstep.core.schedulers.tcd import TCDScheduler
@@ -222,6 +224,9 @@ def adopt_component(backend: str, name: str, value):
     """A passed-in component as the pipeline keeps it: fewstep components as they are, the framework's
     own models (a diffusers ControlNetModel, a mindone UNet) wrapped; lists (several ControlNets) item
     by item. A model of the other framework is refused."""
+    compiled = _compiled_component(value)
+    if compiled is not None:
+        return compiled
     check_component_backend(name, value, backend)
     if type(value).__name__ in ("MultiAdapter", "MultiControlNetModel"):  # the library's own list of models
         value = list(getattr(value, "adapters", None) or getattr(value, "nets"))
@@ -230,6 +235,22 @@ def adopt_component(backend: str, name: str, value):
     if framework_of(value) in ("torch", "mindspore"):  # a raw model, not yet wrapped
         return wrap_component(backend, name, value)
     return value
+
+
+def _compiled_component(value):
+    """`torch.compile(pipe.unet)` (diffusers' idiom on a fewstep pipeline): a function wrapping a fewstep component
+    (torch.compile of an object that is not a model returns one, with `__wrapped__` chained back to it). The
+    component is kept, running through that function; None for anything else."""
+    if isinstance(value, Model) or not callable(value) or not hasattr(value, "__wrapped__"):
+        return None
+    inner = inspect.unwrap(value)
+    if not isinstance(inner, Model):
+        return None
+    if not hasattr(inner, "use_compiled"):
+        raise ValueError(f"fewstep does not run a compiled {type(inner).__name__}; compile the UNet, ControlNet or "
+                         f"T2I-Adapter (pipe.unet = torch.compile(pipe.unet)) or the VAE's decode "
+                         f"(pipe.vae.decode = torch.compile(pipe.vae.decode)).")
+    return inner.use_compiled(value)
 
 
 def load_tokenizer(folder: str, name: str):

@@ -94,5 +94,9 @@ class UNet2DConditionModel(_ModelLoader, component="unet"):
     """A UNet for any pipeline's `unet=`, e.g. an LCM-distilled one (latent-consistency/lcm-sdxl)."""
 
 
+class AutoencoderTiny(_ModelLoader, component="vae"):
+    """TAESD / TAESDXL (madebyollin/taesd, madebyollin/taesdxl) for any pipeline's `vae=`: real-time previews."""
+
+
 class MotionAdapter(_ModelLoader, component="motion_adapter"):
     """AnimateDiff's motion modules for `AnimateDiffPipeline(motion_adapter=...)`."""

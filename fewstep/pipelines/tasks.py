@@ -8,7 +8,8 @@ blends the kept region back after every step for a 4-channel one.
 
 Randomness is consumed in diffusers' order, so `fewstep.Generator(s)` here gives what
 `torch.manual_seed(s)` gives there: (VAE posterior sample of the image,) initial noise, (VAE sample of
-the masked image,) then the scheduler's per-step noise.
+the masked image,) then the scheduler's per-step noise. An AutoencoderTiny has no posterior: its two VAE samples
+draw nothing, as in diffusers.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class _Inpainting:
 
 def encode_image(pipe, call, pixels, like):
     """Scaled VAE latents of an NCHW [-1, 1] image, sampled from the posterior with the user's generator
-    (diffusers' `retrieve_latents` default), repeated to the batch."""
+    (diffusers' `retrieve_latents` default; an AutoencoderTiny's latents as they are), repeated to the batch."""
     ops, batch, generator = call.ops, call.batch, call.generator
     pixels = as_device_pixels(pipe, pixels, like)
     mean, std = pipe.vae.encode(pixels)
@@ -50,7 +51,7 @@ def encode_image(pipe, call, pixels, like):
         raise ValueError(f"{n} images cannot be spread over {batch} outputs; pass 1 image or one per output.")
     if isinstance(generator, list) and n != batch:
         # diffusers repeats the image first, then samples once per generator
-        mean, std = (ops.concat([x] * (batch // n), axis=0) for x in (mean, std))
+        mean, std = (None if x is None else ops.concat([x] * (batch // n), axis=0) for x in (mean, std))
         n = batch
     latents = ops.cast(posterior_sample(pipe, mean, std, generator) * float(pipe.vae.config["scaling_factor"]),
                        call.cond.dtype)
@@ -67,7 +68,11 @@ def as_device_pixels(pipe, pixels: np.ndarray, like):
 
 
 def posterior_sample(pipe, mean, std, generator):
-    """One sample of the VAE's posterior, drawn from the user's generator as diffusers' `retrieve_latents` draws it."""
+    """One sample of the VAE's posterior, drawn from the user's generator as diffusers' `retrieve_latents` draws it.
+    A VAE without a posterior (AutoencoderTiny: std None) gives its latents as they are and draws nothing, so the
+    noise that follows is the one diffusers draws next."""
+    if std is None:
+        return mean
     ops = pipe.ops
     return mean + std * pipe._randn(ops.shape(mean), ops.dtype_name(mean), generator, like=mean)
 
