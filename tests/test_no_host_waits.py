@@ -24,30 +24,44 @@ import numpy as np
 import pytest
 
 import fewstep
-from fewstep import pipelines
 from fewstep.pipelines.base import Pipeline
-from fewstep.testing import tiny_pipeline
 from tests.pipeline_cases import mask, picture
+from tests.test_pipelines_mindspore import _pipe as sampler_pipe
 
 pytestmark = pytest.mark.torch
 
 # (class, tiny folder, scheduler, call arguments): every part that hooks into the loop, with the samplers that draw
 # noise every step (TCD with eta, LCM, Euler-ancestral) and classifier-free guidance
 CASES = [
-    ("StableDiffusionPipeline", "sd15", "TCDScheduler", dict(eta=0.3, guidance_scale=3.0, negative_prompt="blurry")),
-    ("StableDiffusionPipeline", "sd15", "LCMScheduler", {}),
-    ("StableDiffusionPipeline", "sd15", "EulerAncestralDiscreteScheduler", dict(guidance_scale=2.0)),
-    ("StableDiffusionPipeline", "sd15", "DDIMScheduler", {}),
-    ("StableDiffusionImg2ImgPipeline", "sd15", "TCDScheduler", dict(image=picture(1), strength=0.6, eta=0.3)),
-    ("StableDiffusionInpaintPipeline", "sd15", "TCDScheduler", dict(image=picture(2), mask_image=mask(), strength=0.99)),
-    ("StableDiffusionInpaintPipeline", "sd15-inpaint", "LCMScheduler", dict(image=picture(2), mask_image=mask())),
-    ("StableDiffusionXLPipeline", "sdxl", "TCDScheduler", dict(eta=0.3, guidance_scale=3.0)),
+    ("StableDiffusionPipeline", "sd15", "tcd", dict(eta=0.3, guidance_scale=3.0, negative_prompt="blurry")),
+    ("StableDiffusionPipeline", "sd15", "lcm", {}),
+    ("StableDiffusionPipeline", "sd15", "euler-a-trailing", dict(guidance_scale=2.0)),
+    ("StableDiffusionPipeline", "sd15", "ddim-trailing", {}),
+    ("StableDiffusionImg2ImgPipeline", "sd15", "tcd", dict(image=picture(1), strength=0.6, eta=0.3)),
+    ("StableDiffusionInpaintPipeline", "sd15", "tcd", dict(image=picture(2), mask_image=mask(), strength=0.99)),
+    ("StableDiffusionInpaintPipeline", "sd15-inpaint", "lcm", dict(image=picture(2), mask_image=mask())),
+    ("StableDiffusionXLPipeline", "sdxl", "tcd", dict(eta=0.3, guidance_scale=3.0)),
 ]
 CALL = dict(prompt="a red fox in the snow", num_inference_steps=2, height=64, width=64, output_type="np")
 
 
 class HostRead(AssertionError):
     """A step read a tensor on the host."""
+
+
+def _refuse(name):
+    def read(*args, **kwargs):
+        raise HostRead(f"a step read a tensor on the host: Tensor.{name}()")
+    return read
+
+
+@contextmanager
+def _refusing(monkeypatch, tensor_class, names):
+    """`tensor_class`'s methods `names` raise HostRead inside the block."""
+    with monkeypatch.context() as patch:
+        for name in names:
+            patch.setattr(tensor_class, name, _refuse(name))
+        yield
 
 
 def _torch_detector():
@@ -70,18 +84,10 @@ def _torch_detector():
                     raise HostRead(f"a step copied a tensor from {source.device} to the host: aten::{func.__name__}")
             return result
 
-    def refuse(name):
-        def read(*args, **kwargs):
-            raise HostRead(f"a step read a tensor on the host: Tensor.{name}()")
-        return read
-
     @contextmanager
     def detector(monkeypatch):
-        with monkeypatch.context() as patch:
-            for name in ("numpy", "__array__", "tolist"):
-                patch.setattr(torch.Tensor, name, refuse(name))
-            with NoHostReads():
-                yield
+        with _refusing(monkeypatch, torch.Tensor, ("numpy", "__array__", "tolist")), NoHostReads():
+            yield
 
     return detector
 
@@ -89,19 +95,8 @@ def _torch_detector():
 def _mindspore_detector():
     import mindspore
 
-    def refuse(name):
-        def read(*args, **kwargs):
-            raise HostRead(f"a step read a tensor on the host: Tensor.{name}()")
-        return read
-
-    @contextmanager
-    def detector(monkeypatch):
-        with monkeypatch.context() as patch:
-            for name in ("asnumpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
-                patch.setattr(mindspore.Tensor, name, refuse(name))
-            yield
-
-    return detector
+    return lambda monkeypatch: _refusing(monkeypatch, mindspore.Tensor, (
+        "asnumpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__"))
 
 
 DETECTORS = {"torch": _torch_detector, "mindspore": _mindspore_detector}
@@ -120,62 +115,46 @@ def watched_loop(monkeypatch):
     return lambda pipe, **kwargs: pipe(generator=fewstep.Generator(0), **{**CALL, **kwargs}).images
 
 
-_loaded = {}
-
-
-def _pipe(class_name, kind, scheduler, backend="torch"):
-    key = (class_name, kind, backend)
-    if key not in _loaded:
-        pipe = getattr(pipelines, class_name).from_pretrained(tiny_pipeline(kind), backend=backend)
-        pipe.set_progress_bar_config(disable=True)
-        _loaded[key] = pipe
-    pipe = _loaded[key]
-    pipe.scheduler = getattr(fewstep, scheduler).from_config(pipe.scheduler.config)
-    return pipe
-
-
 @pytest.mark.parametrize("class_name,kind,scheduler,extra", CASES, ids=[f"{c}-{k}-{s}" for c, k, s, _ in CASES])
 def test_no_step_reads_a_tensor_on_the_host(watched_loop, class_name, kind, scheduler, extra):
-    image = watched_loop(_pipe(class_name, kind, scheduler), **extra)
+    image = watched_loop(sampler_pipe(class_name, kind, "torch", scheduler), **extra)
     assert np.isfinite(image).all() and image.std() > 0
+
+
+# reads planted in the scheduler's step, by name
+PLANTED = {"item": lambda x: x.flatten()[0].item(), "bool": lambda x: bool((x > 0).any()),
+           "tolist": lambda x: x.flatten()[:2].tolist(), "numpy": lambda x: x.numpy(),
+           "cpu-numpy": lambda x: x.cpu().numpy(), "asnumpy": lambda x: x.asnumpy()}
+
+
+def _plant(monkeypatch, pipe, read: str) -> None:
+    step = type(pipe.scheduler).step
+
+    def reading_step(self, model_output, *args, **kwargs):
+        PLANTED[read](model_output)
+        return step(self, model_output, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe.scheduler), "step", reading_step)
 
 
 @pytest.mark.parametrize("read", ["item", "bool", "tolist", "numpy", "cpu-numpy"])
 def test_the_detector_fails_a_step_that_reads_on_the_host(watched_loop, monkeypatch, read):
-    """A host read planted in the scheduler's step is caught: the tests above can fail."""
-    pipe = _pipe("StableDiffusionPipeline", "sd15", "TCDScheduler")
-    step = type(pipe.scheduler).step
-    planted = {"item": lambda x: x.flatten()[0].item(), "bool": lambda x: bool((x > 0).any()),
-               "tolist": lambda x: x.flatten()[:2].tolist(), "numpy": lambda x: x.numpy(),
-               "cpu-numpy": lambda x: x.cpu().numpy()}[read]
-
-    def reading_step(self, model_output, *args, **kwargs):
-        planted(model_output)
-        return step(self, model_output, *args, **kwargs)
-
-    monkeypatch.setattr(type(pipe.scheduler), "step", reading_step)
+    """A host read planted in the scheduler's step is caught: the tests above can fail (the same call without it is
+    the first case above, which passes)."""
+    pipe = sampler_pipe("StableDiffusionPipeline", "sd15", "torch", "tcd")
+    _plant(monkeypatch, pipe, read)
     with pytest.raises(HostRead, match=r"^a step read a tensor on the host"):
         watched_loop(pipe)
-    monkeypatch.setattr(type(pipe.scheduler), "step", step)
-    watched_loop(pipe)  # and the same call without the planted read passes
 
 
 @pytest.mark.mindspore
 @pytest.mark.parametrize("read", [None, "asnumpy", "item", "bool"])
 def test_no_step_reads_a_mindspore_tensor_on_the_host(watched_loop, monkeypatch, read):
-    pipe = _pipe("StableDiffusionPipeline", "sd15", "TCDScheduler", backend="mindspore")
+    pipe = sampler_pipe("StableDiffusionPipeline", "sd15", "mindspore", "tcd")
     if read is None:
         image = watched_loop(pipe, eta=0.3, guidance_scale=3.0)
         assert np.isfinite(image).all() and image.std() > 0
         return
-    step = type(pipe.scheduler).step
-    planted = {"asnumpy": lambda x: x.asnumpy(), "item": lambda x: x.flatten()[0].item(),
-               "bool": lambda x: bool((x > 0).any())}[read]
-
-    def reading_step(self, model_output, *args, **kwargs):
-        planted(model_output)
-        return step(self, model_output, *args, **kwargs)
-
-    monkeypatch.setattr(type(pipe.scheduler), "step", reading_step)
+    _plant(monkeypatch, pipe, read)
     with pytest.raises(HostRead, match=r"^a step read a tensor on the host"):
         watched_loop(pipe)
