@@ -150,6 +150,9 @@ def test_pipe_compile_and_generate_compile_give_the_eager_image(tmp_path):
     assert pipe.compile(fullgraph=True) is pipe
     assert pipe.unet.compiled and "decode" in vars(pipe.vae)  # the decode compiled on the wrapper alone
     assert np.abs(run(pipe) - eager_image).max() <= ATOL
+    with pytest.raises(TypeError, match=r"^TorchUNet\.compile takes keyword options .*, or None alone"):
+        pipe.compile("max-autotune")
+    assert pipe.compile(None) is pipe and not pipe.unet.compiled and "decode" not in vars(pipe.vae)
 
     base = ["generate", "a red fox in the snow", "--model", folder, "--steps", "2", "--seed", "3", "--width", "64",
             "--height", "64"]

@@ -208,6 +208,17 @@ def _describe(layout: tuple) -> str:
     return f"{shape} {dtype}" + (f" on {device}" if device is not None else "")
 
 
+def back_to_eager(owner: str, args: tuple, options: dict) -> bool:
+    """Whether a wrapper's `compile(*args, **options)` asks to run eagerly again (`compile(None)`); anything else
+    positional is a TypeError naming `owner`. Keyword options go to the framework's compiler."""
+    if not args:
+        return False
+    if args != (None,) or options:
+        raise TypeError(f"{owner}.compile takes keyword options for the framework's compiler, or None alone to run "
+                        f"eagerly again.")
+    return True
+
+
 def wrapper_class(wrappers: Mapping[str, type], name: str) -> type:
     """The wrapper class for component `name`, or a ValueError naming the components there are."""
     if name not in wrappers:

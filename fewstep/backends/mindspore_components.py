@@ -2,7 +2,7 @@
 `fewstep.backends.components_common`. mindone loads the same folders diffusers writes, converting
 parameter names itself; its models return tuples by default, and its VAE's `encode` returns the raw
 posterior moments rather than a distribution object, which `MindSporeVAE.encode` splits as diffusers'
-DiagonalGaussianDistribution does."""
+DiagonalGaussianDistribution does (its AutoencoderTiny returns the latents themselves)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from mindspore import mint
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
-                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
-                                                 wrapper_class)
+                                                 TransformersModel, VAEModel, back_to_eager, load_pretrained,
+                                                 record_weight_files, wrapper_class)
 from fewstep.backends.mindspore_backend import MS_DTYPES
 from fewstep.backends.mindspore_cpu import install_cpu_kernels
 from fewstep.core.schedulers.timesteps import python_timestep
@@ -121,15 +121,111 @@ def _as_ms_timestep(timestep):
     return ms.tensor(value, ms.int64 if isinstance(value, int) else ms.float32)
 
 
+# What the compiled UNet call takes besides sample, timestep, encoder_hidden_states and timestep_cond (LCM's guidance
+# embedding): the inputs of fewstep's pipelines that tests/test_jit_mindspore.py checks under mindspore.jit. Any other
+# is refused by name rather than run untested.
+_GRAPH_EXTRA = ("down_block_additional_residuals", "mid_block_additional_residual")  # ControlNet's residuals
+_GRAPH_ADDED = ("text_embeds", "time_ids")  # SDXL's added conditions
+
+
+def _unet_graph(module, options: dict):
+    """The UNet's call as one function under mindspore.jit(**options). MindSpore compiles it once per structure of
+    its inputs (which are None, how many residuals, shapes and dtypes) and reuses that graph: an SD, SDXL, LCM or
+    ControlNet call each gets its own. The weights are the graph's parameters, read at every call, so LoRA fusion
+    (Parameter.set_data) is seen without compiling again."""
+
+    def unet_step(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, down, mid):
+        return module(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
+                      added_cond_kwargs=added_cond_kwargs, down_block_additional_residuals=down,
+                      mid_block_additional_residual=mid, return_dict=False)[0]
+
+    return ms.jit(unet_step, **options)
+
+
 class MindSporeUNet(_DiffusersModel, LoraWeights, _IPAttention):
+    """mindone's UNet2DConditionModel. `compile(**options)` runs every later call in graph mode (mindspore.jit)."""
+
+    _graph = None  # the call compiled by `compile`; None: PyNative
+
+    @property
+    def compiled(self) -> bool:
+        return self._graph is not None
+
+    def compile(self, *pynative, **options):
+        """Run every later call through `mindspore.jit(call, **options)` (default capture_mode="ast"); compiling
+        again with other options replaces it, `compile(None)` goes back to PyNative. The graph is built at the
+        first call (and once more for each new structure of inputs: with or without SDXL's added conditions,
+        ControlNet residuals, LCM's timestep_cond). Returns the wrapper."""
+        if back_to_eager(type(self).__name__, pynative, options):
+            self._graph = None
+            return self
+        self._check_graph_model()
+        self._own_weights()
+        self._graph = _unet_graph(self.module, options)
+        return self
+
+    # LoRA fusion under the graph. A compiled graph reads each weight's memory as it was when compiled: a weight
+    # rebound with Parameter.set_data (as PyNative fusion does) is not seen. So while compiled, fusion writes into
+    # that memory (copy_), and what LoRA keeps of a weight (its saved base) is a copy of it, never the memory itself.
+    def _own_weights(self) -> None:
+        # a base saved before compiling may share its weight's memory: give each LoRA-able weight its own
+        for _, layer in self._lora_layers():
+            layer.weight.set_data(ms.Tensor(layer.weight).copy())
+
+    def _tensor_of(self, param):
+        return ms.Tensor(param).copy() if self.compiled else _MindSpore._tensor_of(param)
+
+    def _rebind(self, param, tensor) -> None:
+        if self.compiled:
+            param.copy_(tensor)
+        else:
+            _MindSpore._rebind(param, tensor)
+
+    def to(self, device=None, dtype: Optional[str] = None):
+        # casting rebinds every weight (Parameter.set_dtype), which the graph would not see
+        if self.compiled and device is None and dtype is not None:
+            if dtype != self.dtype:
+                raise ValueError(f"Cast the MindSpore UNet before compiling it: call pipe.unet.compile(None), then "
+                                 f"pipe.to({dtype!r}), then compile() again.")
+            return self  # already in that dtype
+        return super().to(device, dtype)
+
+    def _check_graph_model(self) -> None:
+        from fewstep.backends import mindspore_cpu
+
+        name = type(self.module).__name__
+        if name != "UNet2DConditionModel":
+            raise ValueError(f"fewstep compiles mindone's UNet2DConditionModel only, not {name}: run it in PyNative "
+                             f"(do not call compile).")
+        if self.module.config.get("encoder_hid_dim_type") == "ip_image_proj":
+            raise ValueError("A UNet with IP-Adapter attention (image_embeds) is not compiled with mindspore.jit: "
+                             "unload the IP-Adapter first, or run it in PyNative.")
+        if mindspore_cpu.is_cpu() and not mindspore_cpu.install_mindone_layers():
+            raise ValueError("mindspore.jit on CPU needs fewstep's CPU stand-ins: call "
+                             "fewstep.backends.mindspore_cpu.install_cpu_kernels() first.")
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond=None,
                  cross_attention_kwargs=None, **extra):
         # extra: what the loop's extensions add (ControlNet / T2I-Adapter residuals), passed through as is
         t = _as_ms_timestep(timestep)
+        if self._graph is not None:
+            return self._graph_call(sample, t, encoder_hidden_states, timestep_cond, added_cond,
+                                    cross_attention_kwargs, extra)
         return self.module(sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
                            added_cond_kwargs=added_cond, cross_attention_kwargs=cross_attention_kwargs,
                            return_dict=False, **extra)[0]
+
+    def _graph_call(self, sample, t, encoder_hidden_states, timestep_cond, added_cond, cross_attention_kwargs,
+                    extra):
+        unknown = sorted(set(extra) - set(_GRAPH_EXTRA)) + sorted(set(added_cond or {}) - set(_GRAPH_ADDED))
+        if cross_attention_kwargs:
+            unknown.append("cross_attention_kwargs")
+        if unknown:
+            raise ValueError(f"The compiled MindSpore UNet does not take {', '.join(unknown)}: call "
+                             f"pipe.unet.compile(None) to run it in PyNative.")
+        down = extra.get("down_block_additional_residuals")
+        return self._graph(sample, t, encoder_hidden_states, timestep_cond, added_cond,
+                           None if down is None else tuple(down), extra.get("mid_block_additional_residual"))
 
 
 class MindSporeMotionAdapter(_DiffusersModel):
@@ -164,9 +260,18 @@ class MindSporeImageEncoder(_MindSpore, TransformersModel):
 
 
 class MindSporeVAE(_MindSpore, VAEModel):
+    """mindone's AutoencoderKL, or its AutoencoderTiny (TAESD), told apart as mindone's `retrieve_latents` needs
+    them: the KL one carries its `diag_gauss_dist`, the tiny one encodes straight to latents."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self._gaussian = hasattr(module, "diag_gauss_dist")
+
     def encode(self, image):
-        moments = self.module.encode(image.astype(getattr(ms, self.dtype)))[0]
-        mean, logvar = mint.chunk(moments, 2, dim=1)
+        out = self.module.encode(image.astype(getattr(ms, self.dtype)))[0]
+        if not self._gaussian:  # AutoencoderTiny: its latents as they are, no posterior to draw from
+            return out, None
+        mean, logvar = mint.chunk(out, 2, dim=1)
         # the clamp and exp(0.5 * logvar) of diffusers' DiagonalGaussianDistribution
         std = mint.exp(0.5 * mint.clamp(logvar, -30.0, 20.0))
         return mean, std
@@ -174,7 +279,12 @@ class MindSporeVAE(_MindSpore, VAEModel):
     def decode(self, latents, upcast: bool = False):
         vae = self.module
         if not (upcast and self.dtype == "float16" and self.config.get("force_upcast", False)):
-            return vae.decode(latents.astype(getattr(ms, self.dtype)))[0]
+            latents = latents.astype(getattr(ms, self.dtype))
+            if not self._gaussian and vae.use_slicing and latents.shape[0] > 1:
+                # mindone 0.5's AutoencoderTiny.decode decodes the whole batch once per slice (batch^2 images);
+                # one image at a time, as diffusers' does
+                return mint.cat([vae.decode(one)[0] for one in mint.split(latents, 1)], dim=0)
+            return vae.decode(latents)[0]
         # the fp16 upcast diffusers applies to the SDXL VAE: decode in float32, then back to fp16
         # (fp16 -> fp32 -> fp16 is exact, so the weights are unchanged afterwards)
         for p in vae.get_parameters():
@@ -184,6 +294,14 @@ class MindSporeVAE(_MindSpore, VAEModel):
         finally:
             for p in vae.get_parameters():
                 p.set_dtype(ms.float16)
+
+    def enable_tiling(self) -> None:
+        if not self._gaussian:
+            # mindone 0.5's _tiled_decode rebinds each tile's name instead of writing into the output, so it
+            # returns zeros (and on CPU stops at a ones_like kernel MindSpore lacks)
+            raise ValueError("mindone's AutoencoderTiny does not tile (its tiled decode returns zeros); decode it "
+                             "whole (enable_vae_slicing() bounds the memory per image), or tile on backend='torch'.")
+        super().enable_tiling()
 
 
 class MindSporeTextEncoder(_MindSpore, TextEncoderModel, LoraWeights):

@@ -46,6 +46,12 @@ happens to take a path that runs on CPU, with it (as mindone calls it) the one w
 
 Each stand-in matches its torch counterpart in float32 (tests/test_mindspore_cpu.py checks each one).
 
+Two more are there for graph mode (`mindspore.jit`, which `MindSporeUNet.compile()` uses), where MindSpore 2.7-2.10
+on CPU lack kernels that PyNative has: mint.split ("SplitWithSize", MindSpore 2.7) and the `Tensor.chunk` of
+mindone's GEGLU feed-forward ("Chunk"; `GEGLU.construct` is replaced on mindone's class by
+`install_mindone_layers()`, once mindone's models are imported). Both give the same values as the originals
+(slices), so PyNative results do not change.
+
 Once the stand-ins are in, `complete_mindone_exports()` also fills a gap of mindone.diffusers 0.5 that keeps
 its own pipelines from loading folders on any device: `mindone.diffusers.schedulers` has TCDScheduler (and
 ScoreSdeVeScheduler), but the package's top level does not export them, so `from_pretrained` of a folder whose
@@ -82,6 +88,13 @@ def arange(start=0, end=None, step=1, *, dtype=None):
     """Replaces mint.arange (kernel "Arange" unregistered on CPU): ops.arange has the same dtype rules
     (integers -> int64, any float -> float32)."""
     return ops.arange(start, end, step, dtype=dtype)
+
+
+def split(tensor, split_size_or_sections, dim=0):
+    """Replaces mint.split (kernel "SplitWithSize" has no CPU kernel under mindspore.jit in MindSpore 2.7) with
+    ops.split, which slices: the same pieces (an int: chunks of that size, the last one smaller; a list: those
+    sizes). Reached by the UNet's timestep embedding (`mint.split(emb, [half, half], dim=1)`)."""
+    return ops.split(tensor, split_size_or_sections, dim)
 
 
 def stack(tensors, dim=0, *, out=None):
@@ -239,11 +252,20 @@ def _avg_pool2d_construct(self, input):  # pylint: disable=redefined-builtin
                       self.count_include_pad, self.divisor_override)
 
 
+def _geglu_construct(self, hidden_states):
+    """mindone.diffusers' GEGLU.construct (the SD/SDXL feed-forward) without `Tensor.chunk`, whose primitive
+    "Chunk" has no CPU kernel under mindspore.jit: the projection's two halves as slices, the same values."""
+    hidden_states = self.proj(hidden_states)
+    half = hidden_states.shape[-1] // 2
+    return hidden_states[..., :half] * self.gelu(hidden_states[..., half:])
+
+
 # (owner module or class, attribute, stand-in)
 def _replacements():
     return [
         (mint, "arange", arange),
         (mint, "stack", stack),
+        (mint, "split", split),
         (mint, "zeros_like", zeros_like),
         (mint, "randn", randn),
         (mint, "baddbmm", baddbmm),
@@ -260,6 +282,34 @@ def _replacements():
     ]
 
 
+def _mindone_replacements():
+    """The stand-ins on mindone's own classes (importing them imports mindone.diffusers' models)."""
+    from mindone.diffusers.models import activations
+
+    return [(activations.GEGLU, "construct", _geglu_construct)]
+
+
+def install_mindone_layers(import_mindone: bool = True) -> bool:
+    """Replace what mindone's own layers call that has no CPU kernel under mindspore.jit (GEGLU's chunk), once
+    the stand-ins are in; idempotent, and `uninstall()` puts it back. Needs mindone.diffusers' models: with
+    `import_mindone=False` it does nothing unless they are already imported. Returns whether they are in."""
+    if not import_mindone and "mindone.diffusers.models.activations" not in sys.modules:
+        return False
+    try:
+        replacements = _mindone_replacements()
+    except ImportError:  # no mindone: nothing of it to replace
+        return False
+    with _LOCK:
+        if not _INSTALLED:
+            return False
+        for owner, name, replacement in replacements:
+            if (owner, name) not in _OWN:
+                _OWN[(owner, name)] = vars(owner).get(name, _MISSING)
+                _ORIGINALS[(owner, name)] = getattr(owner, name)
+                setattr(owner, name, replacement)
+    return True
+
+
 def is_cpu() -> bool:
     """Whether MindSpore's device target is CPU."""
     return ms.get_context("device_target") == "CPU"
@@ -273,7 +323,8 @@ def install_cpu_kernels(complete_exports: bool = True) -> bool:
     Also turns on `mindspore.runtime.launch_blocking()` on CPU: about 5x faster there, and an op
     without a kernel then fails where it is called instead of later in an unrelated op.
     Call it before importing mindone. With `complete_exports` (the default) it then runs
-    `complete_mindone_exports()`, which imports mindone.diffusers. Returns True when the stand-ins are
+    `complete_mindone_exports()`, which imports mindone.diffusers, and `install_mindone_layers()` (without
+    it, that only when mindone's models are already imported). Returns True when the stand-ins are
     active, False when the device target is not CPU (nothing is changed then)."""
     global _INSTALLED, _EVER_INSTALLED
     if not is_cpu():
@@ -296,6 +347,7 @@ def install_cpu_kernels(complete_exports: bool = True) -> bool:
             _INSTALLED = _EVER_INSTALLED = True
     if complete_exports:
         complete_mindone_exports()  # imports mindone.diffusers: only now that the stand-ins are in
+    install_mindone_layers(import_mindone=complete_exports)
     return True
 
 

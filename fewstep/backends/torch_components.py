@@ -13,8 +13,8 @@ import torch
 
 from fewstep.backends import components_common
 from fewstep.backends.components_common import (IPAdapterScale, LoraWeights, Model, T2IAdapterModel, TextEncoderModel,
-                                                 TransformersModel, VAEModel, load_pretrained, record_weight_files,
-                                                 wrapper_class)
+                                                 TransformersModel, VAEModel, back_to_eager, load_pretrained,
+                                                 record_weight_files, wrapper_class)
 from fewstep.backends.torch_backend import TORCH_DTYPES
 from fewstep.core.schedulers.timesteps import python_timestep
 
@@ -98,8 +98,11 @@ class _Runs:
         self._compiled = runner
         return self
 
-    def compile(self, **options):
-        """`torch.compile` this wrapper with `options`, as `pipe.unet = torch.compile(pipe.unet, **options)` does."""
+    def compile(self, *eager, **options):
+        """`torch.compile` this wrapper with `options`, as `pipe.unet = torch.compile(pipe.unet, **options)` does;
+        `compile(None)` runs it eagerly again."""
+        if back_to_eager(type(self).__name__, eager, options):
+            return self.use_compiled(None)
         return self.use_compiled(torch.compile(self, **options))
 
     @property
@@ -215,11 +218,13 @@ class TorchVAE(_Torch, VAEModel):
             return out.latents, None
         return dist.mean, dist.std
 
-    def compile(self, **options):
+    def compile(self, *eager, **options):
         """`pipe.vae.decode = torch.compile(pipe.vae.decode, **options)`, diffusers' idiom: the decode compiled on
-        this wrapper (the library's model, which other pipelines may share, is not changed). `del vae.decode`
-        undoes it."""
-        self.decode = torch.compile(type(self).decode.__get__(self), **options)
+        this wrapper (the library's model, which other pipelines may share, is not changed); `compile(None)`
+        decodes eagerly again."""
+        self.__dict__.pop("decode", None)
+        if not back_to_eager(type(self).__name__, eager, options):
+            self.decode = torch.compile(self.decode, **options)
         return self
 
     def decode(self, latents, upcast: bool = False):

@@ -124,7 +124,7 @@ class PipelineObjectMixin:
             self._move_models(changes, device, dtype)
         return self
 
-    def compile(self, **options):
+    def compile(self, *eager, **options):
         """Compile the models each call runs, with the framework's own compiler, and return the pipeline.
 
         On torch this is diffusers' idiom for each of them, `torch.compile` with `options` (`mode`, `fullgraph`,
@@ -132,11 +132,11 @@ class PipelineObjectMixin:
         T2I-Adapter, and `pipe.vae.decode = torch.compile(pipe.vae.decode, **options)`. On MindSpore the UNet runs
         under `mindspore.jit` (graph mode), `options` passed to it. Images equal eager ones within float32
         rounding; the first call compiles (seconds to minutes), later ones reuse it, LoRA switches included
-        (fused weights are the same parameters). `use_compiled(None)` on a component runs it eagerly again."""
+        (fused weights are the same parameters). `compile(None)` runs them eagerly again."""
         for _, model in self._models():
             compile_model = getattr(model, "compile", None)
             if compile_model is not None:
-                compile_model(**options)
+                compile_model(*eager, **options)
         return self
 
     def _move_models(self, changes: List[Tuple[str, Model]], device, dtype: Optional[str]) -> None:
