@@ -131,8 +131,8 @@ _GRAPH_ADDED = ("text_embeds", "time_ids")  # SDXL's added conditions
 def _unet_graph(module, options: dict):
     """The UNet's call as one function under mindspore.jit(**options). MindSpore compiles it once per structure of
     its inputs (which are None, how many residuals, shapes and dtypes) and reuses that graph: an SD, SDXL, LCM or
-    ControlNet call each gets its own. The weights are the graph's parameters, read at every call, so LoRA fusion
-    (Parameter.set_data) is seen without compiling again."""
+    ControlNet call each gets its own. The graph reads the weights' memory at every call, but keeps the memory it was
+    compiled with: LoRA fusion must write into it (MindSporeUNet._rebind), a Parameter.set_data would not be seen."""
 
     def unet_step(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, down, mid):
         return module(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
