@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import fewstep
 from fewstep.testing import tiny_pipeline
 from tests.lora_cases import make_lora, targets_from_folder, write
 
 pytestmark = pytest.mark.torch
-torch = pytest.importorskip("torch")
 
 ATOL = 1e-4
 CALL = dict(prompt="a red fox in the snow", num_inference_steps=2, guidance_scale=0.0, eta=0.3, output_type="np")

@@ -19,8 +19,6 @@ from tests.lora_cases import make_lora, targets_from_folder, write
 from tests.pipeline_cases import picture
 
 pytestmark = [pytest.mark.parity, pytest.mark.torch, pytest.mark.mindspore]
-pytest.importorskip("mindspore")
-pytest.importorskip("mindone")
 
 ATOL = 1e-4
 MATTERS = 1e-2  # an input the test covers changes the image by more than this
