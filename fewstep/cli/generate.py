@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 from typing import Iterable
 
@@ -92,8 +91,6 @@ def check(s, args) -> None:
 
 _TINY_VAE_HINT = ("pass an AutoencoderTiny folder (config.json and safetensors weights) or a hub id: madebyollin/taesd "
                    "for SD 1.5 / 2.x, madebyollin/taesdxl for SDXL")
-# what a hub repository id looks like (`name` or `owner/name`); anything else given to --tiny-vae is a local path
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def check_tiny_vae(source) -> None:
@@ -111,9 +108,20 @@ def check_tiny_vae(source) -> None:
         if found != "AutoencoderTiny":
             raise ValueError(f"--tiny-vae {source}: its config.json names {found or 'no model class'}, not "
                              f"AutoencoderTiny; {_TINY_VAE_HINT}.")
-    elif os.path.exists(source) or not _HUB_ID.fullmatch(source) or ".." in source:
+    elif os.path.exists(source) or not _is_repo_id(source):
         what = "is a file" if os.path.exists(source) else "is not a folder"
         raise ValueError(f"--tiny-vae {source} {what}; {_TINY_VAE_HINT}.")
+
+
+def _is_repo_id(text: str) -> bool:
+    """Whether `text` can be a hub repository id (`name` or `owner/name`), by huggingface_hub's own rule."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def load_tiny_vae(source: str, backend: str, dtype: str, device):
